@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on 127.0.0.1.
+
+`python hack/cluster.py up [--nodes N] [--dir DIR]` starts it (idempotent) and prints the kubeconfig path;
+`python hack/cluster.py down` stops it. Fake GPU nodes carry GPU feature discovery labels and rack/zone
+topology. Standard library only, so it runs before the project's venv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_DIR = ROOT / ".run" / "cluster"
+COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+
+# Node pools of the default cluster: (count, product, GPU memory MiB). Racks of 4 nodes, 2 racks a zone.
+GPU_POOLS = [
+    (4, "NVIDIA-H100-80GB-HBM3", 81559),
+    (2, "NVIDIA-A100-SXM4-80GB", 81920),
+    (2, "NVIDIA-L4", 23034),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[cluster] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def binaries() -> Path:
+    out = subprocess.run([str(HERE / "build-control-plane.sh")], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def make_pki(pki: Path) -> None:
+    """A CA, an admin client certificate (system:masters) and a service-account key pair."""
+    if (pki / "admin.crt").exists():
+        return
+    pki.mkdir(parents=True, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=ebbtide-local-ca",
+            "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=system:masters/CN=ebbtide-admin",
+            "-keyout", str(pki / "admin.key"), "-out", str(pki / "admin.csr"))
+    openssl("x509", "-req", "-in", str(pki / "admin.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
+            str(pki / "ca.key"), "-CAcreateserial", "-days", "3650", "-out", str(pki / "admin.crt"))
+    (pki / "serving.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
+            "-keyout", str(pki / "apiserver.key"), "-out", str(pki / "apiserver.csr"))
+    openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
+            str(pki / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(pki / "serving.ext"),
+            "-out", str(pki / "apiserver.crt"))
+    openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
+    openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+
+
+def kubeconfig(state: Path, port: int) -> Path:
+    pki = state / "pki"
+    path = state / "kubeconfig"
+    path.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters:
+- name: ebbtide-local
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority: {pki / "ca.crt"}
+users:
+- name: admin
+  user:
+    client-certificate: {pki / "admin.crt"}
+    client-key: {pki / "admin.key"}
+contexts:
+- name: ebbtide-local
+  context: {{cluster: ebbtide-local, user: admin}}
+current-context: ebbtide-local
+"""
+    )
+    return path
+
+
+def start(state: Path, name: str, argv: list[str]) -> None:
+    logf = open(state / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    (state / f"{name}.pid").write_text(str(proc.pid))
+
+
+def alive(state: Path, name: str) -> bool:
+    pid_file = state / f"{name}.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def api_get(state: Path, path: str) -> tuple[int, bytes]:
+    meta = json.loads((state / "ports.json").read_text())
+    ctx = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+    ctx.load_cert_chain(str(state / "pki" / "admin.crt"), str(state / "pki" / "admin.key"))
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{meta['apiserver']}{path}", context=ctx, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def wait_for(what: str, check, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def kubectl(bins: Path, state: Path, *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run([str(bins / "kubectl"), "--kubeconfig", str(state / "kubeconfig"), *args],
+                         input=stdin, check=True, stdout=subprocess.PIPE, text=True)
+    return out.stdout
+
+
+def node_manifests(pools: list[tuple[int, str, int]]) -> str:
+    """Fake GPU nodes: KWOK-managed, GPU feature discovery labels, 4 nodes a rack, 2 racks a zone."""
+    items = []
+    i = 0
+    for count, product, mem in pools:
+        short = product.split("-")[1].lower()
+        for _ in range(count):
+            rack, zone = i // 4, i // 8
+            name = f"gpu-{short}-{i}"
+            items.append({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+                    "labels": {
+                        "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                        "type": "kwok", "kwok.x-k8s.io/node": "fake",
+                        "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": product,
+                        "nvidia.com/gpu.count": "8", "nvidia.com/gpu.memory": str(mem),
+                        "topology.kubernetes.io/zone": f"zone-{zone}", "ebbtide.dev/rack": f"rack-{rack}",
+                    },
+                },
+                "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+                "status": {
+                    "allocatable": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8"},
+                    "capacity": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8"},
+                },
+            })
+            i += 1
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def up(state: Path, nodes: int) -> Path:
+    state.mkdir(parents=True, exist_ok=True)
+    if all(alive(state, c) for c in COMPONENTS) and api_get(state, "/readyz")[0] == 200:
+        bins = binaries()
+        kubectl(bins, state, "apply", "-f", "-", stdin=node_manifests(_pools(nodes)))
+        wait_for("nodes Ready", lambda: _nodes_ready(bins, state, nodes))
+        log(f"already running; KUBECONFIG={state / 'kubeconfig'}")
+        return state / "kubeconfig"
+    down(state, quiet=True)
+    t0 = time.monotonic()
+    bins = binaries()
+    make_pki(state / "pki")
+    ports = {"etcd": free_port(), "etcd_peer": free_port(), "apiserver": free_port()}
+    (state / "ports.json").write_text(json.dumps(ports))
+    kcfg = kubeconfig(state, ports["apiserver"])
+    pki = state / "pki"
+    start(state, "etcd", [str(bins / "etcd"), "--data-dir", str(state / "etcd-data"), "--name", "ebbtide",
+                          "--listen-client-urls", f"http://127.0.0.1:{ports['etcd']}",
+                          "--advertise-client-urls", f"http://127.0.0.1:{ports['etcd']}",
+                          "--listen-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
+                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
+                          "--initial-cluster", f"ebbtide=http://127.0.0.1:{ports['etcd_peer']}",
+                          "--unsafe-no-fsync", "--quota-backend-bytes", str(2 * 1024**3)])
+    start(state, "kube-apiserver", [
+        str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}", f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/16",
+        "--authorization-mode=RBAC", "--allow-privileged=true", "--enable-priority-and-fairness=false",
+        f"--cert-dir={state / 'apiserver-certs'}", "--v=1",
+    ])
+    wait_for("kube-apiserver", lambda: api_get(state, "/readyz")[0] == 200)
+    common = [f"--kubeconfig={kcfg}", "--leader-elect=false", "--bind-address=127.0.0.1"]
+    start(state, "kube-controller-manager", [
+        str(bins / "kube-controller-manager"), *common, f"--secure-port={free_port()}",
+        f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+        "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
+        "--concurrent-gc-syncs=10", "--v=1",
+    ])
+    start(state, "kube-scheduler", [str(bins / "kube-scheduler"), *common, f"--secure-port={free_port()}"])
+    start(state, "kwok", [
+        str(bins / "kwok"), f"--kubeconfig={kcfg}", "--manage-all-nodes=false",
+        "--manage-nodes-with-label-selector=kwok.x-k8s.io/node=fake",
+        # Pods of simulated engines get their status from the simulated fleet, not from kwok.
+        f"--config={HERE / 'kwok-stages.yaml'}",
+        "--cidr=10.0.0.1/16", "--node-ip=127.0.0.1", f"--server-address=127.0.0.1:{free_port()}",
+    ])
+    wait_for("default namespace", lambda: api_get(state, "/api/v1/namespaces/default")[0] == 200)
+    kubectl(bins, state, "apply", "-f", "-", stdin=node_manifests(_pools(nodes)))
+    wait_for("nodes Ready", lambda: _nodes_ready(bins, state, nodes))
+    log(f"up in {time.monotonic() - t0:.1f}s with {nodes} fake GPU nodes; KUBECONFIG={kcfg}")
+    return kcfg
+
+
+def _pools(nodes: int) -> list[tuple[int, str, int]]:
+    if nodes == sum(c for c, _, _ in GPU_POOLS):
+        return GPU_POOLS
+    # Keep the mix's shape: half H100, a quarter each A100 and L4.
+    h = max(1, nodes // 2)
+    a = max(0, nodes // 4)
+    return [(h, GPU_POOLS[0][1], GPU_POOLS[0][2]), (a, GPU_POOLS[1][1], GPU_POOLS[1][2]),
+            (nodes - h - a, GPU_POOLS[2][1], GPU_POOLS[2][2])]
+
+
+def _nodes_ready(bins: Path, state: Path, nodes: int) -> bool:
+    out = kubectl(bins, state, "get", "nodes", "-o",
+                  "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}")
+    return out.split().count("True") >= nodes
+
+
+def down(state: Path, quiet: bool = False) -> None:
+    for name in reversed(COMPONENTS):
+        pid_file = state / f"{name}.pid"
+        if not pid_file.exists():
+            continue
+        try:
+            pid = int(pid_file.read_text())
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        pid_file.unlink(missing_ok=True)
+    if not quiet:
+        log("down")
+    # etcd's data goes with the cluster: every `up` starts from an empty store.
+    subprocess.run(["rm", "-rf", str(state / "etcd-data")], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down", "binaries"])
+    parser.add_argument("--nodes", type=int, default=int(os.environ.get("EBBTIDE_NODES", "8")))
+    parser.add_argument("--dir", type=Path, default=Path(os.environ.get("EBBTIDE_CLUSTER_DIR", DEFAULT_DIR)))
+    args = parser.parse_args()
+    if args.action == "up":
+        print(up(args.dir.resolve(), args.nodes))
+    elif args.action == "down":
+        down(args.dir.resolve())
+    else:
+        print(binaries())
+
+
+if __name__ == "__main__":
+    main()
