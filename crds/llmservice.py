@@ -51,9 +51,7 @@ class ModelSpec(ApiModel):
         description="Where the weights come from: hf://org/name, s3://bucket/path, gs://..., pvc://claim/path, "
         "file:///path or oci://image.",
     )
-    parameters_b: float = Field(
-        gt=0, le=10000, description="Total parameters in billions (e.g. 70 for a 70B model)."
-    )
+    parameters_b: float = Field(gt=0, le=10000, description="Total parameters in billions (e.g. 70 for a 70B model).")
     architecture: Literal["dense", "moe"] = Field(
         default="dense", description="dense, or moe for a Mixture-of-Experts model."
     )

@@ -6,9 +6,9 @@ JSON schema has all of those, so this module rewrites it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 _KEEP = {
     "type",
@@ -34,7 +34,31 @@ def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI v3 schema of `model` in the structural form CRDs require."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.get("$defs", {})
+    _DEFAULTS.clear()
+    _collect_defaults(model)
     return _convert(raw, defs)
+
+
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def _collect_defaults(model: type[BaseModel]) -> None:
+    """The fully defaulted wire form of every nested model that can be built without arguments."""
+    for info in model.model_fields.values():
+        for sub in _models_in(info.annotation):
+            if sub.__name__ in _DEFAULTS:
+                continue
+            try:
+                _DEFAULTS[sub.__name__] = sub().model_dump(by_alias=True, exclude_none=True, mode="json")
+            except ValidationError:
+                _DEFAULTS[sub.__name__] = {}
+            _collect_defaults(sub)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -78,10 +102,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["properties"] = {}
             for name, sub in props.items():
                 converted = _convert(sub, defs)
-                # A nested object built by default_factory: default it to {} so the API server fills in
-                # its children's defaults too (CEL rules then always see them).
+                # A nested object built by default_factory gets its fully defaulted form as default, so
+                # the API server fills it in and CEL rules always see every field.
                 if name not in required and "$ref" in sub and converted.get("type") == "object":
-                    converted.setdefault("default", {})
+                    converted.setdefault("default", _DEFAULTS.get(sub["$ref"].rsplit("/", 1)[-1], {}))
                 out["properties"][name] = converted
             if required:
                 out["required"] = required

@@ -1,0 +1,67 @@
+"""Asking engines to drain before their gang is deleted, and trainers to checkpoint before eviction (HTTP)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from controllers import labels as L
+from controllers.snapshot import PodView
+
+log = logging.getLogger(__name__)
+
+
+def engine_url(pod: PodView, port: int) -> str | None:
+    """Where a pod's engine listens: the address annotation of the simulated fleet, else the pod IP."""
+    if L.ENGINE_URL in pod.annotations:
+        return pod.annotations[L.ENGINE_URL].rstrip("/")
+    return f"http://{pod.ip}:{port}" if pod.ip else None
+
+
+class EngineClient:
+    """The engines' admin endpoints (vLLM-compatible serving engines, the simulated engine, trainers)."""
+
+    def __init__(self, timeout_s: float = 3.0) -> None:
+        self.http = httpx.AsyncClient(timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def start_drain(self, url: str) -> None:
+        try:
+            await self.http.post(f"{url}/admin/drain")
+        except httpx.HTTPError as e:
+            log.info("drain request to %s failed (%s); the grace period bounds the wait", url, e)
+
+    async def drained(self, url: str) -> bool:
+        """True when the engine reports no in-flight requests (or is already gone)."""
+        try:
+            r = await self.http.get(f"{url}/admin/drain")
+            if r.status_code == 404:
+                return False
+            data: dict[str, Any] = r.json()
+            return bool(data.get("done")) or int(data.get("inflight", 1)) == 0
+        except httpx.ConnectError:
+            return True
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    async def progress(self, url: str) -> tuple[int | None, bool]:
+        try:
+            data = (await self.http.get(f"{url}/admin/progress")).json()
+            return int(data.get("step", 0)), bool(data.get("done", False))
+        except (httpx.HTTPError, ValueError, TypeError):
+            return None, False
+
+    async def checkpoint(self, url: str) -> tuple[str, int] | None:
+        """Ask for a checkpoint; (path, step) once the trainer confirms it."""
+        try:
+            r = await self.http.post(f"{url}/admin/checkpoint", json={}, timeout=30.0)
+            r.raise_for_status()
+            data = r.json()
+            return str(data["path"]), int(data["step"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            log.warning("checkpoint request to %s failed: %s", url, e)
+            return None

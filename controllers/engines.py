@@ -1,0 +1,124 @@
+"""Engine command lines for vLLM, SGLang and the simulated engine, per pod role and rank."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crds.finetunejob import FineTuneJobSpec
+from crds.llmservice import LLMServiceSpec
+
+DEFAULT_IMAGES = {
+    "vllm": "vllm/vllm-openai:v0.11.0",
+    "sglang": "lmsysorg/sglang:v0.5.3-cu126",
+    "simulated": "ghcr.io/ebbtide/engine-sim:0.1.0",
+    "peft": "ghcr.io/ebbtide/trainer-peft:0.1.0",
+}
+
+
+@dataclass(frozen=True)
+class PodRole:
+    """Where a pod sits in its replica gang."""
+
+    role: str  # server | leader | worker | prefill | decode
+    rank: int  # index within the role
+    nodes: int  # pods of a multi-node replica (1 otherwise)
+    leader_host: str | None = None  # DNS name of the leader pod for multi-node replicas
+
+
+def model_uri_to_path(source: str) -> str:
+    """What the engine's --model flag takes for a source URI: a HF id, or a local mount path."""
+    scheme, _, rest = source.partition("://")
+    return rest if scheme == "hf" else f"/models/{rest.strip('/')}"
+
+
+def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list[str]]:
+    """(command, args) of one serving pod."""
+    e, m, p = spec.engine, spec.model, spec.parallelism
+    if e.type == "simulated":
+        args = [
+            "--model", m.name, "--params-b", _num(m.parameters_b), "--architecture", m.architecture,
+            "--gpu", "auto", "--tensor-parallel", str(p.tensor), "--pipeline-parallel", str(p.pipeline),
+            "--host", "0.0.0.0", "--port", str(e.port), "--served-model-name", m.name,
+        ]  # fmt: skip
+        if m.architecture == "moe":
+            args += ["--experts", str(m.experts), "--expert-parallel", str(p.expert)]
+            if m.active_parameters_b is not None:
+                args += ["--active-params-b", _num(m.active_parameters_b)]
+        if pod.role in ("prefill", "decode"):
+            args += ["--role", pod.role]
+        return ["python", "-m", "simulator.engine"], args + list(e.args)
+    model_path = model_uri_to_path(m.source)
+    if e.type == "vllm":
+        serve = [
+            "vllm", "serve", model_path, "--served-model-name", m.name, "--host", "0.0.0.0", "--port", str(e.port),
+            "--tensor-parallel-size", str(p.tensor), "--pipeline-parallel-size", str(p.pipeline),
+        ]  # fmt: skip
+        if p.data > 1:
+            serve += ["--data-parallel-size", str(p.data)]
+        if m.architecture == "moe" and p.expert > 1:
+            serve += ["--enable-expert-parallel"]
+        if spec.adapters:
+            serve += [
+                "--enable-lora",
+                "--lora-modules",
+                *(f"{a.name}={model_uri_to_path(a.source)}" for a in spec.adapters),
+            ]
+        if pod.role == "prefill":
+            serve += ["--kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_producer"}']
+        elif pod.role == "decode":
+            serve += ["--kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_consumer"}']
+        serve += list(e.args)
+        if pod.nodes == 1:
+            return serve[:2], serve[2:]
+        # Multi-node vLLM runs on a Ray cluster: the leader heads it and serves; workers join and block.
+        if pod.role == "leader":
+            script = f"ray start --head --port=6379 && {' '.join(serve)}"
+        else:
+            script = f"ray start --address={pod.leader_host}:6379 --block"
+        return ["/bin/sh", "-c"], [script]
+    args = [
+        "--model-path", model_path, "--served-model-name", m.name, "--host", "0.0.0.0", "--port", str(e.port),
+        "--tp-size", str(p.tensor), "--pp-size", str(p.pipeline),
+    ]  # fmt: skip
+    if p.data > 1:
+        args += ["--dp-size", str(p.data)]
+    if m.architecture == "moe" and p.expert > 1:
+        args += ["--ep-size", str(p.expert)]
+    if pod.nodes > 1:
+        rank = 0 if pod.role == "leader" else pod.rank + 1
+        args += ["--nnodes", str(pod.nodes), "--node-rank", str(rank), "--dist-init-addr", f"{pod.leader_host}:5000"]
+    if pod.role in ("prefill", "decode"):
+        args += ["--disaggregation-mode", pod.role]
+    return ["python3", "-m", "sglang.launch_server"], args + list(e.args)
+
+
+def trainer_command(
+    spec: FineTuneJobSpec, job: str, namespace: str, rank: int, workers: int, resume_from: str | None
+) -> tuple[list[str], list[str]]:
+    """(command, args) of one fine-tuning worker."""
+    t, h = spec.trainer, spec.hyperparameters
+    checkpoint_dir = f"{spec.checkpoint.storage.rstrip('/')}/{namespace}/{job}"
+    if t.type == "simulated":
+        args = [
+            "--mode", "trainer", "--model", spec.base_model.name, "--params-b", _num(spec.base_model.parameters_b),
+            "--gpu", "auto", "--host", "0.0.0.0", "--port", str(t.port), "--total-steps", str(h.total_steps),
+            "--step-seconds", _num(t.step_seconds), "--checkpoint-dir", checkpoint_dir,
+        ]  # fmt: skip
+        if resume_from:
+            args += ["--resume-from", resume_from]
+        return ["python", "-m", "simulator.engine"], args + list(t.args)
+    args = [
+        "--base-model", model_uri_to_path(spec.base_model.source), "--dataset", spec.dataset.uri,
+        "--method", spec.method, "--lora-rank", str(h.rank), "--lora-alpha", str(h.alpha),
+        "--learning-rate", repr(h.learning_rate), "--batch-size", str(h.batch_size),
+        "--max-steps", str(h.total_steps), "--checkpoint-dir", checkpoint_dir,
+        "--checkpoint-interval-seconds", str(spec.checkpoint.interval_seconds), "--control-port", str(t.port),
+        "--rank", str(rank), "--world-size", str(workers),
+    ]  # fmt: skip
+    if resume_from:
+        args += ["--resume-from", resume_from]
+    return ["python", "-m", "ebbtide_trainer"], args + list(t.args)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))

@@ -1,0 +1,276 @@
+"""FineTuneJob planning: worker gangs per attempt, preemption with checkpoint first, resume, completion."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from controllers import labels as L
+from controllers.conditions import rfc3339, set_condition
+from controllers.engines import DEFAULT_IMAGES, trainer_command
+from controllers.gangs import Owner, gpu_affinity, owner_reference
+from controllers.snapshot import PodView
+from controllers.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
+from crds.finetunejob import FineTuneJob
+from crds.gpus import GPU_RESOURCE
+
+# LoRA keeps frozen BF16 weights plus small adapters and optimizer state: budget 1.2x the weights.
+LORA_MEMORY_FACTOR = 1.2
+QLORA_MEMORY_FACTOR = 0.35  # 4-bit base weights
+
+
+@dataclass(frozen=True)
+class TrainerReport:
+    """What the shell learned from the rank-0 trainer this pass."""
+
+    step: int | None = None
+    done: bool = False
+    checkpoint_path: str | None = None  # set when a checkpoint was confirmed this pass
+    checkpoint_step: int | None = None
+
+
+@dataclass
+class JobPlan:
+    """Everything the shell must do for one FineTuneJob, and the status to write."""
+
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    problem: Problem | None = None
+
+
+def semantic_problem(job: FineTuneJob, priority_classes: Collection[str]) -> Problem | None:
+    """The first reason this job cannot run as written, if any."""
+    s = job.spec
+    factor = QLORA_MEMORY_FACTOR if s.method == "qlora" else LORA_MEMORY_FACTOR
+    return first_problem(
+        check_gpu_types("spec.gpu.types", s.gpu.types),
+        check_fits("spec.baseModel.parametersB", s.base_model.parameters_b * factor, s.gpu.count, s.gpu.types),
+        check_priority_class("spec.priorityClassName", s.priority_class_name, priority_classes),
+    )
+
+
+def checkpoint_due(job: FineTuneJob, pods: list[PodView], now: float) -> str | None:
+    """Why the shell should ask the trainer for a checkpoint now (preemption or interval), if it should."""
+    status = job.status
+    if status.phase not in ("Running", "Checkpointing"):
+        return None
+    current = [p for p in pods if p.attempt == status.attempt and not p.deleting]
+    if not current or not all(p.phase == "Running" for p in current):
+        return None
+    if L.PREEMPT in job.metadata.annotations:
+        return "preemption"
+    last = status.last_checkpoint
+    last_time = _parse_time(last.time) if last and last.time else _parse_time(status.start_time)
+    if last_time is not None and now - last_time >= job.spec.checkpoint.interval_seconds:
+        return "interval"
+    return None
+
+
+def worker_pods(
+    job: FineTuneJob, uid: str, attempt: int, resume_from: str | None, scheduler: str
+) -> list[dict[str, Any]]:
+    """The worker gang of one attempt."""
+    s, name, ns = job.spec, job.metadata.name, job.metadata.namespace or "default"
+    owner = Owner("FineTuneJob", name, ns, uid)
+    workers = s.workers.max
+    pods = []
+    for rank in range(workers):
+        command, args = trainer_command(s, name, ns, rank, workers, resume_from)
+        pod_spec: dict[str, Any] = {
+            "schedulerName": scheduler,
+            "restartPolicy": "Never",
+            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [
+                {
+                    "name": "trainer",
+                    "image": s.trainer.image or DEFAULT_IMAGES[s.trainer.type],
+                    "command": command,
+                    "args": args,
+                    "ports": [{"name": "control", "containerPort": s.trainer.port}],
+                    "resources": {
+                        "requests": {"cpu": "4", "memory": "32Gi", GPU_RESOURCE: str(s.gpu.count)},
+                        "limits": {GPU_RESOURCE: str(s.gpu.count)},
+                    },
+                }
+            ],
+        }
+        if s.priority_class_name:
+            pod_spec["priorityClassName"] = s.priority_class_name
+        affinity = gpu_affinity(s.gpu.types)
+        if affinity:
+            pod_spec["affinity"] = affinity
+        pods.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-a{attempt}-w{rank}",
+                    "namespace": ns,
+                    "labels": {
+                        L.FINETUNE: name,
+                        L.ATTEMPT: str(attempt),
+                        L.RANK: str(rank),
+                        L.GANG: f"{name}-a{attempt}",
+                        L.ENGINE: s.trainer.type,
+                        L.MANAGED_BY: L.OPERATOR,
+                    },
+                    "annotations": {L.GANG_SIZE: str(workers)},
+                    "ownerReferences": [owner_reference(owner)],
+                },
+                "spec": pod_spec,
+            }
+        )
+    return pods
+
+
+def plan_job(
+    job: FineTuneJob,
+    uid: str,
+    pods: list[PodView],
+    report: TrainerReport,
+    priority_classes: Collection[str],
+    now: float,
+    scheduler_name: str = "default-scheduler",
+) -> JobPlan:
+    """Decide one reconcile pass of a FineTuneJob."""
+    s, st = job.spec, job.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    plan, gen = JobPlan(), job.metadata.generation
+    conditions: list[dict[str, Any]] = list(st.get("conditions", []))
+    phase = st.get("phase") or "Pending"
+    attempt = int(st.get("attempt", 0))
+    st.setdefault("totalSteps", s.hyperparameters.total_steps)
+    st["totalSteps"] = s.hyperparameters.total_steps
+
+    def finish(new_phase: str) -> JobPlan:
+        st["phase"] = new_phase
+        st["progress"] = f"{st.get('step', 0)}/{s.hyperparameters.total_steps}"
+        st["observedGeneration"] = gen
+        st["conditions"] = conditions
+        plan.status = st
+        return plan
+
+    if report.checkpoint_path is not None and report.checkpoint_step is not None:
+        st["lastCheckpoint"] = {"path": report.checkpoint_path, "step": report.checkpoint_step, "time": rfc3339(now)}
+        plan.events.append(("Normal", "Checkpointed", f"step {report.checkpoint_step} at {report.checkpoint_path}"))
+    if report.step is not None:
+        st["step"] = max(report.step, int(st.get("step", 0)))
+
+    if phase in ("Succeeded", "Failed"):
+        return finish(phase)
+
+    problem = semantic_problem(job, priority_classes)
+    if problem is not None:
+        plan.problem = problem
+        previous = next((c for c in conditions if c["type"] == "Ready"), None)
+        if previous is None or previous.get("reason") != problem.reason:
+            plan.events.append(("Warning", problem.reason, problem.message))
+        conditions = set_condition(conditions, "Ready", False, problem.reason, problem.message, now, gen)
+        return finish("Pending")
+
+    current = [p for p in pods if p.attempt == attempt and not p.deleting]
+    resume = (st.get("lastCheckpoint") or {}).get("path")
+
+    if L.PREEMPT in job.metadata.annotations and phase not in ("Preempted",):
+        reason = job.metadata.annotations[L.PREEMPT] or "preempted"
+        deadline = _float(job.metadata.annotations.get(L.PREEMPT_DEADLINE))
+        running = bool(current) and all(p.phase == "Running" for p in current)
+        confirmed = report.checkpoint_path is not None
+        if not current or not running or confirmed or (deadline is not None and now >= deadline):
+            plan.delete = [p.name for p in current]
+            st["preemptions"] = int(st.get("preemptions", 0)) + 1
+            lost = "" if confirmed or not running else " without a fresh checkpoint (deadline passed)"
+            plan.events.append(("Warning", "Preempted", f"{reason}; workers evicted{lost}"))
+            conditions = set_condition(conditions, "Preempted", True, "Preempted", reason, now, gen)
+            conditions = set_condition(conditions, "Ready", False, "Preempted", reason, now, gen)
+            return finish("Preempted")
+        conditions = set_condition(
+            conditions, "Ready", True, "Checkpointing", f"checkpoint before preemption: {reason}", now, gen
+        )
+        return finish("Checkpointing")
+
+    if phase == "Preempted":
+        if L.PREEMPT in job.metadata.annotations or any(not p.deleting for p in pods if p.attempt == attempt):
+            return finish("Preempted")
+        attempt += 1
+        st["attempt"] = attempt
+        st["resumedFromStep"] = (st.get("lastCheckpoint") or {}).get("step", 0)
+        plan.create = worker_pods(job, uid, attempt, resume, scheduler_name)
+        plan.events.append(("Normal", "Resuming", f"attempt {attempt} resumes from {resume or 'the start'}"))
+        conditions = set_condition(conditions, "Preempted", False, "Resumed", f"attempt {attempt}", now, gen)
+        conditions = set_condition(conditions, "Ready", False, "Pending", "workers starting", now, gen)
+        return finish("Pending")
+
+    if attempt == 0 or (not current and phase == "Pending"):
+        attempt = max(attempt, 1)
+        st["attempt"] = attempt
+        plan.create = worker_pods(job, uid, attempt, resume, scheduler_name)
+        plan.events.append(("Normal", "Created", f"created {len(plan.create)} worker(s), attempt {attempt}"))
+        conditions = set_condition(conditions, "Ready", False, "Pending", "workers starting", now, gen)
+        return finish("Pending")
+
+    if any(p.phase == "Failed" for p in current):
+        st["failures"] = int(st.get("failures", 0)) + 1
+        plan.delete = [p.name for p in current]
+        if st["failures"] > s.backoff_limit:
+            plan.events.append(("Warning", "BackoffLimitExceeded", f"{st['failures']} worker failures"))
+            conditions = set_condition(
+                conditions, "Ready", False, "BackoffLimitExceeded", "too many failures", now, gen
+            )
+            st["completionTime"] = rfc3339(now)
+            return finish("Failed")
+        attempt += 1
+        st["attempt"] = attempt
+        st["resumedFromStep"] = (st.get("lastCheckpoint") or {}).get("step", 0)
+        plan.create = worker_pods(job, uid, attempt, resume, scheduler_name)
+        plan.events.append(("Warning", "WorkerFailed", f"restarting as attempt {attempt} from {resume or 'the start'}"))
+        return finish("Pending")
+
+    rank0 = next((p for p in current if p.rank == 0), None)
+    if (rank0 is not None and rank0.phase == "Succeeded") or report.done:
+        st["step"] = s.hyperparameters.total_steps
+        st["completionTime"] = rfc3339(now)
+        st["workers"] = 0
+        plan.events.append(("Normal", "Succeeded", f"trained {s.hyperparameters.total_steps} steps"))
+        conditions = set_condition(conditions, "Ready", True, "Succeeded", "training finished", now, gen)
+        return finish("Succeeded")
+
+    missing = {p["metadata"]["name"] for p in worker_pods(job, uid, attempt, resume, scheduler_name)} - {
+        p.name for p in current
+    }
+    if missing:
+        plan.create = [
+            p for p in worker_pods(job, uid, attempt, resume, scheduler_name) if p["metadata"]["name"] in missing
+        ]
+    running = [p for p in current if p.phase == "Running"]
+    st["workers"] = len(running)
+    if current and len(running) == len(current) and not missing:
+        st.setdefault("startTime", rfc3339(now))
+        conditions = set_condition(conditions, "Ready", True, "Running", f"{len(running)} worker(s) training", now, gen)
+        return finish("Running")
+    unsched = next((p.unschedulable for p in current if p.unschedulable), None)
+    if unsched:
+        conditions = set_condition(conditions, "Ready", False, "Unschedulable", unsched, now, gen)
+    else:
+        conditions = set_condition(conditions, "Ready", False, "Pending", "workers starting", now, gen)
+    return finish("Pending")
+
+
+def _float(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _parse_time(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

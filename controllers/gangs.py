@@ -1,0 +1,227 @@
+"""Pod gangs of an LLMService replica: which pods, their roles, GPUs, labels and full manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from controllers import labels as L
+from controllers.engines import DEFAULT_IMAGES, PodRole, serving_command
+from controllers.validation import allowed_gpus
+from crds.base import API_VERSION
+from crds.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from crds.llmservice import LLMServiceSpec
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What pods need to know about the object that owns them."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+
+def pod_roles(spec: LLMServiceSpec) -> list[tuple[PodRole, int]]:
+    """(role, GPUs) of every pod in one replica: one server pod, a leader plus workers, or prefill + decode."""
+    if spec.roles is not None:
+        return [(PodRole("prefill", i, 1), spec.gpu.count) for i in range(spec.roles.prefill)] + [
+            (PodRole("decode", i, 1), spec.gpu.count) for i in range(spec.roles.decode)
+        ]
+    if spec.gpu.count <= spec.gpu.per_node:
+        return [(PodRole("server", 0, 1), spec.gpu.count)]
+    nodes = spec.gpu.count // spec.gpu.per_node
+    return [(PodRole("leader", 0, nodes), spec.gpu.per_node)] + [
+        (PodRole("worker", i, nodes), spec.gpu.per_node) for i in range(nodes - 1)
+    ]
+
+
+def gangs_gpus(spec: LLMServiceSpec) -> int:
+    """GPUs one replica requests."""
+    return sum(g for _, g in pod_roles(spec))
+
+
+def pod_name(service: str, replica: int, role: PodRole) -> str:
+    """Deterministic names make creation idempotent: a restarted operator finds, not duplicates, its pods."""
+    if role.role == "server":
+        return f"{service}-r{replica}"
+    if role.role == "leader":
+        return f"{service}-r{replica}-leader"
+    return f"{service}-r{replica}-{role.role}-{role.rank}"
+
+
+def template_hash(spec: LLMServiceSpec) -> str:
+    """A short hash of everything that shapes a pod, to spot gangs built from an older spec."""
+    shaping = spec.model_dump(mode="json", exclude={"replicas", "scaling", "drain_grace_period_seconds"})
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def gpu_affinity(types: list[str]) -> dict[str, Any] | None:
+    """Required node affinity on the GPU product label, when the user restricted the products."""
+    if not types:
+        return None
+    profiles, _ = allowed_gpus(types)
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [p.product for p in profiles]}
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+
+
+def replica_pods(owner: Owner, spec: LLMServiceSpec, replica: int, scheduler_name: str) -> list[dict[str, Any]]:
+    """Every pod manifest of replica `replica`."""
+    roles = pod_roles(spec)
+    gang = f"{owner.name}-r{replica}"
+    leader_host = f"{pod_name(owner.name, replica, PodRole('leader', 0, 1))}.{owner.name}-pods.{owner.namespace}.svc"
+    pods = []
+    for role, gpus in roles:
+        role = PodRole(role.role, role.rank, role.nodes, leader_host if role.nodes > 1 else None)
+        command, args = serving_command(spec, role)
+        entry = role.role in ("server", "leader", "prefill")
+        pod_labels = {
+            L.SERVICE: owner.name,
+            L.REPLICA: str(replica),
+            L.ROLE: role.role,
+            L.RANK: str(role.rank),
+            L.GANG: gang,
+            L.ENGINE: spec.engine.type,
+            L.TEMPLATE_HASH: template_hash(spec),
+            L.MANAGED_BY: L.OPERATOR,
+        }
+        if entry:
+            pod_labels[L.ENTRYPOINT] = "true"
+        container: dict[str, Any] = {
+            "name": "engine",
+            "image": spec.engine.image or DEFAULT_IMAGES[spec.engine.type],
+            "command": command,
+            "args": args,
+            "ports": [{"name": "http", "containerPort": spec.engine.port, "protocol": "TCP"}],
+            "resources": {
+                "requests": {"cpu": "4", "memory": "32Gi", GPU_RESOURCE: str(gpus)},
+                "limits": {GPU_RESOURCE: str(gpus)},
+            },
+            "env": [
+                {"name": "EBBTIDE_SERVICE", "value": owner.name},
+                {"name": "EBBTIDE_REPLICA", "value": str(replica)},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ],
+        }
+        if entry or role.role == "decode":
+            container["readinessProbe"] = {
+                "httpGet": {"path": "/health", "port": "http"},
+                "periodSeconds": 5,
+                "failureThreshold": 3,
+            }
+            container["startupProbe"] = {
+                "httpGet": {"path": "/health", "port": "http"},
+                "periodSeconds": 10,
+                "failureThreshold": 180,  # weights of large models take minutes to load
+            }
+        pod_spec: dict[str, Any] = {
+            "schedulerName": scheduler_name,
+            "restartPolicy": "Always",
+            "hostname": pod_name(owner.name, replica, role),
+            "subdomain": f"{owner.name}-pods",
+            "terminationGracePeriodSeconds": 30,
+            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [container],
+        }
+        if spec.priority_class_name:
+            pod_spec["priorityClassName"] = spec.priority_class_name
+        affinity = gpu_affinity(spec.gpu.types)
+        if affinity:
+            pod_spec["affinity"] = affinity
+        pods.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name(owner.name, replica, role),
+                    "namespace": owner.namespace,
+                    "labels": pod_labels,
+                    "annotations": {L.GANG_SIZE: str(len(roles))},
+                    "ownerReferences": [owner_reference(owner)],
+                },
+                "spec": pod_spec,
+            }
+        )
+    return pods
+
+
+def service_manifests(owner: Owner, spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """The client-facing Service and the headless Service that gives gang pods DNS names."""
+    ref = [owner_reference(owner)]
+    meta_labels = {L.SERVICE: owner.name, L.MANAGED_BY: L.OPERATOR}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": owner.name,
+                "namespace": owner.namespace,
+                "labels": meta_labels,
+                "ownerReferences": ref,
+            },
+            "spec": {
+                "selector": {L.SERVICE: owner.name, L.ENTRYPOINT: "true"},
+                "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": f"{owner.name}-pods",
+                "namespace": owner.namespace,
+                "labels": meta_labels,
+                "ownerReferences": ref,
+            },
+            "spec": {
+                "clusterIP": "None",
+                "publishNotReadyAddresses": True,
+                "selector": {L.SERVICE: owner.name},
+                "ports": [{"name": "http", "port": spec.engine.port, "targetPort": "http"}],
+            },
+        },
+    ]
+
+
+def pdb_manifest(owner: Owner, spec: LLMServiceSpec) -> dict[str, Any]:
+    """Voluntary evictions may not take the service below minReplicas whole gangs."""
+    pods_per_replica = len(pod_roles(spec))
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": {L.SERVICE: owner.name, L.MANAGED_BY: L.OPERATOR},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "minAvailable": spec.scaling.min_replicas * pods_per_replica,
+            "selector": {"matchLabels": {L.SERVICE: owner.name}},
+        },
+    }

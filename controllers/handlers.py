@@ -1,0 +1,289 @@
+"""kopf handlers: thin shells that read the cluster, call the pure planners, and apply their plans."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+
+from controllers import labels as L
+from controllers import metrics as M
+from controllers.drain import EngineClient, engine_url
+from controllers.finetune import TrainerReport, checkpoint_due, plan_job
+from controllers.gangs import Owner, pdb_manifest, service_manifests
+from controllers.kube import Kube
+from controllers.llmservice import plan_service
+from controllers.powerbudget import NodeView
+from controllers.powerbudget import report as power_report
+from controllers.snapshot import PodView, pod_view
+from crds.base import GROUP, VERSION
+from crds.finetunejob import FineTuneJob
+from crds.gpus import GPU_RESOURCE
+from crds.llmservice import LLMService
+from crds.powerbudget import PowerBudget
+
+log = logging.getLogger("ebbtide")
+
+
+@dataclass
+class Runtime:
+    """What the handlers share: the API facade, engine client, settings. Set once at start-up."""
+
+    kube: Kube
+    engines: EngineClient
+    scheduler_name: str = "default-scheduler"
+    resync_seconds: float = 10.0
+    clock: Callable[[], float] = time.time
+
+
+RUNTIME: Runtime | None = None
+_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+_pending: set[tuple[str, str, str]] = set()
+
+
+def rt() -> Runtime:
+    if RUNTIME is None:
+        raise RuntimeError("controllers.handlers.RUNTIME is not configured")
+    return RUNTIME
+
+
+def _lock(key: tuple[str, str, str]) -> asyncio.Lock:
+    return _locks.setdefault(key, asyncio.Lock())
+
+
+def _emit(body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
+    for type_, reason, message in events:
+        kopf.event(body, type=type_, reason=reason, message=message[:1000])
+
+
+def trigger(kind: str, namespace: str, name: str, delay: float = 0.2) -> None:
+    """Schedule a reconcile soon, coalescing bursts of pod events into one pass."""
+    key = (kind, namespace, name)
+    if key in _pending:
+        return
+    _pending.add(key)
+
+    async def later() -> None:
+        await asyncio.sleep(delay)
+        _pending.discard(key)
+        fn = RECONCILERS[kind]
+        try:
+            await fn(namespace, name, False)
+        except (ApiException, kopf.TemporaryError) as e:
+            log.info("reconcile of %s %s/%s will be retried: %s", kind, namespace, name, e)
+
+    asyncio.get_running_loop().create_task(later())
+
+
+def _timed(kind: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    def wrap(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        async def inner(namespace: str, name: str, full: bool) -> None:
+            t0 = time.perf_counter()
+            result = "ok"
+            try:
+                async with _lock((kind, namespace, name)):
+                    await fn(namespace, name, full)
+            except ApiException as e:
+                result = "error"
+                raise kopf.TemporaryError(f"API error {e.status}: {e.reason}", delay=5) from e
+            except Exception:
+                result = "error"
+                raise
+            finally:
+                M.RECONCILES.labels(kind, result).inc()
+                M.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - t0)
+
+        return inner
+
+    return wrap
+
+
+def _invalid(body: dict[str, Any], kind: str, err: ValidationError) -> dict[str, Any]:
+    """Status for an object the API types reject (e.g. stored before a schema change): never a crash."""
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    msg = f"{field}: {first['msg']}"
+    M.SEMANTIC_ERRORS.labels(kind, "InvalidSpec").inc()
+    conditions = [c for c in (body.get("status") or {}).get("conditions", []) if c.get("type") != "Ready"]
+    if not any(c.get("reason") == "InvalidSpec" for c in (body.get("status") or {}).get("conditions", [])):
+        kopf.event(body, type="Warning", reason="InvalidSpec", message=msg)
+    conditions.append({"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": msg})
+    return {"phase": "Failed", "conditions": conditions}
+
+
+@_timed("LLMService")
+async def reconcile_service(namespace: str, name: str, full: bool) -> None:
+    r = rt()
+    body = await r.kube.get_object("llmservices", namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        svc = LLMService.model_validate(body)
+    except ValidationError as e:
+        await r.kube.patch_status("llmservices", namespace, name, _invalid(body, "LLMService", e))
+        return
+    pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")]
+    draining: dict[int, list[PodView]] = {}
+    for p in pods:
+        if p.draining_since is not None and not p.deleting:
+            draining.setdefault(p.replica, []).append(p)
+    drained: dict[int, bool] = {}
+    for replica, members in draining.items():
+        urls = [
+            u for u in (engine_url(p, svc.spec.engine.port) for p in members if p.labels.get(L.ROLE) != "worker") if u
+        ]
+        results = await asyncio.gather(*(r.engines.drained(u) for u in urls))
+        drained[replica] = all(results)
+    now = r.clock()
+    plan = plan_service(
+        svc, body["metadata"]["uid"], pods, await r.kube.priority_classes(), drained, now, r.scheduler_name
+    )
+    if plan.problem is not None:
+        M.SEMANTIC_ERRORS.labels("LLMService", plan.problem.reason).inc()
+    else:
+        if full:
+            owner = Owner("LLMService", name, namespace, body["metadata"]["uid"])
+            for manifest in [*service_manifests(owner, svc.spec), pdb_manifest(owner, svc.spec)]:
+                await r.kube.ensure(manifest)
+        for manifest in plan.create:
+            if await r.kube.create_pod(manifest):
+                M.PODS_CREATED.labels("LLMService").inc()
+        by_replica = {p.replica: [q for q in pods if q.replica == p.replica] for p in pods}
+        for replica in plan.start_drain:
+            for p in by_replica.get(replica, []):
+                # Leaving the Service first means no new request reaches a draining engine.
+                await r.kube.patch_pod(
+                    namespace,
+                    p.name,
+                    {"metadata": {"annotations": {L.DRAIN_STARTED: f"{now:.3f}"}, "labels": {L.ENTRYPOINT: None}}},
+                )
+                url = engine_url(p, svc.spec.engine.port)
+                if url and p.labels.get(L.ROLE) != "worker":
+                    await r.engines.start_drain(url)
+        for pod in plan.delete:
+            await r.kube.delete_pod(namespace, pod)
+            M.PODS_DELETED.labels("LLMService", "scale-in-or-restart").inc()
+    _emit(body, plan.events)
+    if plan.status != (body.get("status") or {}):
+        await r.kube.patch_status("llmservices", namespace, name, plan.status)
+    M.DESIRED_REPLICAS.labels(namespace, name).set(svc.spec.replicas)
+    M.READY_REPLICAS.labels(namespace, name).set(plan.status.get("readyReplicas", 0))
+    if plan.start_drain or draining:
+        trigger("LLMService", namespace, name, delay=1.0)
+
+
+@_timed("FineTuneJob")
+async def reconcile_job(namespace: str, name: str, full: bool) -> None:
+    r = rt()
+    body = await r.kube.get_object("finetunejobs", namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        job = FineTuneJob.model_validate(body)
+    except ValidationError as e:
+        await r.kube.patch_status("finetunejobs", namespace, name, _invalid(body, "FineTuneJob", e))
+        return
+    pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.FINETUNE}={name}")]
+    now = r.clock()
+    rank0 = next(
+        (
+            p
+            for p in pods
+            if p.attempt == job.status.attempt and p.rank == 0 and p.phase == "Running" and not p.deleting
+        ),
+        None,
+    )
+    step, done, ck_path, ck_step = None, False, None, None
+    url = engine_url(rank0, job.spec.trainer.port) if rank0 else None
+    if url:
+        step, done = await r.engines.progress(url)
+        if checkpoint_due(job, pods, now) and not done:
+            result = await r.engines.checkpoint(url)
+            if result:
+                ck_path, ck_step = result
+    report = TrainerReport(step=step, done=done, checkpoint_path=ck_path, checkpoint_step=ck_step)
+    plan = plan_job(job, body["metadata"]["uid"], pods, report, await r.kube.priority_classes(), now, r.scheduler_name)
+    for manifest in plan.create:
+        if await r.kube.create_pod(manifest):
+            M.PODS_CREATED.labels("FineTuneJob").inc()
+    for pod in plan.delete:
+        await r.kube.delete_pod(namespace, pod)
+        M.PODS_DELETED.labels("FineTuneJob", plan.status.get("phase", "")).inc()
+    _emit(body, plan.events)
+    if plan.status != (body.get("status") or {}):
+        await r.kube.patch_status("finetunejobs", namespace, name, plan.status)
+    if plan.status.get("phase") in ("Checkpointing",) or plan.delete:
+        trigger("FineTuneJob", namespace, name, delay=1.0)
+
+
+@_timed("PowerBudget")
+async def reconcile_power(namespace: str, name: str, full: bool) -> None:
+    r = rt()
+    body = await r.kube.get_object("powerbudgets", None, name)
+    if body is None:
+        return
+    try:
+        pb = PowerBudget.model_validate(body)
+    except ValidationError as e:
+        await r.kube.patch_status("powerbudgets", None, name, _invalid(body, "PowerBudget", e))
+        return
+    nodes = [
+        NodeView(
+            n["metadata"]["name"],
+            n["metadata"].get("labels") or {},
+            int((n.get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE, "0")),
+        )
+        for n in await r.kube.list_nodes()
+    ]
+    status, events = power_report(pb, nodes, r.clock())
+    _emit(body, events)
+    if status != (body.get("status") or {}):
+        await r.kube.patch_status("powerbudgets", None, name, status)
+
+
+RECONCILERS: dict[str, Callable[[str, str, bool], Awaitable[None]]] = {
+    "LLMService": reconcile_service,
+    "FineTuneJob": reconcile_job,
+    "PowerBudget": reconcile_power,
+}
+_PLURALS = {"LLMService": "llmservices", "FineTuneJob": "finetunejobs", "PowerBudget": "powerbudgets"}
+
+
+def register() -> None:
+    """Register every handler with kopf (called by operator/main.py, so importing has no side effects)."""
+    for kind in _PLURALS:
+        reconcile = RECONCILERS[kind]
+
+        def make(kind: str = kind, reconcile: Callable[[str, str, bool], Awaitable[None]] = reconcile) -> None:
+            async def on_change(namespace: str | None, name: str, **_: Any) -> None:
+                await reconcile(namespace or "", name, True)
+
+            async def on_timer(namespace: str | None, name: str, **_: Any) -> None:
+                try:
+                    await reconcile(namespace or "", name, True)
+                except kopf.TemporaryError as e:
+                    log.info("periodic reconcile of %s %s: %s", kind, name, e)
+
+            res = (GROUP, VERSION, _PLURALS[kind])
+            kopf.on.create(*res, id=f"{kind}-create")(on_change)
+            kopf.on.update(*res, id=f"{kind}-update")(on_change)
+            kopf.on.resume(*res, id=f"{kind}-resume")(on_change)
+            kopf.timer(*res, id=f"{kind}-resync", interval=rt().resync_seconds, initial_delay=1.0)(on_timer)
+
+        make()
+
+    async def on_service_pod(labels: dict[str, str], namespace: str, **_: Any) -> None:
+        trigger("LLMService", namespace, labels[L.SERVICE])
+
+    async def on_job_pod(labels: dict[str, str], namespace: str, **_: Any) -> None:
+        trigger("FineTuneJob", namespace, labels[L.FINETUNE])
+
+    kopf.on.event("", "v1", "pods", labels={L.SERVICE: kopf.PRESENT}, id="service-pods")(on_service_pod)
+    kopf.on.event("", "v1", "pods", labels={L.FINETUNE: kopf.PRESENT}, id="job-pods")(on_job_pod)

@@ -1,0 +1,136 @@
+"""A small async facade over the official Kubernetes client: every call runs in a worker thread.
+
+kopf is asyncio; the official client is synchronous, so each call goes through `asyncio.to_thread` and the
+event loop never blocks. Objects come back as plain camelCase dicts, the way the API server sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from crds.base import GROUP, VERSION
+
+
+def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """An ApiClient from the given kubeconfig, $KUBECONFIG, or the in-cluster service account."""
+    cfg = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    except (config.ConfigException, TypeError, FileNotFoundError):
+        config.load_incluster_config(client_configuration=cfg)
+    cfg.connection_pool_maxsize = 32
+    return client.ApiClient(cfg)
+
+
+def _json(resp: Any) -> Any:
+    return json.loads(resp.data)
+
+
+class Kube:
+    """The handful of API calls the controllers make (the RBAC rules in the chart mirror this list)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.policy = client.PolicyV1Api(api)
+        self.scheduling = client.SchedulingV1Api(api)
+
+    async def get_object(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        def call() -> Any:
+            if namespace is None:
+                return self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name, _preload_content=False)
+            return self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, _preload_content=False
+            )
+
+        try:
+            return _json(await asyncio.to_thread(call))  # type: ignore[no-any-return]
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def patch_status(self, plural: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
+        body = {"status": status}
+
+        def call() -> Any:
+            if namespace is None:
+                return self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body)
+            return self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)
+
+        try:
+            await asyncio.to_thread(call)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def patch_object_metadata(
+        self, plural: str, namespace: str, name: str, annotations: dict[str, str | None]
+    ) -> None:
+        body = {"metadata": {"annotations": annotations}}
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body
+        )
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        resp = await asyncio.to_thread(
+            self.core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
+        )
+        return list(_json(resp)["items"])
+
+    async def create_pod(self, manifest: dict[str, Any]) -> bool:
+        """Create; False when it already exists (creation is idempotent by name)."""
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_pod, manifest["metadata"]["namespace"], manifest)
+            return True
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(self.core.delete_namespaced_pod, name, namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self.core.patch_namespaced_pod, name, namespace, patch)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def ensure(self, manifest: dict[str, Any]) -> None:
+        """Create a Service or PodDisruptionBudget, or bring an existing one's spec in line."""
+        ns, name, kind = manifest["metadata"]["namespace"], manifest["metadata"]["name"], manifest["kind"]
+        if kind == "Service":
+            create, patch = self.core.create_namespaced_service, self.core.patch_namespaced_service
+        elif kind == "PodDisruptionBudget":
+            create = self.policy.create_namespaced_pod_disruption_budget
+            patch = self.policy.patch_namespaced_pod_disruption_budget
+        else:
+            raise ValueError(f"ensure() does not handle {kind}")
+        try:
+            await asyncio.to_thread(create, ns, manifest)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            spec = dict(manifest["spec"])
+            spec.pop("clusterIP", None)  # immutable once set
+            await asyncio.to_thread(patch, name, ns, {"spec": spec})
+
+    async def priority_classes(self) -> set[str]:
+        resp = await asyncio.to_thread(self.scheduling.list_priority_class, _preload_content=False)
+        return {item["metadata"]["name"] for item in _json(resp)["items"]}
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        resp = await asyncio.to_thread(self.core.list_node, _preload_content=False)
+        return list(_json(resp)["items"])

@@ -1,0 +1,166 @@
+"""LLMService planning: from the service and its pods to the pods to create, gangs to drain, and status."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controllers import labels as L
+from controllers.conditions import set_condition
+from controllers.gangs import Owner, gangs_gpus, pod_roles, replica_pods
+from controllers.snapshot import PodView
+from controllers.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
+from crds.llmservice import LLMService
+
+
+@dataclass
+class ServicePlan:
+    """Everything the shell must do for one LLMService, and the status to write."""
+
+    create: list[dict[str, Any]] = field(default_factory=list)
+    start_drain: list[int] = field(default_factory=list)  # replica indices to drain, newest first
+    delete: list[str] = field(default_factory=list)  # pod names
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    problem: Problem | None = None
+
+
+def semantic_problem(svc: LLMService, priority_classes: Collection[str]) -> Problem | None:
+    """The first reason this service cannot run as written, if any."""
+    s = svc.spec
+    # With prefill/decode roles each role pod holds the whole model on gpu.count GPUs; otherwise the
+    # replica's gpu.count GPUs hold it together.
+    return first_problem(
+        check_gpu_types("spec.gpu.types", s.gpu.types),
+        check_fits("spec.model.parametersB", s.model.parameters_b, s.gpu.count, s.gpu.types),
+        check_priority_class("spec.priorityClassName", s.priority_class_name, priority_classes),
+    )
+
+
+def plan_service(
+    svc: LLMService,
+    uid: str,
+    pods: list[PodView],
+    priority_classes: Collection[str],
+    drained: Mapping[int, bool],
+    now: float,
+    scheduler_name: str = "default-scheduler",
+) -> ServicePlan:
+    """Decide one reconcile pass. `drained` says which draining replicas' engines report no in-flight work."""
+    spec, name = svc.spec, svc.metadata.name
+    owner = Owner("LLMService", name, svc.metadata.namespace or "default", uid)
+    plan = ServicePlan()
+    status = svc.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    conditions: list[dict[str, Any]] = list(status.get("conditions", []))
+    gen = svc.metadata.generation
+
+    by_replica: dict[int, list[PodView]] = defaultdict(list)
+    for p in pods:
+        by_replica[p.replica].append(p)
+    members = len(pod_roles(spec))
+
+    draining = sorted(r for r, ps in by_replica.items() if any(p.draining_since is not None for p in ps))
+    active = sorted(r for r, ps in by_replica.items() if r not in draining and not any(p.deleting for p in ps))
+
+    problem = semantic_problem(svc, priority_classes)
+    if problem is not None:
+        plan.problem = problem
+        previous = next((c for c in conditions if c["type"] == "Ready"), None)
+        if previous is None or previous.get("reason") != problem.reason:
+            plan.events.append(("Warning", problem.reason, problem.message))
+        conditions = set_condition(conditions, "Ready", False, problem.reason, problem.message, now, gen)
+        conditions = set_condition(
+            conditions, "Progressing", False, problem.reason, "waiting for a valid spec", now, gen
+        )
+        status.update(phase="Failed", conditions=conditions, observedGeneration=gen)
+        status["selector"] = f"{L.SERVICE}={name}"
+        status.setdefault("replicas", len(active))
+        status.setdefault("readyReplicas", 0)
+        plan.status = status
+        return plan
+
+    # A failed member breaks the whole gang: replicas start, serve and stop together.
+    for r in list(active):
+        if any(p.phase == "Failed" for p in by_replica[r]):
+            plan.delete += [p.name for p in by_replica[r]]
+            plan.events.append(("Warning", "GangRestarted", f"replica {r}: a pod failed; restarting the whole gang"))
+            active.remove(r)
+
+    desired = spec.replicas
+    if len(active) > desired:
+        excess = sorted(active, reverse=True)[: len(active) - desired]
+        plan.start_drain = excess
+        for r in excess:
+            active.remove(r)
+        plan.events.append(("Normal", "ScalingDown", f"draining replica(s) {', '.join(map(str, excess))}"))
+    elif len(active) < desired:
+        occupied = set(by_replica)
+        nxt = max(occupied, default=-1) + 1
+        new = list(range(nxt, nxt + desired - len(active)))
+        for r in new:
+            plan.create += replica_pods(owner, spec, r, scheduler_name)
+        active += new
+        plan.events.append(("Normal", "ScalingUp", f"creating replica(s) {', '.join(map(str, new))}"))
+
+    # Complete gangs a crashed operator left half-created (names are deterministic, so this is idempotent).
+    for r in active:
+        have = {p.name for p in by_replica.get(r, [])}
+        if by_replica.get(r) and len(have) < members:
+            plan.create += [
+                m for m in replica_pods(owner, spec, r, scheduler_name) if m["metadata"]["name"] not in have
+            ]
+
+    for r in draining:
+        started = min(p.draining_since or now for p in by_replica[r])
+        if drained.get(r) or now - started >= spec.drain_grace_period_seconds:
+            plan.delete += [p.name for p in by_replica[r] if not p.deleting]
+
+    ready = sum(1 for r in active if len(by_replica.get(r, [])) == members and all(p.ready for p in by_replica[r]))
+    unsched = next((p.unschedulable for r in active for p in by_replica.get(r, []) if p.unschedulable), None)
+    converged = ready == desired and not draining and not plan.start_drain and not plan.create
+
+    if desired == 0:
+        conditions = set_condition(conditions, "Ready", True, "ScaledToZero", "no replicas requested", now, gen)
+    elif ready >= desired:
+        conditions = set_condition(conditions, "Ready", True, "AllReplicasReady", f"{ready}/{desired} ready", now, gen)
+    else:
+        conditions = set_condition(
+            conditions, "Ready", False, "ReplicasNotReady", f"{ready}/{desired} replicas ready", now, gen
+        )
+    if converged:
+        conditions = set_condition(conditions, "Progressing", False, "Converged", "replicas match spec", now, gen)
+    else:
+        reason = "ScalingDown" if (draining or plan.start_drain) else "ScalingUp"
+        conditions = set_condition(
+            conditions, "Progressing", True, reason, f"{len(active)} replicas, want {desired}", now, gen
+        )
+    if unsched:
+        previous = next((c for c in conditions if c["type"] == "Degraded"), None)
+        if previous is None or previous.get("status") != "True":
+            plan.events.append(("Warning", "Unschedulable", unsched))
+        conditions = set_condition(conditions, "Degraded", True, "Unschedulable", unsched, now, gen)
+    elif plan.delete and any(e[1] == "GangRestarted" for e in plan.events):
+        conditions = set_condition(conditions, "Degraded", True, "GangRestarted", "a pod failed", now, gen)
+    else:
+        conditions = set_condition(conditions, "Degraded", False, "Healthy", "", now, gen)
+
+    if desired > 0 and ready == 0:
+        phase = "Pending"
+    elif converged:
+        phase = "Ready"
+    else:
+        phase = "Progressing"
+    status.update(
+        replicas=len(active),
+        readyReplicas=ready,
+        ready=f"{ready}/{desired}",
+        selector=f"{L.SERVICE}={name}",
+        gpus=len(active) * gangs_gpus(spec),
+        phase=phase,
+        observedGeneration=gen,
+        conditions=conditions,
+    )
+    plan.status = status
+    return plan

@@ -1,0 +1,104 @@
+"""The Ebbtide operator process: `python operator/main.py [flags]` (see settings.py for every flag)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+# operator/ is not a package (it would shadow the standard library's `operator`): put the repo root and
+# this folder on the path explicitly.
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE.parent), str(_HERE)]
+
+import kopf  # noqa: E402
+import prometheus_client  # noqa: E402
+from settings import OperatorSettings, parse  # noqa: E402
+
+from controllers import handlers  # noqa: E402
+from controllers.drain import EngineClient  # noqa: E402
+from controllers.kube import Kube, load_config  # noqa: E402
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with kopf's object reference when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        ref = getattr(record, "k8s_ref", None)
+        if ref:
+            line["object"] = ref
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def configure_logging(settings: OperatorSettings) -> None:
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse(argv)
+    configure_logging(settings)
+    kube = Kube(load_config(settings.kubeconfig))
+    engines = EngineClient()
+    handlers.RUNTIME = handlers.Runtime(
+        kube=kube, engines=engines, scheduler_name=settings.scheduler_name, resync_seconds=settings.resync_seconds
+    )
+    handlers.register()
+
+    @kopf.on.startup()
+    def configure(**kwargs: Any) -> None:
+        settings_: kopf.OperatorSettings = kwargs["settings"]
+        settings_.posting.level = logging.INFO
+        settings_.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ebbtide.dev")
+        settings_.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ebbtide.dev")
+        settings_.peering.lifetime = settings.peering_lifetime_seconds
+        settings_.peering.priority = (
+            settings.priority if settings.priority is not None else random.randint(1, 1_000_000)
+        )
+        settings_.watching.server_timeout = 60
+        settings_.networking.request_timeout = 30
+        # Handlers never need kopf's finalizer: owner references clean up, and user data is never deleted.
+        settings_.persistence.finalizer = "ebbtide.dev/kopf-finalizer"
+
+    @kopf.on.login()
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)  # type: ignore[no-any-return]
+
+    @kopf.on.cleanup()
+    async def cleanup(**_: Any) -> None:
+        await engines.close()
+
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port, addr="0.0.0.0")
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    asyncio.run(
+        kopf.operator(
+            clusterwide=settings.namespace is None,
+            namespaces=[settings.namespace] if settings.namespace else [],
+            standalone=settings.standalone,
+            peering_name=settings.peering,
+            liveness_endpoint=liveness,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
