@@ -53,6 +53,8 @@ def weights_gb(parameters_b: float) -> float:
 def check_fits(field: str, parameters_b: float, gpus: int, types: list[str]) -> Problem | None:
     """ModelDoesNotFit when on no allowed product do `gpus` GPUs hold the weights plus a KV-cache share."""
     profiles, _ = allowed_gpus(types)
+    if not profiles:
+        return None  # nothing known to check against; check_gpu_types reports the unknown names
     need = weights_gb(parameters_b)
     fitting = [p for p in profiles if gpus * p.memory_gb * USABLE_MEMORY * (1 - MIN_KV_SHARE) >= need]
     if fitting:

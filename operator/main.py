@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import sys
 from pathlib import Path
@@ -56,6 +57,9 @@ def configure_logging(settings: OperatorSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse(argv)
     configure_logging(settings)
+    if settings.kubeconfig:
+        # kopf's own client logs in from $KUBECONFIG; keep both clients on the same cluster.
+        os.environ["KUBECONFIG"] = settings.kubeconfig
     kube = Kube(load_config(settings.kubeconfig))
     engines = EngineClient()
     handlers.RUNTIME = handlers.Runtime(
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
 
     @kopf.on.login()
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if settings.kubeconfig:
+            return kopf.login_with_kubeconfig(**kwargs)  # type: ignore[no-any-return]
         return kopf.login_via_client(**kwargs)  # type: ignore[no-any-return]
 
     @kopf.on.cleanup()

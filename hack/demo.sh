@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make demo`: local control plane with fake GPU nodes, the CRDs, the operator and the simulated fleet,
+# then examples/ applied and watched until every service is Ready. `hack/demo.sh down` stops it all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=.run/demo
+PY=.venv/bin/python
+mkdir -p "$RUN"
+
+stop() {
+  for p in operator fleet; do
+    [[ -f "$RUN/$p.pid" ]] && kill "$(cat "$RUN/$p.pid")" 2>/dev/null || true
+    rm -f "$RUN/$p.pid"
+  done
+  python3 hack/cluster.py down --dir "$RUN/cluster"
+}
+if [[ "${1:-}" == "down" ]]; then stop; exit 0; fi
+
+KUBECONFIG=$(python3 hack/cluster.py up --dir "$RUN/cluster" --nodes 8 | tail -1)
+export KUBECONFIG
+KUBECTL="$(python3 hack/cluster.py binaries)/kubectl"
+k() { "$KUBECTL" "$@"; }
+
+k apply -f crds/manifests/ >/dev/null
+k wait --for condition=established crd --all --timeout=60s >/dev/null
+k apply -f crds/peering/ -f examples/priorityclasses.yaml >/dev/null
+for p in operator fleet; do [[ -f "$RUN/$p.pid" ]] && kill "$(cat "$RUN/$p.pid")" 2>/dev/null || true; done
+$PY operator/main.py --kubeconfig "$KUBECONFIG" --metrics-port 18080 --health-port 18081 --log-format plain \
+  >"$RUN/operator.log" 2>&1 & echo $! >"$RUN/operator.pid"
+$PY -m simulator.fleet --kubeconfig "$KUBECONFIG" --state-dir "$RUN/fleet" --cold-start-scale 20 \
+  >"$RUN/fleet.log" 2>&1 & echo $! >"$RUN/fleet.pid"
+
+echo "== applying examples/ (dense, MoE, prefill/decode services; a fine-tune job; a power budget)"
+k apply -f examples/
+for i in $(seq 1 60); do
+  sleep 3
+  clear 2>/dev/null || true
+  echo "== kubectl get llms,ftj,pb,pods -o wide   (t=$((i * 3))s)"
+  k get llms,ftj,pb -o wide
+  echo
+  k get pods -o wide
+  ready=$(k get llms -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -c '^Ready$' || true)
+  total=$(k get llms --no-headers | wc -l)
+  ftj=$(k get ftj support-bot-lora -o jsonpath='{.status.phase}')
+  if [[ "$ready" == "$total" && ( "$ftj" == "Running" || "$ftj" == "Succeeded" ) ]]; then
+    echo; echo "== converged: $ready/$total services Ready, fine-tune job $ftj"
+    break
+  fi
+done
+echo
+echo "Try: KUBECONFIG=$KUBECONFIG $KUBECTL scale llms/llama3-8b --replicas=3"
+echo "     KUBECONFIG=$KUBECONFIG $KUBECTL explain llms.spec.scaling"
+echo "Stop everything with: make demo-down"

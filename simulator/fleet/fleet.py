@@ -1,0 +1,335 @@
+"""The fleet process: watches pods on fake GPU nodes and runs a simulated engine per pod."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+from kubernetes import client, watch
+
+from controllers import labels as L
+from controllers.kube import load_config
+from crds.gpus import GPU_PRODUCT_LABEL, GPU_PROFILES, GPU_RESOURCE
+from simulator.engine.config import parse_args
+from simulator.engine.server import create_app
+from simulator.engine.config import EngineConfigError
+from simulator.fleet.rewrite import engine_argv
+
+log = logging.getLogger("fleet")
+DCGM_URL = "ebbtide.dev/dcgm-url"
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """How the fleet plays its nodes."""
+
+    state_dir: Path
+    engine_time_scale: float = 1.0
+    cold_start_scale: float = 30.0
+    image_pull_seconds: float = 60.0
+    load_gbps: float = 2.0
+
+
+@dataclass
+class RunningEngine:
+    """One pod's engine."""
+
+    namespace: str
+    name: str
+    node: str
+    url: str
+    gpus: list[int]
+    trainer: bool
+    runner: web.AppRunner | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class NodeState:
+    """A fake GPU node: its product, which GPU index belongs to which pod, its DCGM endpoint."""
+
+    name: str
+    product: str
+    gpus: int
+    owner: dict[int, str] = field(default_factory=dict)  # gpu index -> pod key
+    runner: web.AppRunner | None = None
+
+
+def _now() -> str:
+    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Fleet:
+    """Acts as the kubelet of simulated-engine pods on KWOK nodes."""
+
+    def __init__(self, settings: FleetSettings, kubeconfig: str | None) -> None:
+        self.s = settings
+        self.api = load_config(kubeconfig)
+        self.core = client.CoreV1Api(self.api)
+        self.engines: dict[str, RunningEngine] = {}
+        self.nodes: dict[str, NodeState] = {}
+        self.http = httpx.AsyncClient(timeout=2.0)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def pump() -> None:
+            # The official client's watch is blocking; it lives in its own thread and feeds the loop.
+            while not stop.is_set():
+                try:
+                    w = watch.Watch()
+                    for ev in w.stream(
+                        self.core.list_pod_for_all_namespaces,
+                        label_selector=f"{L.ENGINE}=simulated",
+                        timeout_seconds=60,
+                        _preload_content=False,
+                    ):
+                        obj = ev["raw_object"]
+                        loop.call_soon_threadsafe(queue.put_nowait, (ev["type"], obj))
+                except Exception as e:
+                    log.warning("pod watch restarting: %s", e)
+                    stop.wait(1.0)
+
+        threading.Thread(target=pump, daemon=True, name="pod-watch").start()
+        log.info("fleet started; state in %s", self.s.state_dir)
+        try:
+            while True:
+                kind, pod = await queue.get()
+                try:
+                    await self.handle(kind, pod)
+                except Exception:
+                    log.exception("handling pod %s failed", pod.get("metadata", {}).get("name"))
+        finally:
+            stop.set()
+
+    async def handle(self, kind: str, pod: dict[str, Any]) -> None:
+        meta, spec = pod["metadata"], pod.get("spec", {})
+        key = f"{meta['namespace']}/{meta['name']}"
+        if kind == "DELETED" or meta.get("deletionTimestamp"):
+            await self.stop(key)
+            return
+        node = spec.get("nodeName")
+        if not node or key in self.engines:
+            return
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return
+        state = await self.node(node)
+        if state is None:
+            return
+        await self.start(key, pod, state)
+
+    async def node(self, name: str) -> NodeState | None:
+        if name in self.nodes:
+            return self.nodes[name]
+        obj = await asyncio.to_thread(self.core.read_node, name)
+        labels = obj.metadata.labels or {}
+        if labels.get("kwok.x-k8s.io/node") != "fake":
+            return None
+        gpus = int((obj.status.allocatable or {}).get(GPU_RESOURCE, "0"))
+        state = NodeState(name, labels.get(GPU_PRODUCT_LABEL, "NVIDIA-H100-80GB-HBM3"), gpus)
+        self.nodes[name] = state
+        await self.serve_dcgm(state)
+        return state
+
+    async def start(self, key: str, pod: dict[str, Any], node: NodeState) -> None:
+        ns, name = key.split("/", 1)
+        container = pod["spec"]["containers"][0]
+        want = int((container.get("resources", {}).get("limits") or {}).get(GPU_RESOURCE, "0"))
+        free = [i for i in range(node.gpus) if i not in node.owner]
+        gpus = free[:want]
+        for i in gpus:
+            node.owner[i] = key
+        port = _free_port()
+        argv = engine_argv(
+            list(container.get("args", [])), node.product, port, self.s.state_dir, self.s.engine_time_scale
+        )
+        try:
+            cfg = parse_args(argv)
+        except EngineConfigError as e:
+            log.warning("pod %s: engine refuses its command line: %s", key, e)
+            await self.patch_status(ns, name, failed=str(e))
+            return
+        url = f"http://127.0.0.1:{port}"
+        eng = RunningEngine(ns, name, node.name, url, gpus, cfg.mode == "trainer")
+        self.engines[key] = eng
+        await asyncio.to_thread(
+            self.core.patch_namespaced_pod, name, ns, {"metadata": {"annotations": {L.ENGINE_URL: url}}}
+        )
+        await self.patch_status(ns, name, ready=False)
+        eng.task = asyncio.get_running_loop().create_task(self.lifecycle(key, eng, cfg))
+
+    async def lifecycle(self, key: str, eng: RunningEngine, cfg: Any) -> None:
+        """Cold start, serve, report readiness; for trainers, report completion."""
+        perf = cfg.perf_model()
+        cold = perf.cold_start_seconds(self.s.image_pull_seconds, self.s.load_gbps)
+        await asyncio.sleep(cold / self.s.cold_start_scale)
+        app = create_app(cfg)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", cfg.port).start()
+        eng.runner = runner
+        for _ in range(600):
+            try:
+                if (await self.http.get(f"{eng.url}/health")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+        await self.patch_status(eng.namespace, eng.name, ready=True)
+        log.info("pod %s ready at %s after a %.0f s cold start", key, eng.url, cold)
+        if not eng.trainer:
+            return
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                done = (await self.http.get(f"{eng.url}/admin/progress")).json().get("done")
+            except (httpx.HTTPError, ValueError):
+                continue
+            if done:
+                await self.patch_status(eng.namespace, eng.name, succeeded=True)
+                await self.stop(key, keep_record=False)
+                return
+
+    async def stop(self, key: str, keep_record: bool = False) -> None:
+        eng = self.engines.pop(key, None)
+        if eng is None:
+            return
+        if eng.task and asyncio.current_task() is not eng.task:
+            eng.task.cancel()
+        if eng.runner:
+            await eng.runner.cleanup()
+        node = self.nodes.get(eng.node)
+        if node:
+            for i in eng.gpus:
+                node.owner.pop(i, None)
+
+    async def patch_status(
+        self, ns: str, name: str, ready: bool = False, succeeded: bool = False, failed: str | None = None
+    ) -> None:
+        now = _now()
+        flag = "True" if ready else "False"
+        state: dict[str, Any] = {"running": {"startedAt": now}}
+        phase = "Running"
+        if succeeded:
+            phase, flag, state = "Succeeded", "False", {"terminated": {"exitCode": 0, "reason": "Completed"}}
+        if failed:
+            phase, flag = "Failed", "False"
+            state = {"terminated": {"exitCode": 2, "reason": "Error", "message": failed[:500]}}
+        body = {
+            "status": {
+                "phase": phase,
+                "hostIP": "127.0.0.1",
+                "podIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
+                "startTime": now,
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                    {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
+                    {"type": "Ready", "status": flag, "lastTransitionTime": now},
+                ],
+                "containerStatuses": [
+                    {
+                        "name": "engine",
+                        "image": "ghcr.io/ebbtide/engine-sim:0.1.0",
+                        "imageID": "",
+                        "ready": ready,
+                        "restartCount": 0,
+                        "started": not (succeeded or failed),
+                        "state": state,
+                    }
+                ],
+            }
+        }
+        try:
+            await asyncio.to_thread(self.core.patch_namespaced_pod_status, name, ns, body)
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def serve_dcgm(self, node: NodeState) -> None:
+        """A DCGM-exporter-compatible /metrics for the node, and NVML-like per-GPU power limits."""
+        app = web.Application()
+        app.router.add_get("/metrics", lambda r: self.dcgm_metrics(node))
+        app.router.add_put("/gpu/{index}/power-limit", lambda r: self.set_limit(node, r))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = _free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        node.runner = runner
+        await asyncio.to_thread(
+            self.core.patch_node, node.name, {"metadata": {"annotations": {DCGM_URL: f"http://127.0.0.1:{port}"}}}
+        )
+
+    async def _engine_power(self, key: str) -> dict[str, Any]:
+        eng = self.engines.get(key)
+        if eng is None or eng.runner is None:
+            return {}
+        try:
+            return dict((await self.http.get(f"{eng.url}/admin/power")).json())
+        except (httpx.HTTPError, ValueError, TypeError):
+            return {}
+
+    async def dcgm_metrics(self, node: NodeState) -> web.Response:
+        profile = GPU_PROFILES.get(node.product)
+        idle = profile.idle_w if profile else 50.0
+        tdp = profile.tdp_w if profile else 700.0
+        mem = (profile.memory_gb if profile else 80.0) * 1024
+        lines = {
+            "DCGM_FI_DEV_POWER_USAGE": ("gauge", "Power draw (in W)."),
+            "DCGM_FI_DEV_GPU_UTIL": ("gauge", "GPU utilization (in %)."),
+            "DCGM_FI_DEV_FB_USED": ("gauge", "Framebuffer memory used (in MiB)."),
+            "DCGM_FI_DEV_POWER_MGMT_LIMIT": ("gauge", "Power management limit (in W)."),
+        }
+        values: dict[str, list[str]] = {m: [] for m in lines}
+        cache: dict[str, dict[str, Any]] = {}
+        for i in range(node.gpus):
+            key = node.owner.get(i)
+            info = cache.setdefault(key, await self._engine_power(key)) if key else {}
+            draw = float(info.get("draw_w", info.get("power_w", idle)))
+            limit = float(info.get("limit_w", tdp))
+            util = float(info.get("utilization", 0.0)) * 100
+            used = float(info.get("memory_used_mib", mem * 0.9 if key else 0.0))
+            labels = (
+                f'gpu="{i}",UUID="GPU-{node.name}-{i}",device="nvidia{i}",modelName="{node.product}",'
+                f'Hostname="{node.name}"'
+            )
+            if key:
+                ns, pod = key.split("/", 1)
+                labels += f',namespace="{ns}",pod="{pod}",container="engine"'
+            for metric, v in (
+                ("DCGM_FI_DEV_POWER_USAGE", draw),
+                ("DCGM_FI_DEV_GPU_UTIL", util),
+                ("DCGM_FI_DEV_FB_USED", used),
+                ("DCGM_FI_DEV_POWER_MGMT_LIMIT", limit),
+            ):
+                values[metric].append(f"{metric}{{{labels}}} {v:.3f}")
+        out = []
+        for metric, (typ, help_) in lines.items():
+            out += [f"# HELP {metric} {help_}", f"# TYPE {metric} {typ}", *values[metric]]
+        return web.Response(text="\n".join(out) + "\n", content_type="text/plain")
+
+    async def set_limit(self, node: NodeState, request: web.Request) -> web.Response:
+        index = int(request.match_info["index"])
+        body = await request.json()
+        key = node.owner.get(index)
+        if key is None or key not in self.engines:
+            return web.json_response({"error": f"GPU {index} runs no engine"}, status=404)
+        r = await self.http.put(f"{self.engines[key].url}/admin/power", json=body)
+        return web.Response(status=r.status_code, body=r.content, content_type="application/json")

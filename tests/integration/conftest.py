@@ -1,0 +1,126 @@
+"""The real local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok), the operator and
+the simulated fleet as processes, started once per test session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kube import ROOT, Cluster, wait_until
+
+RUN = ROOT / ".run"
+
+
+def _up() -> Cluster:
+    state = Path(os.environ.get("EBBTIDE_TEST_CLUSTER_DIR", RUN / "test-cluster"))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "cluster.py"), "up", "--dir", str(state), "--nodes", "8"],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    bins = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "cluster.py"), "binaries"], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout.strip()
+    return Cluster(Path(out.stdout.strip().splitlines()[-1]), str(Path(bins) / "kubectl"))
+
+
+class Proc:
+    """A background process with its log in .run/test-logs, restartable (the operator-killed story)."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name, self.argv = name, argv
+        self.proc: subprocess.Popen[bytes] | None = None
+        (RUN / "test-logs").mkdir(parents=True, exist_ok=True)
+        self.log = RUN / "test-logs" / f"{name}.log"
+
+    def start(self) -> None:
+        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=20)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    c = _up()
+    c.kubectl("apply", "-f", str(ROOT / "crds" / "manifests"))
+    c.kubectl("wait", "--for", "condition=established", "crd", "--all", "--timeout=60s")
+    c.kubectl("apply", "-f", str(ROOT / "crds" / "peering"))
+    c.kubectl("apply", "-f", str(ROOT / "examples" / "priorityclasses.yaml"))
+    yield c
+    if not os.environ.get("EBBTIDE_KEEP_CLUSTER"):
+        subprocess.run([sys.executable, str(ROOT / "hack" / "cluster.py"), "down", "--dir",
+                        str(c.kubeconfig.parent)], check=False)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster) -> Iterator[Proc]:
+    metrics, health = _free_port(), _free_port()
+    p = Proc(
+        "operator",
+        [
+            sys.executable, str(ROOT / "operator" / "main.py"), "--kubeconfig", str(cluster.kubeconfig),
+            "--metrics-port", str(metrics), "--health-port", str(health), "--resync-seconds", "3",
+            "--peering-lifetime-seconds", "8", "--log-format", "plain",
+        ],
+    )  # fmt: skip
+    p.metrics_port = metrics  # type: ignore[attr-defined]
+    p.health_port = health  # type: ignore[attr-defined]
+    p.start()
+    yield p
+    p.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def fleet(cluster: Cluster) -> Iterator[Proc]:
+    p = Proc(
+        "fleet",
+        [
+            sys.executable, "-m", "simulator.fleet", "--kubeconfig", str(cluster.kubeconfig),
+            "--state-dir", str(RUN / "test-fleet"), "--cold-start-scale", "100",
+        ],
+    )  # fmt: skip
+    p.start()
+    yield p
+    p.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def ns(cluster: Cluster, operator: Proc, fleet: Proc) -> Iterator[str]:
+    """A fresh namespace per story, removed afterwards."""
+    name = f"t-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    wait_until("default service account", lambda: cluster.exists("serviceaccount", "default", "-n", name), 30)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+

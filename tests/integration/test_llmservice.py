@@ -1,0 +1,147 @@
+"""User stories of LLMService against the real local control plane, operator and simulated fleet."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Proc
+from tests.kube import ROOT, Cluster, condition, wait_until
+
+EXAMPLES = ROOT / "examples"
+SCENARIOS = ROOT / "tests" / "scenarios"
+
+
+def service_pods(c: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = c.get("pods", "-n", ns, "-l", f"ebbtide.dev/service={name}")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def ready_service(c: Cluster, ns: str, name: str, replicas: int) -> dict[str, Any] | None:
+    obj: dict[str, Any] = c.get("llms", name, "-n", ns)
+    ready = condition(obj, "Ready")
+    st = obj.get("status") or {}
+    if ready and ready["status"] == "True" and st.get("readyReplicas") == replicas and st.get("replicas") == replicas:
+        return obj
+    return None
+
+
+def test_applied_service_gets_bound_running_pods_and_becomes_ready(cluster: Cluster, ns: str) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "dense-service.yaml"))
+
+    obj = wait_until("llama3-8b Ready with 2 replicas", lambda: ready_service(cluster, ns, "llama3-8b", 2), 90)
+
+    pods = service_pods(cluster, ns, "llama3-8b")
+    assert len(pods) == 2
+    for p in pods:
+        assert p["spec"]["nodeName"].startswith("gpu-h100-"), "GPU type restriction must hold"
+        assert p["status"]["phase"] == "Running"
+        assert p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert p["spec"]["priorityClassName"] == "ebbtide-serving-high"
+        assert p["metadata"]["ownerReferences"][0]["kind"] == "LLMService"
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    row = cluster.kubectl("get", "llms", "llama3-8b", "-n", ns, "--no-headers").stdout.split()
+    assert row[:4] == ["llama3-8b", "llama-3-8b", "2/2", "2"], row
+    assert "Ready" in row
+    assert cluster.exists("service", "llama3-8b", "-n", ns)
+    assert cluster.get("pdb", "llama3-8b", "-n", ns)["spec"]["minAvailable"] == 1
+
+
+def test_kubectl_scale_adds_gangs_then_removes_newest_first(cluster: Cluster, ns: str) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "dense-service.yaml"))
+    cluster.kubectl("scale", "-n", ns, "llms/llama3-8b", "--replicas=1")
+    wait_until("1 replica", lambda: ready_service(cluster, ns, "llama3-8b", 1), 90)
+    first = {p["metadata"]["name"] for p in service_pods(cluster, ns, "llama3-8b")}
+
+    cluster.kubectl("scale", "-n", ns, "llms/llama3-8b", "--replicas=3")
+    wait_until("3 replicas", lambda: ready_service(cluster, ns, "llama3-8b", 3), 90)
+    names = {p["metadata"]["name"] for p in service_pods(cluster, ns, "llama3-8b")}
+    assert len(names) == 3 and first <= names
+
+    cluster.kubectl("scale", "-n", ns, "llms/llama3-8b", "--replicas=1")
+    wait_until("back to 1", lambda: ready_service(cluster, ns, "llama3-8b", 1), 90)
+    wait_until("drained pods gone", lambda: len(service_pods(cluster, ns, "llama3-8b")) == 1, 60)
+    assert {p["metadata"]["name"] for p in service_pods(cluster, ns, "llama3-8b")} == first
+    events = cluster.kubectl("get", "events", "-n", ns, "--field-selector", "reason=ScalingDown").stdout
+    assert "draining replica" in events
+
+
+@pytest.mark.parametrize("path", sorted((SCENARIOS / "invalid").glob("*.yaml")), ids=lambda p: p.stem)
+def test_invalid_spec_is_rejected_naming_the_field(cluster: Cluster, path: Path) -> None:
+    expected = re.search(r"# expect: (\S+)", path.read_text())
+    assert expected, f"{path.name} must say which field it breaks"
+    proc = cluster.kubectl("apply", "-n", "default", "-f", str(path), check=False)
+    assert proc.returncode != 0, f"{path.name} was accepted"
+    assert expected.group(1) in proc.stderr, proc.stderr
+
+
+def test_impossible_spec_reports_ready_false_and_others_still_reconcile(cluster: Cluster, ns: str) -> None:
+    for path in sorted((SCENARIOS / "semantic").glob("*.yaml")):
+        cluster.kubectl("apply", "-n", ns, "-f", str(path))
+    expected = {"too-big": "ModelDoesNotFit", "unknown-gpu": "UnknownGPUType", "no-prio": "PriorityClassNotFound"}
+
+    def all_reported() -> bool:
+        for name, reason in expected.items():
+            ready = condition(cluster.get("llms", name, "-n", ns), "Ready")
+            if not ready or ready["status"] != "False" or ready["reason"] != reason:
+                return False
+        return True
+
+    wait_until("Ready=False with reasons", all_reported, 60)
+    msg = condition(cluster.get("llms", "too-big", "-n", ns), "Ready")["message"]  # type: ignore[index]
+    assert "spec.model.parametersB" in msg
+    events = cluster.get("events", "-n", ns, "--field-selector", "reason=ModelDoesNotFit")["items"]
+    assert events and events[0]["type"] == "Warning"
+    assert service_pods(cluster, ns, "too-big") == []
+
+    cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "dense-service.yaml"))
+    wait_until("the valid service still becomes Ready", lambda: ready_service(cluster, ns, "llama3-8b", 2), 90)
+
+
+def test_delete_garbage_collects_everything(cluster: Cluster, ns: str) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "pd-service.yaml"))
+    wait_until("prefill/decode replica Ready", lambda: ready_service(cluster, ns, "qwen-pd", 1), 90)
+    roles = sorted(p["metadata"]["labels"]["ebbtide.dev/role"] for p in service_pods(cluster, ns, "qwen-pd"))
+    assert roles == ["decode", "decode", "prefill"]
+
+    cluster.kubectl("delete", "llms", "qwen-pd", "-n", ns)
+
+    def gone() -> bool:
+        return (
+            not service_pods(cluster, ns, "qwen-pd")
+            and not cluster.exists("service", "qwen-pd", "-n", ns)
+            and not cluster.exists("pdb", "qwen-pd", "-n", ns)
+        )
+
+    wait_until("pods, services and PDB garbage-collected", gone, 90)
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(
+    cluster: Cluster, ns: str, operator: Proc
+) -> None:
+    manifest = (EXAMPLES / "dense-service.yaml").read_text().replace("replicas: 2 ", "replicas: 4 ")
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=manifest)
+    wait_until("reconcile under way", lambda: len(service_pods(cluster, ns, "llama3-8b")) >= 1, 30, 0.05)
+    operator.kill()
+    operator.start()
+
+    wait_until("4 replicas Ready after restart", lambda: ready_service(cluster, ns, "llama3-8b", 4), 120)
+    pods = service_pods(cluster, ns, "llama3-8b")
+    replicas = sorted(p["metadata"]["labels"]["ebbtide.dev/replica"] for p in pods)
+    assert replicas == ["0", "1", "2", "3"], replicas
+
+
+def test_operator_serves_metrics_and_health(operator: Proc, ns: str) -> None:
+    import httpx
+
+    metrics = wait_until(
+        "metrics", lambda: httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics").text, 30  # type: ignore[attr-defined]
+    )
+    assert "ebbtide_reconciles_total" in metrics
+    health = httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz")  # type: ignore[attr-defined]
+    assert health.status_code == 200
+    json.loads(health.text or "{}")
