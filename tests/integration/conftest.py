@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +42,7 @@ class Proc:
         self.log = RUN / "test-logs" / f"{name}.log"
 
     def start(self) -> None:
-        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
+        logf = open(self.log, "ab")
         self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -64,8 +63,9 @@ def cluster() -> Iterator[Cluster]:
     c.kubectl("apply", "-f", str(ROOT / "examples" / "priorityclasses.yaml"))
     yield c
     if not os.environ.get("EBBTIDE_KEEP_CLUSTER"):
-        subprocess.run([sys.executable, str(ROOT / "hack" / "cluster.py"), "down", "--dir",
-                        str(c.kubeconfig.parent)], check=False)
+        subprocess.run(
+            [sys.executable, str(ROOT / "hack" / "cluster.py"), "down", "--dir", str(c.kubeconfig.parent)], check=False
+        )
 
 
 def _free_port() -> int:
@@ -122,5 +122,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-
-

@@ -120,9 +120,7 @@ def test_delete_garbage_collects_everything(cluster: Cluster, ns: str) -> None:
     wait_until("pods, services and PDB garbage-collected", gone, 90)
 
 
-def test_operator_killed_mid_reconcile_converges_without_duplicates(
-    cluster: Cluster, ns: str, operator: Proc
-) -> None:
+def test_operator_killed_mid_reconcile_converges_without_duplicates(cluster: Cluster, ns: str, operator: Proc) -> None:
     manifest = (EXAMPLES / "dense-service.yaml").read_text().replace("replicas: 2 ", "replicas: 4 ")
     cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=manifest)
     wait_until("reconcile under way", lambda: len(service_pods(cluster, ns, "llama3-8b")) >= 1, 30, 0.05)
@@ -139,7 +137,9 @@ def test_operator_serves_metrics_and_health(operator: Proc, ns: str) -> None:
     import httpx
 
     metrics = wait_until(
-        "metrics", lambda: httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics").text, 30  # type: ignore[attr-defined]
+        "metrics",
+        lambda: httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics").text,
+        30,  # type: ignore[attr-defined]
     )
     assert "ebbtide_reconciles_total" in metrics
     health = httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz")  # type: ignore[attr-defined]
