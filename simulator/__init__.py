@@ -1,0 +1,1 @@
+"""Simulated GPUs: the engine, load replay and the discrete-event cluster simulator."""

@@ -1,0 +1,593 @@
+"""The engine's HTTP surface: vLLM's OpenAI-compatible API, /metrics, and Ebbtide's admin endpoints.
+
+Request validation and error bodies follow vLLM's OpenAI server: `{"object": "error", "message", "type",
+"param", "code"}` with 400 BadRequestError for malformed requests and 404 NotFoundError for unknown models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from simulator.engine.clock import Clock
+from simulator.engine.config import EngineConfig
+from simulator.engine.core import (
+    EngineDraining,
+    ExpertLayoutBusy,
+    ExpertLayoutError,
+    SequenceSpec,
+    SimEngine,
+    TokenEvent,
+)
+from simulator.engine.text import count_chat_tokens, count_text_tokens, derive_seed, natural_length
+from simulator.engine.trainer import CheckpointError, Trainer
+from simulator.power import PowerLimitError
+
+log = logging.getLogger(__name__)
+
+ENGINE_KEY = web.AppKey("engine", SimEngine)
+TRAINER_KEY = web.AppKey("trainer", Trainer)
+CONFIG_KEY = web.AppKey("config", EngineConfig)
+
+_CHAT_ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
+_SHUTDOWN_DRAIN_S = 25.0  # wall seconds to finish in-flight requests after SIGTERM
+VERSION = "0.0.0+ebbtide.sim"
+
+
+class ApiError(Exception):
+    """An error answered with vLLM's error body."""
+
+    def __init__(self, status: int, message: str, err_type: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.err_type = err_type
+
+
+def bad_request(message: str) -> ApiError:
+    """400 BadRequestError."""
+    return ApiError(400, message, "BadRequestError")
+
+
+def error_response(status: int, message: str, err_type: str) -> web.Response:
+    """vLLM's error body."""
+    body = {"object": "error", "message": message, "type": err_type, "param": None, "code": status}
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.err_type)
+    except web.HTTPNotFound:
+        return web.json_response({"detail": "Not Found"}, status=404)
+    except web.HTTPMethodNotAllowed:
+        return web.json_response({"detail": "Method Not Allowed"}, status=405)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return error_response(500, "internal server error", "InternalServerError")
+
+
+async def _json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip() and allow_empty:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"Invalid JSON in request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("Request body must be a JSON object")
+    return body
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# OpenAI request parsing
+
+
+class _Params:
+    """The sampling parameters the simulator honours, validated as vLLM validates them."""
+
+    def __init__(self, body: dict[str, Any], *, chat: bool) -> None:
+        max_tokens = body.get("max_completion_tokens") if chat else None
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
+        if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+            raise bad_request(f"max_tokens must be at least 1, got {max_tokens}.")
+        self.max_tokens: int | None = max_tokens
+        n = body.get("n", 1)
+        if n is None:
+            n = 1
+        if not _is_int(n) or n < 1:
+            raise bad_request(f"n must be at least 1, got {n}.")
+        self.n: int = n
+        temperature = body.get("temperature")
+        if temperature is not None and (not _is_number(temperature) or temperature < 0):
+            raise bad_request(f"temperature must be non-negative, got {temperature}.")
+        top_p = body.get("top_p")
+        if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+            raise bad_request(f"top_p must be in (0, 1], got {top_p}.")
+        seed = body.get("seed")
+        if seed is not None and not _is_int(seed):
+            raise bad_request(f"seed must be an integer, got {seed!r}.")
+        self.seed: int | None = seed
+        min_tokens = body.get("min_tokens", 0) or 0
+        if not _is_int(min_tokens) or min_tokens < 0:
+            raise bad_request(f"min_tokens must be greater than or equal to 0, got {min_tokens}.")
+        if self.max_tokens is not None and min_tokens > self.max_tokens:
+            raise bad_request(
+                f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, got {min_tokens}."
+            )
+        self.min_tokens: int = min_tokens
+        self.ignore_eos = bool(body.get("ignore_eos", False))
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool) and stream is not None:
+            raise bad_request(f"stream must be a boolean, got {stream!r}.")
+        self.stream = bool(stream)
+        options = body.get("stream_options")
+        if options is not None:
+            if not self.stream:
+                raise bad_request("Stream options can only be defined when `stream=True`.")
+            if not isinstance(options, dict):
+                raise bad_request("stream_options must be an object.")
+        self.include_usage = bool((options or {}).get("include_usage", False))
+
+
+def _completion_prompts(body: dict[str, Any]) -> list[tuple[str, int]]:
+    """(seed key, token count) per prompt of a /v1/completions request."""
+    prompt = body.get("prompt")
+    if prompt is None or prompt == "" or prompt == []:
+        raise bad_request("Either prompt or prompt_embeds must be provided and non-empty.")
+    if isinstance(prompt, str):
+        return [(prompt, count_text_tokens(prompt) + 1)]  # +1: the BOS token vLLM adds to text prompts
+    if isinstance(prompt, list):
+        if all(_is_int(t) for t in prompt):
+            _check_token_ids(prompt)
+            return [(",".join(map(str, prompt)), len(prompt))]
+        if all(isinstance(p, str) for p in prompt):
+            return [(p, count_text_tokens(p) + 1) for p in prompt]
+        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+            for p in prompt:
+                _check_token_ids(p)
+            return [(",".join(map(str, p)), len(p)) for p in prompt]
+    raise bad_request("prompt must be a string, a list of token ids, or a list of either")
+
+
+def _check_token_ids(ids: list[int]) -> None:
+    if any(t < 0 for t in ids):
+        raise bad_request("Token ids must be non-negative integers")
+
+
+def _chat_prompt(body: dict[str, Any]) -> tuple[str, int]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages must be a non-empty list of chat messages")
+    contents: list[str] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise bad_request(f"messages[{i}] must be an object")
+        role = msg.get("role")
+        if role not in _CHAT_ROLES:
+            raise bad_request(f"messages[{i}].role must be one of {sorted(_CHAT_ROLES)}, got {role!r}")
+        content = msg.get("content")
+        if content is None:
+            contents.append("")
+        elif isinstance(content, str):
+            contents.append(content)
+        elif isinstance(content, list):
+            parts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise bad_request(f"messages[{i}].content: only text parts are supported by this model")
+                parts.append(part["text"])
+            contents.append("\n".join(parts))
+        else:
+            raise bad_request(f"messages[{i}].content must be a string or a list of content parts")
+    return json.dumps(messages, sort_keys=True), count_chat_tokens(contents)
+
+
+def _requested_model(engine: SimEngine, body: dict[str, Any]) -> str:
+    model = body.get("model")
+    names = engine.cfg.served_model_names
+    if model is None:
+        return names[0]
+    if not isinstance(model, str) or model not in names:
+        raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError")
+    return model
+
+
+def _sequence_specs(engine: SimEngine, prompts: list[tuple[str, int]], params: _Params) -> list[SequenceSpec]:
+    limit = engine.cfg.max_model_len
+    specs = []
+    for p_index, (key, prompt_tokens) in enumerate(prompts):
+        if params.max_tokens is not None and prompt_tokens + params.max_tokens > limit:
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + params.max_tokens} tokens ({prompt_tokens} in the messages, "
+                f"{params.max_tokens} in the completion). Please reduce the length of the messages or completion."
+            )
+        if prompt_tokens >= limit:
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens. However, your request has "
+                f"{prompt_tokens} input tokens. Please reduce the length of the input messages."
+            )
+        for j in range(params.n):
+            seed = derive_seed(engine.cfg.seed, params.seed, key, j)
+            room = limit - prompt_tokens
+            if params.max_tokens is not None:
+                max_tokens, reason = params.max_tokens, "length"
+            elif params.ignore_eos:
+                max_tokens, reason = room, "length"
+            else:
+                # No max_tokens: the simulated model stops at its own end of sequence.
+                max_tokens = max(params.min_tokens, natural_length(seed, room))
+                reason = "length" if max_tokens >= room else "stop"
+            specs.append(SequenceSpec(prompt_tokens, max_tokens, reason, seed, p_index * params.n + j))
+    return specs
+
+
+# OpenAI endpoints
+
+
+async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
+    engine = request.app[ENGINE_KEY]
+    body = await _json_object(request)
+    model = _requested_model(engine, body)
+    params = _Params(body, chat=chat)
+    prompts = [_chat_prompt(body)] if chat else _completion_prompts(body)
+    specs = _sequence_specs(engine, prompts, params)
+    try:
+        with engine.request_slot():
+            rids, events = engine.submit(specs)
+            try:
+                meta = _ResponseMeta(chat, model, sum(tokens for _, tokens in prompts), len(specs))
+                if params.stream:
+                    meta.include_usage = params.include_usage
+                    return await _stream(request, events, meta)
+                return await _collect(events, meta)
+            finally:
+                engine.abort(rids)  # no-op for finished sequences; frees KV cache if the client went away
+    except EngineDraining as exc:
+        raise ApiError(503, str(exc), "ServiceUnavailableError") from None
+
+
+class _ResponseMeta:
+    def __init__(self, chat: bool, model: str, prompt_tokens: int, choices: int) -> None:
+        self.chat = chat
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.choices = choices
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+        self.include_usage = False
+
+    def usage(self, completion_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+
+
+async def _collect(events: asyncio.Queue[TokenEvent], meta: _ResponseMeta) -> web.Response:
+    texts: list[list[str]] = [[] for _ in range(meta.choices)]
+    reasons: list[str | None] = [None] * meta.choices
+    remaining = meta.choices
+    while remaining:
+        ev = await events.get()
+        texts[ev.index].append(ev.text)
+        if ev.finish_reason is not None:
+            reasons[ev.index] = ev.finish_reason
+            remaining -= 1
+    generated = sum(len(t) for t in texts)
+    choices: list[dict[str, Any]] = []
+    for i in range(meta.choices):
+        text = "".join(texts[i])
+        if meta.chat:
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": reasons[i],
+                    "stop_reason": None,
+                }
+            )
+        else:
+            choices.append(
+                {"index": i, "text": text, "logprobs": None, "finish_reason": reasons[i], "stop_reason": None}
+            )
+    return web.json_response(
+        {
+            "id": meta.id,
+            "object": meta.object,
+            "created": meta.created,
+            "model": meta.model,
+            "choices": choices,
+            "usage": meta.usage(generated),
+        }
+    )
+
+
+async def _stream(request: web.Request, events: asyncio.Queue[TokenEvent], meta: _ResponseMeta) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    chunk_object = "chat.completion.chunk" if meta.chat else "text_completion"
+
+    async def send(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> None:
+        chunk: dict[str, Any] = {
+            "id": meta.id,
+            "object": chunk_object,
+            "created": meta.created,
+            "model": meta.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            chunk["usage"] = usage
+        await resp.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+
+    if meta.chat:
+        for i in range(meta.choices):
+            await send(
+                [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
+                None,
+            )
+    try:
+        await _stream_events(events, meta, send)
+    except ConnectionResetError:
+        log.debug("client closed the stream of %s", meta.id)
+        return resp
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def _stream_events(
+    events: asyncio.Queue[TokenEvent],
+    meta: _ResponseMeta,
+    send: Callable[[list[dict[str, Any]], dict[str, int] | None], Awaitable[None]],
+) -> None:
+    remaining = meta.choices
+    generated = 0
+    while remaining:
+        ev = await events.get()
+        if ev.text:
+            generated += 1
+        if ev.finish_reason is not None:
+            remaining -= 1
+        if meta.chat:
+            delta = {"content": ev.text} if ev.text else {}
+            await send([{"index": ev.index, "delta": delta, "logprobs": None, "finish_reason": ev.finish_reason}], None)
+        else:
+            await send(
+                [
+                    {
+                        "index": ev.index,
+                        "text": ev.text,
+                        "logprobs": None,
+                        "finish_reason": ev.finish_reason,
+                        "stop_reason": None,
+                    }
+                ],
+                None,
+            )
+    if meta.include_usage:
+        await send([], meta.usage(generated))
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/completions."""
+    return await _generate(request, chat=False)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions."""
+    return await _generate(request, chat=True)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the served names, as vLLM lists them."""
+    cfg = request.app[CONFIG_KEY]
+    created = int(time.time())
+    data = [
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "root": cfg.model_arg,
+            "parent": None,
+            "max_model_len": cfg.max_model_len,
+        }
+        for name in cfg.served_model_names
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+# health, metrics, admin
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: 200 while the process serves (vLLM's liveness semantics)."""
+    return web.Response(status=200)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """GET /ready: 200 when the engine takes new requests, 503 while draining (for readiness probes)."""
+    engine = request.app.get(ENGINE_KEY)
+    if engine is not None and engine.draining:
+        return error_response(503, "the engine is draining", "ServiceUnavailableError")
+    return web.json_response({"ready": True})
+
+
+async def version(request: web.Request) -> web.Response:
+    """GET /version."""
+    return web.json_response({"version": VERSION})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text exposition of this engine's registry."""
+    engine = request.app.get(ENGINE_KEY)
+    payload = engine.metrics.render() if engine is not None else request.app[TRAINER_KEY].render_metrics()
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def drain(request: web.Request) -> web.Response:
+    """POST /admin/drain starts draining; GET /admin/drain reports {"draining", "inflight", "done"}."""
+    engine = request.app[ENGINE_KEY]
+    return web.json_response(engine.drain() if request.method == "POST" else engine.drain_status())
+
+
+async def experts(request: web.Request) -> web.Response:
+    """GET /admin/experts: layout, pending change, version; PUT {"layout": {...}} starts a change."""
+    engine = request.app[ENGINE_KEY]
+    if request.method == "GET":
+        state = engine.experts_state()
+        if state is None:
+            raise ApiError(404, f"{engine.cfg.model.name} is a dense model; it has no experts", "NotFoundError")
+        return web.json_response(state)
+    body = await _json_object(request)
+    layout = body.get("layout")
+    if not isinstance(layout, dict):
+        raise bad_request('body must be {"layout": {"<rank>": [expert ids], ...}}')
+    try:
+        return web.json_response(engine.request_layout(layout), status=202)
+    except ExpertLayoutBusy as exc:
+        raise ApiError(409, str(exc), "ConflictError") from None
+    except ExpertLayoutError as exc:
+        raise bad_request(str(exc)) from None
+
+
+async def power(request: web.Request) -> web.Response:
+    """GET /admin/power: per-GPU limit and draw; PUT {"limit_w": watts | null} sets the limit (NVML rules)."""
+    engine = request.app.get(ENGINE_KEY)
+    trainer = request.app.get(TRAINER_KEY)
+    if request.method == "PUT":
+        body = await _json_object(request)
+        if "limit_w" not in body:
+            raise bad_request('body must be {"limit_w": <watts> | null}')
+        watts = body["limit_w"]
+        if watts is not None and not _is_number(watts):
+            raise bad_request(f"limit_w must be a number of watts or null, got {watts!r}")
+        try:
+            if engine is not None:
+                engine.set_power_limit(watts)
+            elif trainer is not None:
+                trainer.set_power_limit(watts)
+        except PowerLimitError as exc:
+            raise bad_request(str(exc)) from None
+    if engine is not None:
+        return web.json_response(engine.power_state())
+    assert trainer is not None
+    gpu = trainer.perf.gpu
+    limit = trainer.perf.power_limit_w if trainer.perf.power_limit_w is not None else gpu.tdp_w
+    draw = trainer.perf.power_w(0.0 if trainer.done else 1.0)
+    return web.json_response(
+        {
+            "gpu": gpu.product,
+            "gpus": trainer.perf.num_gpus,
+            "limit_w": limit,
+            "default_limit_w": gpu.tdp_w,
+            "min_limit_w": gpu.min_power_limit_w,
+            "max_limit_w": gpu.tdp_w,
+            "draw_w": draw,
+        }
+    )
+
+
+async def progress(request: web.Request) -> web.Response:
+    """GET /admin/progress: {"step", "total", "done"}."""
+    return web.json_response(request.app[TRAINER_KEY].progress())
+
+
+async def checkpoint(request: web.Request) -> web.Response:
+    """POST /admin/checkpoint {"path": optional}: write a checkpoint marker, return {"step", "path"}."""
+    body = await _json_object(request, allow_empty=True)
+    path = body.get("path")
+    if path is not None and not isinstance(path, str):
+        raise bad_request("path must be a string relative to --checkpoint-dir")
+    try:
+        return web.json_response(await request.app[TRAINER_KEY].checkpoint(path))
+    except CheckpointError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application:
+    """The aiohttp application of one engine (serving or trainer, by cfg.mode), with its own metrics registry.
+
+    The engine object is reachable as app[ENGINE_KEY] (serving) or app[TRAINER_KEY] (trainer).
+    """
+    app = web.Application(middlewares=[_errors])
+    app[CONFIG_KEY] = cfg
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/version", version)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/power", power)
+    app.router.add_put("/admin/power", power)
+    if cfg.mode == "trainer":
+        trainer = Trainer(cfg, clock)
+        app[TRAINER_KEY] = trainer
+        app.router.add_get("/admin/progress", progress)
+        app.router.add_post("/admin/checkpoint", checkpoint)
+        app.on_startup.append(lambda _: trainer.start())
+        app.on_cleanup.append(lambda _: trainer.stop())
+        return app
+    engine = SimEngine(cfg, clock)
+    app[ENGINE_KEY] = engine
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/admin/drain", drain)
+    app.router.add_post("/admin/drain", drain)
+    app.router.add_get("/admin/experts", experts)
+    app.router.add_put("/admin/experts", experts)
+    app.on_startup.append(lambda _: engine.start())
+    app.on_cleanup.append(lambda _: engine.stop())
+    return app
+
+
+async def serve(cfg: EngineConfig, clock: Clock | None = None, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT), then drain in-flight requests and shut down."""
+    app = create_app(cfg, clock)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port)
+    await site.start()
+    stop = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    log.info("simulated %s engine for %s on %s:%d", cfg.mode, cfg.model.name, cfg.host, cfg.port)
+    try:
+        await stop.wait()
+        engine = app.get(ENGINE_KEY)
+        if engine is not None:
+            engine.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(engine.wait_idle(), _SHUTDOWN_DRAIN_S)
+    finally:
+        await runner.cleanup()

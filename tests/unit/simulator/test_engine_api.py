@@ -1,0 +1,308 @@
+"""The simulated engine over real HTTP: OpenAI client compatibility, vLLM errors and metrics, admin endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+from simulator.engine import InstantClock
+from simulator.engine.metrics import REQUEST_LATENCY_BUCKETS, TOKEN_LATENCY_BUCKETS, TTFT_BUCKETS
+from tests.unit.simulator.engine_support import Served, engine_argv, sample, serve_engine
+
+MODEL = "llama-3-8b"
+
+
+class TestOpenAIProtocol:
+    async def test_completion_generates_exactly_max_tokens(self) -> None:
+        async with serve_engine(engine_argv()) as e:
+            r = await e.openai().completions.create(model=MODEL, prompt=[1000] * 300, max_tokens=17)
+        assert r.object == "text_completion" and r.model == MODEL
+        assert r.choices[0].finish_reason == "length" and r.choices[0].text
+        assert r.usage is not None
+        assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (300, 17, 317)
+
+    async def test_chat_completion(self) -> None:
+        async with serve_engine(engine_argv()) as e:
+            r = await e.openai().chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Say hello"}], max_tokens=6
+            )
+        assert r.choices[0].message.role == "assistant" and r.choices[0].message.content
+        assert r.usage is not None and r.usage.completion_tokens == 6 and r.usage.prompt_tokens > 0
+
+    async def test_streamed_completion_sends_one_chunk_per_token(self) -> None:
+        async with serve_engine(engine_argv()) as e:
+            stream = await e.openai().completions.create(
+                model=MODEL, prompt="Once upon a time", max_tokens=12, stream=True,
+                stream_options={"include_usage": True},
+            )  # fmt: skip
+            chunks = [c async for c in stream]
+        token_chunks = [c for c in chunks if c.choices]
+        assert len(token_chunks) == 12 and all(c.choices[0].text for c in token_chunks)
+        assert [c.choices[0].finish_reason for c in token_chunks][-2:] == [None, "length"]
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+
+    async def test_streamed_chat_starts_with_the_role(self) -> None:
+        async with serve_engine(engine_argv()) as e:
+            stream = await e.openai().chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+            )
+            chunks = [c async for c in stream]
+        assert chunks[0].choices[0].delta.role == "assistant"
+        contents = [c.choices[0].delta.content for c in chunks[1:]]
+        assert len(contents) == 4 and all(contents)
+        assert chunks[-1].choices[0].finish_reason == "length"
+
+    async def test_batched_prompts_and_n_give_indexed_choices(self) -> None:
+        async with serve_engine(engine_argv()) as e:
+            r = await e.openai().completions.create(model=MODEL, prompt=["a b", "c d e"], n=2, max_tokens=3)
+        assert sorted(c.index for c in r.choices) == [0, 1, 2, 3]
+        assert r.usage is not None and r.usage.completion_tokens == 12
+
+    async def test_models_lists_served_names(self) -> None:
+        argv = engine_argv("meta-llama/Meta-Llama-3-8B", "H100", 1000, "--served-model-name", "chat", "chat-v2")
+        async with serve_engine(argv) as e:
+            models = await e.openai().models.list()
+            r = await e.openai().completions.create(model="chat-v2", prompt="x", max_tokens=1)
+        assert [m.id for m in models.data] == ["chat", "chat-v2"]
+        assert r.model == "chat-v2"
+
+
+class TestErrors:
+    async def error(self, e: Served, body: object, path: str = "/v1/completions") -> tuple[int, dict[str, object]]:
+        async with e.http() as client:
+            if isinstance(body, bytes):
+                resp = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+            else:
+                resp = await client.post(path, json=body)
+        return resp.status_code, resp.json()
+
+    @pytest.mark.parametrize(
+        ("body", "fragment"),
+        [
+            ({"model": MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens must be at least 1"),
+            ({"model": MODEL, "prompt": "x", "n": 0}, "n must be at least 1"),
+            ({"model": MODEL, "prompt": "x", "temperature": -1}, "temperature"),
+            ({"model": MODEL}, "prompt"),
+            ({"model": MODEL, "prompt": [1] * 9000, "max_tokens": 10}, "maximum context length is 8192"),
+            ({"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}}, "stream=True"),
+            (b"{not json", "Invalid JSON"),
+            (b"[1, 2]", "JSON object"),
+        ],
+    )
+    async def test_malformed_requests_get_vllm_400(self, body: object, fragment: str) -> None:
+        async with serve_engine(engine_argv()) as e:
+            status, err = await self.error(e, body)
+        assert status == 400
+        assert err["object"] == "error" and err["type"] == "BadRequestError" and err["code"] == 400
+        assert err["param"] is None and fragment in str(err["message"])
+
+    async def test_bad_chat_messages_get_400(self) -> None:
+        async with serve_engine(engine_argv()) as e:
+            status, err = await self.error(e, {"model": MODEL, "messages": [{"role": "robot"}]}, "/v1/chat/completions")
+        assert status == 400 and "role" in str(err["message"])
+
+    async def test_unknown_model_gets_vllm_404(self) -> None:
+        async with serve_engine(engine_argv()) as e:
+            status, err = await self.error(e, {"model": "gpt-9", "prompt": "x"})
+            with pytest.raises(openai.NotFoundError):
+                await e.openai().completions.create(model="gpt-9", prompt="x", max_tokens=1)
+        assert status == 404
+        assert err == {
+            "object": "error", "message": "The model `gpt-9` does not exist.", "type": "NotFoundError",
+            "param": None, "code": 404,
+        }  # fmt: skip
+
+
+class TestMetrics:
+    async def test_names_types_labels_and_buckets_match_vllm(self) -> None:
+        async with serve_engine(engine_argv()) as e:
+            await e.openai().completions.create(model=MODEL, prompt=[7] * 100, max_tokens=5)
+            families = await e.metrics()
+        expected = {
+            "vllm:num_requests_running": "gauge",
+            "vllm:num_requests_waiting": "gauge",
+            "vllm:kv_cache_usage_perc": "gauge",
+            "vllm:gpu_cache_usage_perc": "gauge",
+            "vllm:prompt_tokens": "counter",
+            "vllm:generation_tokens": "counter",
+            "vllm:request_success": "counter",
+            "vllm:num_preemptions": "counter",
+            "vllm:time_to_first_token_seconds": "histogram",
+            "vllm:inter_token_latency_seconds": "histogram",
+            "vllm:time_per_output_token_seconds": "histogram",
+            "vllm:e2e_request_latency_seconds": "histogram",
+        }
+        for name, kind in expected.items():
+            assert families[name].type == kind, name
+        labels = {"model_name": MODEL, "engine": "0"}
+        assert sample(families, "vllm:prompt_tokens_total", **labels) == 100
+        assert sample(families, "vllm:generation_tokens_total", **labels) == 5
+        assert sample(families, "vllm:request_success_total", finished_reason="length", **labels) == 1
+        assert sample(families, "vllm:time_to_first_token_seconds_count", **labels) == 1
+        assert sample(families, "vllm:inter_token_latency_seconds_count", **labels) == 4
+        assert sample(families, "vllm:e2e_request_latency_seconds_count", **labels) == 1
+
+        def bounds(name: str) -> tuple[float, ...]:
+            les = [float(s.labels["le"]) for s in families[name].samples if s.name == name + "_bucket"]
+            return tuple(le for le in les if le != float("inf"))
+
+        assert bounds("vllm:time_to_first_token_seconds") == TTFT_BUCKETS
+        assert bounds("vllm:inter_token_latency_seconds") == TOKEN_LATENCY_BUCKETS
+        assert bounds("vllm:e2e_request_latency_seconds") == REQUEST_LATENCY_BUCKETS
+        assert TTFT_BUCKETS[:4] == (0.001, 0.005, 0.01, 0.02) and REQUEST_LATENCY_BUCKETS[0] == 0.3
+
+    async def test_ttft_is_the_modelled_prefill_time(self) -> None:
+        async with serve_engine(engine_argv()) as e:
+            await e.openai().completions.create(model=MODEL, prompt=[5] * 4000, max_tokens=1)
+            families = await e.metrics()
+        ttft = sample(families, "vllm:time_to_first_token_seconds_sum")
+        assert ttft == pytest.approx(e.cfg.perf_model().prefill_seconds(4000), rel=1e-6)
+
+    async def test_each_engine_has_its_own_registry(self) -> None:
+        async with serve_engine(engine_argv()) as a, serve_engine(engine_argv()) as b:
+            await a.openai().completions.create(model=MODEL, prompt="x", max_tokens=3)
+            assert sample(await b.metrics(), "vllm:generation_tokens_total") == 0
+            assert sample(await a.metrics(), "vllm:generation_tokens_total") == 3
+
+
+async def test_drain_finishes_inflight_and_refuses_new_requests() -> None:
+    # 2,000 tokens at ~6.5 ms each is 13 virtual seconds: ~130 ms of wall time at 100x, ample to drain mid-stream.
+    async with serve_engine(engine_argv(MODEL, "H100", 100)) as e:
+        client = e.openai()
+        stream = await client.completions.create(model=MODEL, prompt="x", max_tokens=2000, stream=True)
+        received = [await stream.__anext__()]
+        async with e.http() as http:
+            status = (await http.post("/admin/drain")).json()
+            assert status == {"draining": True, "inflight": 1, "done": False}
+            refused = await http.post("/v1/completions", json={"model": MODEL, "prompt": "y"})
+            assert refused.status_code == 503 and refused.json()["type"] == "ServiceUnavailableError"
+            assert (await http.get("/ready")).status_code == 503
+            received += [c async for c in stream]
+            assert len(received) == 2000 and received[-1].choices[0].finish_reason == "length"
+            final = (await http.get("/admin/drain")).json()
+        assert final == {"draining": True, "inflight": 0, "done": True}
+
+
+async def test_client_disconnect_aborts_and_frees_the_sequence() -> None:
+    async with serve_engine(engine_argv(MODEL, "H100", 100)) as e:
+        async with (
+            e.http() as http,
+            http.stream(
+                "POST", "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5000, "stream": True}
+            ) as resp,
+        ):
+            async for line in resp.aiter_lines():
+                if line.startswith("data:"):
+                    break
+        for _ in range(200):
+            families = await e.metrics()
+            if sample(families, "vllm:request_success_total", finished_reason="abort") == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert sample(families, "vllm:request_success_total", finished_reason="abort") == 1
+        assert sample(families, "vllm:num_requests_running") == 0
+
+
+class TestPower:
+    async def test_limit_is_reported_validated_and_reset(self) -> None:
+        async with serve_engine(engine_argv()) as e, e.http() as http:
+            state = (await http.get("/admin/power")).json()
+            assert (state["limit_w"], state["min_limit_w"], state["max_limit_w"]) == (700, 200, 700)
+            assert state["draw_w"] == 70  # idle H100
+            assert (await http.put("/admin/power", json={"limit_w": 350})).json()["limit_w"] == 350
+            bad = await http.put("/admin/power", json={"limit_w": 100})
+            assert bad.status_code == 400 and "200-700 W" in bad.json()["message"]
+            assert (await http.put("/admin/power", json={"limit_w": None})).json()["limit_w"] == 700
+
+    async def test_cap_slows_decode_as_the_curve_says_and_prefill_more(self) -> None:
+        async def timings(e: Served) -> tuple[float, float]:
+            before = await e.metrics()
+            await e.openai().completions.create(model=MODEL, prompt=[3] * 3000, max_tokens=41)
+            after = await e.metrics()
+
+            def delta(name: str) -> float:
+                return sample(after, name) - sample(before, name)
+
+            itl = delta("vllm:inter_token_latency_seconds_sum") / delta("vllm:inter_token_latency_seconds_count")
+            return delta("vllm:time_to_first_token_seconds_sum"), itl
+
+        async with serve_engine(engine_argv()) as e, e.http() as http:
+            ttft_full, itl_full = await timings(e)
+            await http.put("/admin/power", json={"limit_w": 300})
+            ttft_capped, itl_capped = await timings(e)
+        perf = e.cfg.perf_model()
+        capped = perf.with_power_limit(300)
+        expected_itl = capped.decode_step_seconds(1, 3020) / perf.decode_step_seconds(1, 3020)
+        assert itl_capped / itl_full == pytest.approx(expected_itl, rel=0.01)
+        assert ttft_capped / ttft_full > itl_capped / itl_full > 1.0
+
+
+async def test_same_seed_same_outputs_and_virtual_timings() -> None:
+    requests: list[tuple[str | list[int], int]] = [([11] * 200, 8), ("Tell me a story", 5), ([2] * 1500, 3)]
+
+    async def run(seed: int) -> tuple[list[str], float, float]:
+        argv = engine_argv(MODEL, "H100", 1000, "--seed", str(seed))
+        async with serve_engine(argv) as e:
+            texts = []
+            for prompt, n in requests:
+                r = await e.openai().completions.create(model=MODEL, prompt=prompt, max_tokens=n)
+                texts.append(r.choices[0].text)
+            families = await e.metrics()
+        return (
+            texts,
+            sample(families, "vllm:e2e_request_latency_seconds_sum"),
+            sample(families, "vllm:time_to_first_token_seconds_sum"),
+        )
+
+    first, second, other = await run(7), await run(7), await run(8)
+    assert first[0] == second[0]
+    assert first[1] == pytest.approx(second[1], rel=1e-9) and first[2] == pytest.approx(second[2], rel=1e-9)
+    assert first[0] != other[0]
+
+
+class TestExperts:
+    async def test_layout_change_loads_then_switches_while_serving_continues(self) -> None:
+        clock = InstantClock()  # virtual time moves only when the engine works or the test advances it
+        argv = engine_argv("mixtral-8x7b", "H100", 1000, "--tensor-parallel", "2", "--expert-parallel", "2")
+        async with serve_engine(argv, clock) as e, e.http() as http:
+            state = (await http.get("/admin/experts")).json()
+            assert state["layout"] == {"0": [0, 1, 2, 3], "1": [4, 5, 6, 7]}
+            assert state["version"] == 0 and state["pending"] is None
+            new = {"0": [0, 1, 2, 3, 4], "1": [4, 5, 6, 7, 0, 1]}
+            put = await http.put("/admin/experts", json={"layout": new})
+            assert put.status_code == 202
+            pending = put.json()["pending"]
+            spec = e.cfg.model
+            per_expert = spec.expert_params_b * 1e9 * spec.dtype_bytes
+            assert pending["load_seconds"] == pytest.approx(2 * per_expert / 10e9, rel=1e-6)  # rank 1 loads two
+            assert (await http.put("/admin/experts", json={"layout": new})).status_code == 409
+            r = await e.openai().completions.create(model="mixtral-8x7b", prompt="x", max_tokens=2)
+            assert r.usage is not None and r.usage.completion_tokens == 2
+            still_loading = (await http.get("/admin/experts")).json()
+            assert still_loading["version"] == 0 and still_loading["layout"] == state["layout"]
+            clock.advance(pending["load_seconds"])
+            switched = (await http.get("/admin/experts")).json()
+        assert switched["version"] == 1 and switched["pending"] is None
+        assert switched["layout"] == {"0": [0, 1, 2, 3, 4], "1": [0, 1, 4, 5, 6, 7]}
+
+    async def test_layout_must_place_every_expert(self) -> None:
+        argv = engine_argv("mixtral-8x7b", "H100", 1000, "--tensor-parallel", "2")
+        async with serve_engine(argv) as e, e.http() as http:
+            r = await http.put("/admin/experts", json={"layout": {"0": [0, 1, 2]}})
+        assert r.status_code == 400 and "on no rank" in r.json()["message"]
+
+    async def test_dense_model_has_no_experts(self) -> None:
+        async with serve_engine(engine_argv()) as e, e.http() as http:
+            r = await http.get("/admin/experts")
+        assert r.status_code == 404 and r.json()["type"] == "NotFoundError"
+
+
+async def test_health_version_and_unknown_routes() -> None:
+    async with serve_engine(engine_argv()) as e, e.http() as http:
+        assert (await http.get("/health")).status_code == 200
+        assert (await http.get("/ready")).json() == {"ready": True}
+        assert "version" in (await http.get("/version")).json()
+        assert (await http.get("/nope")).status_code == 404
+        assert (await http.delete("/admin/power")).status_code == 405
