@@ -304,7 +304,8 @@ class Fleet:
             info = cache.setdefault(key, await self._engine_power(key)) if key else {}
             draw = float(info.get("draw_w", info.get("power_w", idle)))
             limit = float(info.get("limit_w", tdp))
-            util = float(info.get("utilization", 0.0)) * 100
+            # Utilization follows from draw on the engine's own power curve (idle at 0%, TDP at 100%).
+            util = 100 * max(0.0, min(1.0, (draw - idle) / max(tdp - idle, 1.0))) if key else 0.0
             used = float(info.get("memory_used_mib", mem * 0.9 if key else 0.0))
             labels = (
                 f'gpu="{i}",UUID="GPU-{node.name}-{i}",device="nvidia{i}",modelName="{node.product}",'

@@ -50,6 +50,18 @@ def test_applied_service_gets_bound_running_pods_and_becomes_ready(cluster: Clus
     assert cluster.exists("service", "llama3-8b", "-n", ns)
     assert cluster.get("pdb", "llama3-8b", "-n", ns)["spec"]["minAvailable"] == 1
 
+    # The simulated engine behind the pod answers like vLLM, and its node exports DCGM metrics.
+    import httpx
+
+    url = pods[0]["metadata"]["annotations"]["ebbtide.dev/engine-url"]
+    reply = httpx.post(
+        f"{url}/v1/completions", json={"model": "llama-3-8b", "prompt": "hello", "max_tokens": 8}, timeout=30
+    ).json()
+    assert reply["usage"]["completion_tokens"] == 8
+    node = cluster.get("node", pods[0]["spec"]["nodeName"])
+    dcgm = httpx.get(node["metadata"]["annotations"]["ebbtide.dev/dcgm-url"] + "/metrics").text
+    assert f'pod="{pods[0]["metadata"]["name"]}"' in dcgm and "DCGM_FI_DEV_POWER_USAGE" in dcgm
+
 
 def test_kubectl_scale_adds_gangs_then_removes_newest_first(cluster: Cluster, ns: str) -> None:
     cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "dense-service.yaml"))
