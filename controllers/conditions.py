@@ -30,7 +30,9 @@ def set_condition(
         "status": value,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": rfc3339(now) if changed else previous.get("lastTransitionTime", rfc3339(now)),
+        "lastTransitionTime": rfc3339(now)
+        if changed or previous is None
+        else previous.get("lastTransitionTime", rfc3339(now)),
     }
     if generation is not None:
         cond["observedGeneration"] = generation

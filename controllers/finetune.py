@@ -244,11 +244,13 @@ def plan_job(
         plan.create = [
             p for p in worker_pods(job, uid, attempt, resume, scheduler_name) if p["metadata"]["name"] in missing
         ]
-    running = [p for p in current if p.phase == "Running"]
-    st["workers"] = len(running)
-    if current and len(running) == len(current) and not missing:
+    running_pods = [p for p in current if p.phase == "Running"]
+    st["workers"] = len(running_pods)
+    if current and len(running_pods) == len(current) and not missing:
         st.setdefault("startTime", rfc3339(now))
-        conditions = set_condition(conditions, "Ready", True, "Running", f"{len(running)} worker(s) training", now, gen)
+        conditions = set_condition(
+            conditions, "Ready", True, "Running", f"{len(running_pods)} worker(s) training", now, gen
+        )
         return finish("Running")
     unsched = next((p.unschedulable for p in current if p.unschedulable), None)
     if unsched:

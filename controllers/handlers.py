@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes.client.rest import ApiException
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from controllers import labels as L
 from controllers import metrics as M
+from controllers.autoscaling import Autoscaler, decision_status
 from controllers.drain import EngineClient, engine_url
 from controllers.finetune import TrainerReport, checkpoint_due, plan_job
 from controllers.gangs import Owner, pdb_manifest, service_manifests
@@ -40,6 +41,8 @@ class Runtime:
     engines: EngineClient
     scheduler_name: str = "default-scheduler"
     resync_seconds: float = 10.0
+    autoscaler: Autoscaler | None = None
+    deregistration_seconds: float = 5.0
     clock: Callable[[], float] = time.time
 
 
@@ -58,9 +61,14 @@ def _lock(key: tuple[str, str, str]) -> asyncio.Lock:
     return _locks.setdefault(key, asyncio.Lock())
 
 
+def _event(body: dict[str, Any], type: str, reason: str, message: str) -> None:
+    """Post an Event about an object fetched as a plain dict (kopf accepts any body-like mapping)."""
+    kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message[:1000])
+
+
 def _emit(body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
     for type_, reason, message in events:
-        kopf.event(body, type=type_, reason=reason, message=message[:1000])
+        _event(body, type=type_, reason=reason, message=message[:1000])
 
 
 def trigger(kind: str, namespace: str, name: str, delay: float = 0.2) -> None:
@@ -113,7 +121,7 @@ def _invalid(body: dict[str, Any], kind: str, err: ValidationError) -> dict[str,
     M.SEMANTIC_ERRORS.labels(kind, "InvalidSpec").inc()
     conditions = [c for c in (body.get("status") or {}).get("conditions", []) if c.get("type") != "Ready"]
     if not any(c.get("reason") == "InvalidSpec" for c in (body.get("status") or {}).get("conditions", [])):
-        kopf.event(body, type="Warning", reason="InvalidSpec", message=msg)
+        _event(body, type="Warning", reason="InvalidSpec", message=msg)
     conditions.append({"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": msg})
     return {"phase": "Failed", "conditions": conditions}
 
@@ -134,14 +142,21 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
     for p in pods:
         if p.draining_since is not None and not p.deleting:
             draining.setdefault(p.replica, []).append(p)
+    now = r.clock()
     drained: dict[int, bool] = {}
     for replica, members in draining.items():
+        started = min(p.draining_since or now for p in members)
+        if now - started < r.deregistration_seconds:
+            # Routers (Service endpoints, gateways) first stop sending new requests to the gang; only then
+            # does its engine stop admitting, so no request is refused mid-flight.
+            drained[replica] = False
+            continue
         urls = [
             u for u in (engine_url(p, svc.spec.engine.port) for p in members if p.labels.get(L.ROLE) != "worker") if u
         ]
+        await asyncio.gather(*(r.engines.start_drain(u) for u in urls))
         results = await asyncio.gather(*(r.engines.drained(u) for u in urls))
         drained[replica] = all(results)
-    now = r.clock()
     plan = plan_service(
         svc, body["metadata"]["uid"], pods, await r.kube.priority_classes(), drained, now, r.scheduler_name
     )
@@ -164,9 +179,6 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
                     p.name,
                     {"metadata": {"annotations": {L.DRAIN_STARTED: f"{now:.3f}"}, "labels": {L.ENTRYPOINT: None}}},
                 )
-                url = engine_url(p, svc.spec.engine.port)
-                if url and p.labels.get(L.ROLE) != "worker":
-                    await r.engines.start_drain(url)
         for pod in plan.delete:
             await r.kube.delete_pod(namespace, pod)
             M.PODS_DELETED.labels("LLMService", "scale-in-or-restart").inc()
@@ -248,6 +260,45 @@ async def reconcile_power(namespace: str, name: str, full: bool) -> None:
         await r.kube.patch_status("powerbudgets", None, name, status)
 
 
+async def autoscale(namespace: str, name: str) -> None:
+    """One autoscaler tick for one LLMService: observe, decide (pure), write the scale subresource and status."""
+    r = rt()
+    if r.autoscaler is None:
+        return
+    key = f"{namespace}/{name}"
+    body = await r.kube.get_object("llmservices", namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        r.autoscaler.forget(key)
+        return
+    try:
+        svc = LLMService.model_validate(body)
+    except ValidationError:
+        return  # the reconciler reports the invalid spec
+    if svc.spec.scaling.policy == "none":
+        r.autoscaler.forget(key)
+        return
+    raw = await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")
+    now = r.clock()
+    decision = await r.autoscaler.decide(key, svc, raw, [pod_view(p) for p in raw], now)
+    M.AUTOSCALER_DECISIONS.labels(svc.spec.scaling.policy, "degraded" if decision.degraded else "ok").inc()
+    observed = r.autoscaler.last_observation.get(key)
+    if observed is not None:
+        M.OBSERVED_RPS_FOR.labels(namespace, name).set(observed.request_rate)
+    for q in ("p50", "p90", "p99"):
+        if q in decision.forecast_quantiles:
+            M.FORECAST_RPS_FOR.labels(namespace, name, q).set(decision.forecast_quantiles[q])
+    if decision.replicas != svc.spec.replicas:
+        await r.kube.scale("llmservices", namespace, name, decision.replicas)
+        _event(body, "Normal", "Autoscaled", f"{svc.spec.replicas} -> {decision.replicas} replicas: {decision.reason}")
+    if decision.degraded and not any(
+        c.get("type") == "AutoscalerDegraded" and c.get("status") == "True"
+        for c in (body.get("status") or {}).get("conditions", [])
+    ):
+        _event(body, type="Warning", reason="AutoscalerDegraded", message=decision.degraded[:1000])
+    patch = decision_status(body.get("status") or {}, decision, now, svc.metadata.generation)
+    await r.kube.patch_status("llmservices", namespace, name, patch)
+
+
 RECONCILERS: dict[str, Callable[[str, str, bool], Awaitable[None]]] = {
     "LLMService": reconcile_service,
     "FineTuneJob": reconcile_job,
@@ -279,11 +330,24 @@ def register() -> None:
 
         make()
 
-    async def on_service_pod(labels: dict[str, str], namespace: str, **_: Any) -> None:
-        trigger("LLMService", namespace, labels[L.SERVICE])
+    if rt().autoscaler is not None:
 
-    async def on_job_pod(labels: dict[str, str], namespace: str, **_: Any) -> None:
-        trigger("FineTuneJob", namespace, labels[L.FINETUNE])
+        async def on_autoscale(namespace: str | None, name: str, **_: Any) -> None:
+            try:
+                await autoscale(namespace or "", name)
+            except ApiException as e:
+                log.info("autoscaler tick of %s/%s failed: %s", namespace, name, e.reason)
+
+        interval = rt().autoscaler.interval_s  # type: ignore[union-attr]
+        kopf.timer(GROUP, VERSION, "llmservices", id="LLMService-autoscale", interval=interval, initial_delay=interval)(
+            on_autoscale
+        )
+
+    async def on_service_pod(**kwargs: Any) -> None:
+        trigger("LLMService", kwargs["namespace"], kwargs["labels"][L.SERVICE])
+
+    async def on_job_pod(**kwargs: Any) -> None:
+        trigger("FineTuneJob", kwargs["namespace"], kwargs["labels"][L.FINETUNE])
 
     kopf.on.event("", "v1", "pods", labels={L.SERVICE: kopf.PRESENT}, id="service-pods")(on_service_pod)
     kopf.on.event("", "v1", "pods", labels={L.FINETUNE: kopf.PRESENT}, id="job-pods")(on_job_pod)

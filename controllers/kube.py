@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -50,7 +50,7 @@ class Kube:
             )
 
         try:
-            return _json(await asyncio.to_thread(call))  # type: ignore[no-any-return]
+            return cast(dict[str, Any], _json(await asyncio.to_thread(call)))
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -78,6 +78,18 @@ class Kube:
             self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body
         )
 
+    async def scale(self, plural: str, namespace: str, name: str, replicas: int) -> None:
+        """Write spec.replicas through the scale subresource, as HPA and KEDA do."""
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_scale,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"spec": {"replicas": replicas}},
+        )
+
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         resp = await asyncio.to_thread(
             self.core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
@@ -87,7 +99,8 @@ class Kube:
     async def create_pod(self, manifest: dict[str, Any]) -> bool:
         """Create; False when it already exists (creation is idempotent by name)."""
         try:
-            await asyncio.to_thread(self.core.create_namespaced_pod, manifest["metadata"]["namespace"], manifest)
+            create: Any = self.core.create_namespaced_pod
+            await asyncio.to_thread(create, manifest["metadata"]["namespace"], manifest)
             return True
         except ApiException as e:
             if e.status == 409:
@@ -111,6 +124,8 @@ class Kube:
     async def ensure(self, manifest: dict[str, Any]) -> None:
         """Create a Service or PodDisruptionBudget, or bring an existing one's spec in line."""
         ns, name, kind = manifest["metadata"]["namespace"], manifest["metadata"]["name"], manifest["kind"]
+        create: Any
+        patch: Any
         if kind == "Service":
             create, patch = self.core.create_namespaced_service, self.core.patch_namespaced_service
         elif kind == "PodDisruptionBudget":

@@ -15,3 +15,24 @@ PODS_DELETED = Counter("ebbtide_pods_deleted_total", "Pods deleted", ["kind", "r
 DESIRED_REPLICAS = Gauge("ebbtide_desired_replicas", "spec.replicas per LLMService", ["namespace", "service"])
 READY_REPLICAS = Gauge("ebbtide_ready_replicas", "Ready replica gangs per LLMService", ["namespace", "service"])
 SEMANTIC_ERRORS = Counter("ebbtide_invalid_objects_total", "Objects found semantically invalid", ["kind", "reason"])
+AUTOSCALER_DECISIONS = Counter("ebbtide_autoscaler_decisions_total", "Autoscaler decisions", ["policy", "result"])
+FORECAST_RPS_FOR = Gauge(
+    "ebbtide_forecast_requests_per_second",
+    "Forecast peak request rate over the lead time",
+    ["namespace", "service", "quantile"],
+)
+OBSERVED_RPS_FOR = Gauge(
+    "ebbtide_observed_requests_per_second", "Observed request rate over the last interval", ["namespace", "service"]
+)
+
+# SLO, power and placement series the Grafana dashboard (helm/ebbtide/dashboards) plots next to the autoscaler's;
+# the controllers and cores that own each figure set them.
+SLO_TTFT = Gauge("ebbtide_slo_ttft_seconds", "spec.scaling.slo.ttftSeconds per LLMService", ["namespace", "service"])
+SLO_ITL = Gauge(
+    "ebbtide_slo_itl_seconds", "spec.scaling.slo.interTokenLatencySeconds per LLMService", ["namespace", "service"]
+)
+POWER_BUDGET = Gauge("ebbtide_power_budget_watts", "spec.budgetWatts per PowerBudget", ["budget"])
+PREEMPTIONS = Counter("ebbtide_preemptions_total", "Gangs preempted to make room", ["namespace", "kind"])
+PENDING_GANGS = Gauge(
+    "ebbtide_pending_gangs", "Gangs waiting for placement, by PriorityClass", ["namespace", "priority_class"]
+)

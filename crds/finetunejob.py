@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import API_VERSION, ApiModel, Condition, ObjectMeta
+from crds.base import ApiModel, Condition, ObjectMeta
 
 FineTunePhase = Literal["Pending", "Running", "Checkpointing", "Preempted", "Succeeded", "Failed"]
 
@@ -156,7 +156,7 @@ class FineTuneJobStatus(ApiModel):
 class FineTuneJob(ApiModel):
     """A LoRA fine-tuning run."""
 
-    api_version: Literal["ebbtide.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["ebbtide.dev/v1alpha1"] = Field(default="ebbtide.dev/v1alpha1", alias="apiVersion")
     kind: Literal["FineTuneJob"] = "FineTuneJob"
     metadata: ObjectMeta
     spec: FineTuneJobSpec

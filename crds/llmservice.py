@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import API_VERSION, ApiModel, Condition, ObjectMeta
+from crds.base import ApiModel, Condition, ObjectMeta
 
 
 class ModelSpec(ApiModel):
@@ -266,7 +266,7 @@ class LLMServiceStatus(ApiModel):
 class LLMService(ApiModel):
     """A model served by N replicas; each replica is a gang of GPU pods."""
 
-    api_version: Literal["ebbtide.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["ebbtide.dev/v1alpha1"] = Field(default="ebbtide.dev/v1alpha1", alias="apiVersion")
     kind: Literal["LLMService"] = "LLMService"
     metadata: ObjectMeta
     spec: LLMServiceSpec

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import API_VERSION, ApiModel, Condition, ObjectMeta
+from crds.base import ApiModel, Condition, ObjectMeta
 
 
 class CappingPolicy(ApiModel):
@@ -57,7 +57,7 @@ class PowerBudgetStatus(ApiModel):
 class PowerBudget(ApiModel):
     """A cluster-scoped power domain with a budget in watts."""
 
-    api_version: Literal["ebbtide.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["ebbtide.dev/v1alpha1"] = Field(default="ebbtide.dev/v1alpha1", alias="apiVersion")
     kind: Literal["PowerBudget"] = "PowerBudget"
     metadata: ObjectMeta
     spec: PowerBudgetSpec

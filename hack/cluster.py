@@ -216,6 +216,8 @@ def up(state: Path, nodes: int) -> Path:
         f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
         "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
         "--concurrent-gc-syncs=10", "--v=1",
+        # kwok's heartbeats can lag on a loaded 2-core machine; fake nodes must not flap NotReady.
+        "--node-monitor-grace-period=300s",
     ])
     start(state, "kube-scheduler", [str(bins / "kube-scheduler"), *common, f"--secure-port={free_port()}"])
     start(state, "kwok", [

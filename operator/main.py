@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,15 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE.parent), str(_HERE)]
 
+import httpx  # noqa: E402
 import kopf  # noqa: E402
 import prometheus_client  # noqa: E402
 from settings import OperatorSettings, parse  # noqa: E402
 
+from autoscaler.metrics import PodScraper, ServiceMetricsCollector  # noqa: E402
+from autoscaler.store import HistoryStore, MemoryStore, RedisStore  # noqa: E402
 from controllers import handlers  # noqa: E402
+from controllers.autoscaling import Autoscaler  # noqa: E402
 from controllers.drain import EngineClient  # noqa: E402
 from controllers.kube import Kube, load_config  # noqa: E402
 
@@ -54,6 +59,20 @@ def configure_logging(settings: OperatorSettings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def build_autoscaler(settings: OperatorSettings) -> Autoscaler:
+    """The autoscaler shell: pod scraper, history store (Redis when configured), decision interval."""
+    http = httpx.AsyncClient(timeout=2.0)
+    scraper = PodScraper(http, time.time, url_template=settings.metrics_url_template)
+    store: HistoryStore = RedisStore.from_url(settings.redis_url) if settings.redis_url else MemoryStore()
+    return Autoscaler(
+        collector=ServiceMetricsCollector(scraper),
+        store=store,
+        interval_s=settings.autoscale_interval_seconds,
+        default_cold_start_s=settings.default_cold_start_seconds,
+        forecast_error_window=settings.forecast_error_window,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = parse(argv)
     configure_logging(settings)
@@ -63,7 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     kube = Kube(load_config(settings.kubeconfig))
     engines = EngineClient()
     handlers.RUNTIME = handlers.Runtime(
-        kube=kube, engines=engines, scheduler_name=settings.scheduler_name, resync_seconds=settings.resync_seconds
+        kube=kube,
+        engines=engines,
+        scheduler_name=settings.scheduler_name,
+        resync_seconds=settings.resync_seconds,
+        autoscaler=build_autoscaler(settings) if settings.autoscaler else None,
+        deregistration_seconds=settings.deregistration_seconds,
     )
     handlers.register()
 
@@ -85,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     @kopf.on.login()
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         if settings.kubeconfig:
-            return kopf.login_with_kubeconfig(**kwargs)  # type: ignore[no-any-return]
-        return kopf.login_via_client(**kwargs)  # type: ignore[no-any-return]
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.cleanup()
     async def cleanup(**_: Any) -> None:

@@ -28,6 +28,26 @@ class OperatorSettings(BaseSettings):
         default="default-scheduler",
         description="schedulerName on created pods; ebbtide-packer once the packer runs.",
     )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for autoscaler history (redis://host:6379/0); in memory when unset."
+    )
+    autoscale_interval_seconds: float = Field(
+        default=15.0, gt=0, le=3600, description="Autoscaler decision interval per service."
+    )
+    autoscaler: bool = Field(default=True, description="Run the autoscaler (spec.scaling.policy forecast/reactive).")
+    metrics_url_template: str = Field(
+        default="http://{podIP}:{port}/metrics",
+        description="Where engine metrics are scraped; {engineURL} uses the pod's ebbtide.dev/engine-url.",
+    )
+    forecast_error_window: int = Field(
+        default=200, ge=5, le=10000, description="Realised forecast errors kept per horizon (burst memory)."
+    )
+    default_cold_start_seconds: float = Field(
+        default=180.0, gt=0, description="Cold start assumed until one is measured from pod readiness."
+    )
+    deregistration_seconds: float = Field(
+        default=5.0, ge=0, le=600, description="Scale-in: wait this long after unrouting a gang before draining it."
+    )
     resync_seconds: float = Field(default=10.0, gt=0, le=3600, description="Periodic reconcile interval.")
     log_format: Literal["json", "plain"] = Field(default="json", description="Log line format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")

@@ -17,10 +17,10 @@ from kubernetes import client, watch
 
 from controllers import labels as L
 from controllers.kube import load_config
-from crds.gpus import GPU_PRODUCT_LABEL, GPU_PROFILES, GPU_RESOURCE
-from simulator.engine.config import parse_args
+from crds.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from simulator.engine.config import EngineConfigError, parse_args
 from simulator.engine.server import create_app
-from simulator.engine.config import EngineConfigError
+from simulator.fleet import dcgm
 from simulator.fleet.rewrite import engine_argv
 
 log = logging.getLogger("fleet")
@@ -83,6 +83,8 @@ class Fleet:
         self.engines: dict[str, RunningEngine] = {}
         self.nodes: dict[str, NodeState] = {}
         self.http = httpx.AsyncClient(timeout=2.0)
+        self._next_ip = 0
+        self.pod_ips: dict[str, str] = {}
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -138,10 +140,10 @@ class Fleet:
         if name in self.nodes:
             return self.nodes[name]
         obj = await asyncio.to_thread(self.core.read_node, name)
-        labels = obj.metadata.labels or {}
+        labels = (obj.metadata.labels if obj.metadata else None) or {}
         if labels.get("kwok.x-k8s.io/node") != "fake":
             return None
-        gpus = int((obj.status.allocatable or {}).get(GPU_RESOURCE, "0"))
+        gpus = int(((obj.status.allocatable if obj.status else None) or {}).get(GPU_RESOURCE, "0"))
         state = NodeState(name, labels.get(GPU_PRODUCT_LABEL, "NVIDIA-H100-80GB-HBM3"), gpus)
         self.nodes[name] = state
         await self.serve_dcgm(state)
@@ -166,6 +168,10 @@ class Fleet:
             await self.patch_status(ns, name, failed=str(e))
             return
         url = f"http://127.0.0.1:{port}"
+        # Endpoints reject loopback addresses, so each pod gets a unique fake IP (as kwok gives its pods); the
+        # engine itself is reached through the ebbtide.dev/engine-url annotation.
+        self._next_ip += 1
+        self.pod_ips[key] = f"10.244.{self._next_ip // 250}.{self._next_ip % 250 + 1}"
         eng = RunningEngine(ns, name, node.name, url, gpus, cfg.mode == "trainer")
         self.engines[key] = eng
         await asyncio.to_thread(
@@ -208,6 +214,7 @@ class Fleet:
 
     async def stop(self, key: str, keep_record: bool = False) -> None:
         eng = self.engines.pop(key, None)
+        self.pod_ips.pop(key, None)
         if eng is None:
             return
         if eng.task and asyncio.current_task() is not eng.task:
@@ -223,6 +230,7 @@ class Fleet:
         self, ns: str, name: str, ready: bool = False, succeeded: bool = False, failed: str | None = None
     ) -> None:
         now = _now()
+        ip = self.pod_ips.get(f"{ns}/{name}", "10.244.255.254")
         flag = "True" if ready else "False"
         state: dict[str, Any] = {"running": {"startedAt": now}}
         phase = "Running"
@@ -234,9 +242,9 @@ class Fleet:
         body = {
             "status": {
                 "phase": phase,
-                "hostIP": "127.0.0.1",
-                "podIP": "127.0.0.1",
-                "podIPs": [{"ip": "127.0.0.1"}],
+                "hostIP": "10.0.0.1",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
                 "startTime": now,
                 "conditions": [
                     {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
@@ -287,44 +295,14 @@ class Fleet:
             return {}
 
     async def dcgm_metrics(self, node: NodeState) -> web.Response:
-        profile = GPU_PROFILES.get(node.product)
-        idle = profile.idle_w if profile else 50.0
-        tdp = profile.tdp_w if profile else 700.0
-        mem = (profile.memory_gb if profile else 80.0) * 1024
-        lines = {
-            "DCGM_FI_DEV_POWER_USAGE": ("gauge", "Power draw (in W)."),
-            "DCGM_FI_DEV_GPU_UTIL": ("gauge", "GPU utilization (in %)."),
-            "DCGM_FI_DEV_FB_USED": ("gauge", "Framebuffer memory used (in MiB)."),
-            "DCGM_FI_DEV_POWER_MGMT_LIMIT": ("gauge", "Power management limit (in W)."),
-        }
-        values: dict[str, list[str]] = {m: [] for m in lines}
         cache: dict[str, dict[str, Any]] = {}
+        readings = []
         for i in range(node.gpus):
             key = node.owner.get(i)
             info = cache.setdefault(key, await self._engine_power(key)) if key else {}
-            draw = float(info.get("draw_w", info.get("power_w", idle)))
-            limit = float(info.get("limit_w", tdp))
-            # Utilization follows from draw on the engine's own power curve (idle at 0%, TDP at 100%).
-            util = 100 * max(0.0, min(1.0, (draw - idle) / max(tdp - idle, 1.0))) if key else 0.0
-            used = float(info.get("memory_used_mib", mem * 0.9 if key else 0.0))
-            labels = (
-                f'gpu="{i}",UUID="GPU-{node.name}-{i}",device="nvidia{i}",modelName="{node.product}",'
-                f'Hostname="{node.name}"'
-            )
-            if key:
-                ns, pod = key.split("/", 1)
-                labels += f',namespace="{ns}",pod="{pod}",container="engine"'
-            for metric, v in (
-                ("DCGM_FI_DEV_POWER_USAGE", draw),
-                ("DCGM_FI_DEV_GPU_UTIL", util),
-                ("DCGM_FI_DEV_FB_USED", used),
-                ("DCGM_FI_DEV_POWER_MGMT_LIMIT", limit),
-            ):
-                values[metric].append(f"{metric}{{{labels}}} {v:.3f}")
-        out = []
-        for metric, (typ, help_) in lines.items():
-            out += [f"# HELP {metric} {help_}", f"# TYPE {metric} {typ}", *values[metric]]
-        return web.Response(text="\n".join(out) + "\n", content_type="text/plain")
+            ns, _, pod = (key or "").partition("/")
+            readings.append(dcgm.gpu_reading(i, node.product, info, (ns, pod) if key else None))
+        return web.Response(text=dcgm.render(node.name, node.product, readings), content_type="text/plain")
 
     async def set_limit(self, node: NodeState, request: web.Request) -> web.Response:
         index = int(request.match_info["index"])

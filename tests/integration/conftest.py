@@ -4,6 +4,7 @@ the simulated fleet as processes, started once per test session."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,7 +59,15 @@ class Proc:
 def cluster() -> Iterator[Cluster]:
     c = _up()
     c.kubectl("apply", "-f", str(ROOT / "crds" / "manifests"))
-    c.kubectl("wait", "--for", "condition=established", "crd", "--all", "--timeout=60s")
+    # A CRD created a moment ago may not have a status yet, which `kubectl wait` reports as an error.
+    wait_until(
+        "CRDs established",
+        lambda: (
+            c.kubectl("wait", "--for", "condition=established", "crd", "--all", "--timeout=30s", check=False).returncode
+            == 0
+        ),
+        90,
+    )
     c.kubectl("apply", "-f", str(ROOT / "crds" / "peering"))
     c.kubectl("apply", "-f", str(ROOT / "examples" / "priorityclasses.yaml"))
     yield c
@@ -77,14 +86,37 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[Proc]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (Debian's) on a free port: the autoscaler's history store."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is missing; `make test` installs it (hack/ensure-redis.sh)")
+    port = _free_port()
+    p = Proc("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                       "--dir", str(tmp_path_factory.mktemp("redis"))])  # fmt: skip
+    p.start()
+    wait_until("redis up", lambda: _tcp_open(port), 20, 0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    p.kill(signal.SIGTERM)
+
+
+def _tcp_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, redis_url: str) -> Iterator[Proc]:
     metrics, health = _free_port(), _free_port()
     p = Proc(
         "operator",
         [
             sys.executable, str(ROOT / "operator" / "main.py"), "--kubeconfig", str(cluster.kubeconfig),
             "--metrics-port", str(metrics), "--health-port", str(health), "--resync-seconds", "3",
-            "--peering-lifetime-seconds", "8", "--log-format", "plain",
+            "--peering-lifetime-seconds", "8", "--log-format", "plain", "--redis-url", redis_url,
+            "--autoscale-interval-seconds", "2", "--metrics-url-template", "{engineURL}/metrics",
+            "--deregistration-seconds", "3", "--default-cold-start-seconds", "5", "--forecast-error-window", "20",
         ],
     )  # fmt: skip
     p.metrics_port = metrics  # type: ignore[attr-defined]

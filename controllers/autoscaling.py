@@ -1,0 +1,240 @@
+"""The autoscaler's shell: scrape a service's engines, keep history, ask its policy, write the scale subresource.
+
+All decisions live in autoscaler/ (pure); this module only gathers the observation and applies the decision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from autoscaler.capacity import EngineProfile
+from autoscaler.forecast import EbbtideConfig, EbbtideForecaster
+from autoscaler.metrics import PodTarget, ServiceMetricsCollector
+from autoscaler.policies import make_policy
+from autoscaler.profile import engine_profile
+from autoscaler.store import HistoryStore, StoreUnavailable
+from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
+from controllers import labels as L
+from controllers.conditions import set_condition
+from controllers.snapshot import PodView
+from crds.gpus import lookup_gpu
+from crds.llmservice import LLMService
+from simulator.models import generic_model, lookup_model
+
+log = logging.getLogger("ebbtide.autoscaler")
+STATE_EVERY_TICKS = 10
+
+
+def slo_of(svc: LLMService) -> SLO:
+    s = svc.spec.scaling.slo
+    return SLO(ttft_s=s.ttft_seconds, itl_s=s.inter_token_latency_seconds, attainment=s.attainment)
+
+
+def profile_of(svc: LLMService, gpu_product: str | None) -> EngineProfile:
+    """Seed capacity from the calibrated performance model of the service's model on its GPU."""
+    m = svc.spec.model
+    model = lookup_model(m.name) or generic_model(m.parameters_b, m.architecture, m.experts or 0, m.active_parameters_b)
+    names = [gpu_product] if gpu_product else list(svc.spec.gpu.types)
+    gpu = next(g for g in (lookup_gpu(n) for n in [*names, "H100"]) if g is not None)
+    return engine_profile(model, gpu, svc.spec.parallelism.tensor * svc.spec.parallelism.pipeline, slo_of(svc))
+
+
+def cold_start_of(pods: list[dict[str, Any]]) -> float | None:
+    """Measured provisioning lead time: mean of creation-to-Ready over the service's ready pods."""
+    samples = []
+    for p in pods:
+        created = _ts(p["metadata"].get("creationTimestamp"))
+        ready = next(
+            (
+                _ts(c.get("lastTransitionTime"))
+                for c in (p.get("status") or {}).get("conditions", [])
+                if c.get("type") == "Ready" and c.get("status") == "True"
+            ),
+            None,
+        )
+        if created is not None and ready is not None and ready >= created:
+            samples.append(ready - created)
+    return sum(samples) / len(samples) if samples else None
+
+
+def _ts(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class ServiceScaler:
+    """A service's policy instance and what the shell remembers between ticks."""
+
+    policy_name: str
+    policy: ScalingPolicy
+    ticks: int = 0
+    cold_start_s: float | None = None
+    restored: bool = False
+
+
+@dataclass
+class Autoscaler:
+    """One per operator process; `tick` runs once per decision interval per service."""
+
+    collector: ServiceMetricsCollector
+    store: HistoryStore
+    interval_s: float = 15.0
+    default_cold_start_s: float = 180.0
+    forecast_error_window: int = 200  # realised forecast errors kept per horizon: how long a burst is remembered
+    scalers: dict[str, ServiceScaler] = field(default_factory=dict)
+    last_observation: dict[str, ServiceObservation] = field(default_factory=dict)
+
+    def scaler_for(self, key: str, svc: LLMService, gpu_product: str | None) -> ServiceScaler:
+        name = svc.spec.scaling.policy
+        current = self.scalers.get(key)
+        if current is None or current.policy_name != name:
+            profile = profile_of(svc, gpu_product)
+            kwargs: dict[str, Any] = {"profile": profile} if name in ("forecast", "reactive") else {}
+            if name == "forecast":
+                window = self.forecast_error_window
+                kwargs["forecaster"] = EbbtideForecaster(EbbtideConfig(error_window=window, min_errors=min(30, window)))
+            current = ServiceScaler(name, make_policy(name, **kwargs))
+            self.scalers[key] = current
+        return current
+
+    async def observe(
+        self, key: str, svc: LLMService, pods: list[PodView], now: float
+    ) -> tuple[ServiceObservation, bool]:
+        """The service's observation this tick, and whether its history could be stored."""
+        targets = [
+            PodTarget(p.name, p.ip, svc.spec.engine.port, p.annotations.get(L.ENGINE_URL))
+            for p in pods
+            if p.ready and not p.deleting and p.draining_since is None and p.labels.get(L.ROLE) != "worker"
+        ]
+        obs = await self.collector.observe(
+            key, targets, replicas=svc.spec.replicas, ready_replicas=svc.status.ready_replicas
+        )
+        stored = True
+        try:
+            await self.store.append(
+                key,
+                now,
+                {
+                    "request_rate": obs.request_rate,
+                    "prompt_token_rate": obs.prompt_token_rate,
+                    "generation_token_rate": obs.generation_token_rate,
+                },
+            )
+        except StoreUnavailable as e:
+            log.warning("history store unavailable for %s: %s", key, e)
+            stored = False
+        return replace(obs, history_available=stored), stored
+
+    async def decide(
+        self, key: str, svc: LLMService, raw_pods: list[dict[str, Any]], pods: list[PodView], now: float
+    ) -> ScalingDecision:
+        """Observe and decide for one service (the policy itself is pure)."""
+        scaler = self.scaler_for(key, svc, None)
+        if not scaler.restored:
+            scaler.restored = True
+            await self._restore(key, scaler)
+        measured = cold_start_of([p for p in raw_pods if not p["metadata"].get("deletionTimestamp")])
+        if measured is not None:
+            scaler.cold_start_s = measured
+        obs, _ = await self.observe(key, svc, pods, now)
+        self.last_observation[key] = obs
+        sc = svc.spec.scaling
+        bounds = ScalingBounds(
+            min_replicas=sc.min_replicas,
+            max_replicas=sc.max_replicas,
+            scale_to_zero=sc.scale_to_zero,
+            scale_down_stabilization_s=float(sc.scale_down_stabilization_seconds),
+            cold_start_s=scaler.cold_start_s or self.default_cold_start_s,
+            decision_interval_s=self.interval_s,
+        )
+        decision = scaler.policy.decide(obs, bounds, slo_of(svc))
+        scaler.ticks += 1
+        if scaler.ticks % STATE_EVERY_TICKS == 0:
+            await self._save(key, scaler)
+        return decision
+
+    async def _restore(self, key: str, scaler: ServiceScaler) -> None:
+        restore = getattr(scaler.policy, "restore", None)
+        if restore is None:
+            return
+        try:
+            blob = await self.store.load_state(key, "policy")
+        except StoreUnavailable:
+            return
+        if blob:
+            try:
+                restore(json.loads(blob))
+                log.info("restored %s policy state of %s", scaler.policy_name, key)
+            except (KeyError, ValueError, TypeError) as e:
+                log.warning("discarding unreadable policy state of %s: %s", key, e)
+
+    async def _save(self, key: str, scaler: ServiceScaler) -> None:
+        to_state = getattr(scaler.policy, "to_state", None)
+        if to_state is None:
+            return
+        try:
+            await self.store.save_state(key, "policy", json.dumps(to_state()).encode())
+        except StoreUnavailable as e:
+            log.warning("could not save policy state of %s: %s", key, e)
+
+    def forget(self, key: str) -> None:
+        self.scalers.pop(key, None)
+        self.last_observation.pop(key, None)
+        self.collector.forget(key)
+
+
+def decision_status(
+    status: dict[str, Any], decision: ScalingDecision, now: float, generation: int | None
+) -> dict[str, Any]:
+    """The status fields and conditions the autoscaler owns, merged into the current status."""
+    q = decision.forecast_quantiles
+    forecast = {
+        "horizonSeconds": q.get("horizon_s"),
+        "p50": q.get("p50"),
+        "p90": q.get("p90"),
+        "p99": q.get("p99"),
+        "capacityRps": decision.capacity_rps,
+        "risk": decision.risk,
+        "reason": decision.reason[:500],
+    }
+    forecast = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in forecast.items() if _finite(v)}
+    conditions = list(status.get("conditions", []))
+    if decision.degraded:
+        conditions = set_condition(
+            conditions, "AutoscalerDegraded", True, _reason(decision.degraded), decision.degraded, now, generation
+        )
+    else:
+        conditions = set_condition(conditions, "AutoscalerDegraded", False, "MetricsFresh", "", now, generation)
+    if decision.slo_attainable is False:
+        conditions = set_condition(
+            conditions, "SLOAttainable", False, "SLOUnattainable", decision.reason[:500], now, generation
+        )
+    elif decision.slo_attainable is True:
+        conditions = set_condition(conditions, "SLOAttainable", True, "Attainable", "", now, generation)
+    return {"desiredReplicas": decision.replicas, "forecast": forecast, "conditions": conditions}
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and not math.isfinite(v))
+
+
+def _reason(text: str) -> str:
+    """A CamelCase condition reason from a degraded-mode explanation."""
+    lowered = text.lower()
+    if "stale" in lowered or "missing" in lowered or "metrics" in lowered:
+        return "MetricsUnavailable"
+    if "store" in lowered or "redis" in lowered or "history" in lowered:
+        return "HistoryUnavailable"
+    if "forecast" in lowered:
+        return "ForecastFailed"
+    return "Degraded"

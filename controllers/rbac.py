@@ -1,0 +1,53 @@
+"""The Kubernetes API permissions the operator needs: the one list the Helm chart's ClusterRole must equal.
+
+Rules marked `controllers` cover the calls in controllers/kube.py; rules marked `kopf` cover what the framework
+does for the handlers (watches, progress annotations, events, peering). tests/unit/helm/test_rbac.py derives the
+calls from kube.py, checks each is covered here, and compares this table with the rendered ClusterRole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from crds.base import GROUP
+
+CUSTOM_RESOURCES = ("llmservices", "finetunejobs", "powerbudgets")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One RBAC rule (API group, resources, verbs), who needs it, and why."""
+
+    api_group: str
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    needed_by: Literal["controllers", "kopf"]
+    why: str
+
+    def triples(self) -> set[tuple[str, str, str]]:
+        """(apiGroup, resource, verb) for every combination the rule grants."""
+        return {(self.api_group, r, v) for r in self.resources for v in self.verbs}
+
+
+REQUIRED_RULES: tuple[Rule, ...] = (
+    Rule(GROUP, CUSTOM_RESOURCES, ("get", "patch"), "controllers", "read an object fresh; annotate it"),
+    Rule(GROUP, tuple(f"{r}/status" for r in CUSTOM_RESOURCES), ("patch",), "controllers", "write status"),
+    Rule(GROUP, ("llmservices/scale",), ("patch",), "controllers", "the autoscaler writes replicas like HPA"),
+    Rule("", ("pods",), ("list", "create", "delete", "patch"), "controllers", "replica gangs and workers"),
+    Rule("", ("services",), ("create", "patch"), "controllers", "a Service per LLMService"),
+    Rule("policy", ("poddisruptionbudgets",), ("create", "patch"), "controllers", "a PDB per LLMService"),
+    Rule("scheduling.k8s.io", ("priorityclasses",), ("list",), "controllers", "check priorityClassName exists"),
+    Rule("", ("nodes",), ("list",), "controllers", "GPU nodes a PowerBudget covers"),
+    Rule(GROUP, CUSTOM_RESOURCES, ("list", "watch", "patch"), "kopf", "watch handled kinds; progress annotations"),
+    Rule("", ("pods",), ("list", "watch"), "kopf", "pod events trigger their owner's reconcile"),
+    Rule("", ("events",), ("create",), "kopf", "Events a user sees in kubectl describe"),
+    Rule("kopf.dev", ("clusterkopfpeerings",), ("get", "list", "watch", "patch"), "kopf", "leader election"),
+    Rule("", ("namespaces",), ("list", "watch"), "kopf", "cluster-wide watching"),
+    Rule("apiextensions.k8s.io", ("customresourcedefinitions",), ("list", "watch"), "kopf", "resource discovery"),
+)
+
+
+def required_triples(rules: tuple[Rule, ...] = REQUIRED_RULES) -> set[tuple[str, str, str]]:
+    """Every (apiGroup, resource, verb) the operator needs."""
+    return {t for rule in rules for t in rule.triples()}
