@@ -276,6 +276,7 @@ class EbbtideConfig:
 
 
 _NORMAL = NormalDist()
+MAX_LOG_ERROR = math.log(4.0)
 
 
 def _normal_scores(n: int) -> np.ndarray:
@@ -569,6 +570,9 @@ class EbbtideForecaster:
             return _point_forecast(0.0, h, {}, self.name, NO_DATA)
         mean = self._mean_without_dev(h) + self._persistence_at(h) * self._dev
         errs, note = self._residuals(h)
+        # A realised error beyond a factor of MAX_LOG_ERROR is a level change (which the level then tracks),
+        # not spread to plan for: unclipped, one cold-start step from near zero makes quantiles explode.
+        errs = np.clip(errs, -MAX_LOG_ERROR, MAX_LOG_ERROR)
         rate = np.maximum(np.exp(mean + errs[:, 0]) - c.rate_floor, 0.0)
         samples = {REQUEST_RATE: rate}
         for j, k in ((1, PROMPT_TOKEN_RATE), (2, GENERATION_TOKEN_RATE)):

@@ -26,6 +26,7 @@ k wait --for condition=established crd --all --timeout=60s >/dev/null
 k apply -f crds/peering/ -f examples/priorityclasses.yaml >/dev/null
 for p in operator fleet; do [[ -f "$RUN/$p.pid" ]] && kill "$(cat "$RUN/$p.pid")" 2>/dev/null || true; done
 $PY operator/main.py --kubeconfig "$KUBECONFIG" --metrics-port 18080 --health-port 18081 --log-format plain \
+  --autoscale-interval-seconds 3 --metrics-url-template "{engineURL}/metrics" --forecast-error-window 30 \
   >"$RUN/operator.log" 2>&1 & echo $! >"$RUN/operator.pid"
 $PY -m simulator.fleet --kubeconfig "$KUBECONFIG" --state-dir "$RUN/fleet" --cold-start-scale 20 \
   >"$RUN/fleet.log" 2>&1 & echo $! >"$RUN/fleet.pid"
@@ -47,6 +48,9 @@ for i in $(seq 1 60); do
     break
   fi
 done
+echo
+echo "== part 2: a forecast-autoscaled service under a replayed Azure LLM trace slice"
+$PY hack/demo_autoscale.py --kubeconfig "$KUBECONFIG" --kubectl "$KUBECTL" --seconds "${DEMO_REPLAY_SECONDS:-90}"
 echo
 echo "Try: KUBECONFIG=$KUBECONFIG $KUBECTL scale llms/llama3-8b --replicas=3"
 echo "     KUBECONFIG=$KUBECONFIG $KUBECTL explain llms.spec.scaling"

@@ -1,0 +1,114 @@
+"""Demo part 2: replay a slice of the Azure LLM 2023 conversation trace through the gateway to a
+forecast-autoscaled LLMService and print demand, forecast band and replicas as they evolve.
+
+Run by hack/demo.sh with the demo cluster's KUBECONFIG; needs the operator and simulated fleet running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from aiohttp import web
+from kubernetes import client as kclient
+from kubernetes import config as kconfig
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from simulator.loadgen.gateway import Gateway, KubernetesBackends  # noqa: E402
+from simulator.loadgen.replay import ReplayConfig, replay  # noqa: E402
+from simulator.traces import Trace, load_azure  # noqa: E402
+
+SERVICE = """
+apiVersion: ebbtide.dev/v1alpha1
+kind: LLMService
+metadata: {name: chat, namespace: default}
+spec:
+  model: {name: llama-3-8b, source: hf://meta-llama/Meta-Llama-3-8B-Instruct, parametersB: 8}
+  engine: {type: simulated}
+  gpu: {count: 1, types: [L4]}
+  replicas: 1
+  scaling:
+    minReplicas: 1
+    maxReplicas: 4
+    policy: forecast
+    scaleDownStabilizationSeconds: 20
+    slo: {ttftSeconds: 2.0, interTokenLatencySeconds: 0.1}
+"""
+
+
+def kubectl(kubectl_bin: str, kubeconfig: str, *args: str, stdin: str | None = None) -> str:
+    return subprocess.run(
+        [kubectl_bin, "--kubeconfig", kubeconfig, *args], input=stdin, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def shaped_slice(compress: float, seconds: float, scale: float) -> Trace:
+    """The busiest stretch of the conv trace, compressed, with lengths scaled down for an L4."""
+    full = load_azure("conv")
+    span = seconds * compress
+    counts = np.histogram(full.arrival_s, bins=np.arange(0, full.duration_s, span))[0]
+    start = float(np.argmax(counts) * span)
+    part = full.window(start, start + span)
+    return Trace(
+        "azure-conv-slice",
+        part.arrival_s,
+        np.maximum(1, (part.prompt_tokens * scale).astype(np.int64)),
+        np.maximum(1, (part.output_tokens * scale).astype(np.int64)),
+        part.duration_s,
+    )
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--kubectl", required=True)
+    p.add_argument("--seconds", type=float, default=90.0, help="wall seconds of replay")
+    p.add_argument("--compress", type=float, default=1.5, help="trace seconds per replay second")
+    args = p.parse_args()
+    kubectl(args.kubectl, args.kubeconfig, "apply", "-f", "-", stdin=SERVICE)
+    trace = shaped_slice(args.compress, args.seconds, 0.25)
+    api = kclient.CoreV1Api(kconfig.new_client_from_config(config_file=args.kubeconfig))
+    gateway = Gateway(KubernetesBackends("chat", "default", api), refresh_s=1.0)
+    runner = web.AppRunner(gateway.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"== replaying {len(trace)} Azure conv requests over {args.seconds:.0f}s through the gateway :{port}")
+    print(f"{'t':>5} {'observed rps':>12} {'forecast p50':>12} {'p90':>6} {'p99':>6} {'replicas':>8} {'ready':>5}  reason")
+    task = asyncio.create_task(
+        replay(trace, ReplayConfig(target=f"http://127.0.0.1:{port}", model="llama-3-8b", compress=args.compress))
+    )
+    t0 = time.monotonic()
+    while not task.done():
+        await asyncio.sleep(3.0)
+        obj = json.loads(kubectl(args.kubectl, args.kubeconfig, "get", "llms", "chat", "-o", "json"))
+        st, fc = obj.get("status") or {}, (obj.get("status") or {}).get("forecast") or {}
+        metrics = subprocess.run(
+            ["curl", "-s", "http://127.0.0.1:18080/metrics"], capture_output=True, text=True
+        ).stdout
+        observed = next(
+            (ln.split()[-1] for ln in metrics.splitlines() if ln.startswith("ebbtide_observed_requests_per_second{")),
+            "-",
+        )
+        print(
+            f"{time.monotonic() - t0:5.0f} {observed:>12} {fc.get('p50', '-')!s:>12} {fc.get('p90', '-')!s:>6} "
+            f"{fc.get('p99', '-')!s:>6} {obj['spec']['replicas']:>8} {st.get('readyReplicas', 0):>5}  "
+            f"{(fc.get('reason') or '')[:60]}"
+        )
+    records = task.result()
+    ok = sum(r.ok for r in records)
+    print(f"== {ok}/{len(records)} requests succeeded")
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
