@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 from aiohttp import web
 from kubernetes import client as kclient
@@ -66,6 +67,10 @@ def shaped_slice(compress: float, seconds: float, scale: float) -> Trace:
     )
 
 
+def _num(v: object) -> str:
+    return f"{v:.2f}" if isinstance(v, int | float) else "-"
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--kubeconfig", required=True)
@@ -83,25 +88,31 @@ async def main() -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     print(f"== replaying {len(trace)} Azure conv requests over {args.seconds:.0f}s through the gateway :{port}")
-    print(f"{'t':>5} {'observed rps':>12} {'forecast p50':>12} {'p90':>6} {'p99':>6} {'replicas':>8} {'ready':>5}  reason")
+    header = f"{'t':>5} {'observed rps':>12} {'forecast p50':>12} {'p90':>6} {'p99':>6} {'replicas':>8} {'ready':>5}"
+    print(header + "  reason")
     task = asyncio.create_task(
         replay(trace, ReplayConfig(target=f"http://127.0.0.1:{port}", model="llama-3-8b", compress=args.compress))
     )
     t0 = time.monotonic()
     while not task.done():
         await asyncio.sleep(3.0)
-        obj = json.loads(kubectl(args.kubectl, args.kubeconfig, "get", "llms", "chat", "-o", "json"))
+        # The replay shares this event loop: never block it.
+        raw = await asyncio.to_thread(kubectl, args.kubectl, args.kubeconfig, "get", "llms", "chat", "-o", "json")
+        obj = json.loads(raw)
         st, fc = obj.get("status") or {}, (obj.get("status") or {}).get("forecast") or {}
-        metrics = subprocess.run(
-            ["curl", "-s", "http://127.0.0.1:18080/metrics"], capture_output=True, text=True
-        ).stdout
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            metrics = (await http.get("http://127.0.0.1:18080/metrics")).text
         observed = next(
-            (ln.split()[-1] for ln in metrics.splitlines() if ln.startswith("ebbtide_observed_requests_per_second{")),
+            (
+                f"{float(ln.split()[-1]):.2f}"
+                for ln in metrics.splitlines()
+                if ln.startswith("ebbtide_observed_requests_per_second{")
+            ),
             "-",
         )
         print(
-            f"{time.monotonic() - t0:5.0f} {observed:>12} {fc.get('p50', '-')!s:>12} {fc.get('p90', '-')!s:>6} "
-            f"{fc.get('p99', '-')!s:>6} {obj['spec']['replicas']:>8} {st.get('readyReplicas', 0):>5}  "
+            f"{time.monotonic() - t0:5.0f} {observed:>12} {_num(fc.get('p50')):>12} {_num(fc.get('p90')):>6} "
+            f"{_num(fc.get('p99')):>6} {obj['spec']['replicas']:>8} {st.get('readyReplicas', 0):>5}  "
             f"{(fc.get('reason') or '')[:60]}"
         )
     records = task.result()
