@@ -146,6 +146,10 @@ class Kube:
         resp = await asyncio.to_thread(self.scheduling.list_priority_class, _preload_content=False)
         return {item["metadata"]["name"] for item in _json(resp)["items"]}
 
+    async def priority_class_values(self) -> dict[str, int]:
+        resp = await asyncio.to_thread(self.scheduling.list_priority_class, _preload_content=False)
+        return {item["metadata"]["name"]: int(item.get("value", 0)) for item in _json(resp)["items"]}
+
     async def list_nodes(self) -> list[dict[str, Any]]:
         resp = await asyncio.to_thread(self.core.list_node, _preload_content=False)
         return list(_json(resp)["items"])

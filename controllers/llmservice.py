@@ -158,6 +158,7 @@ def plan_service(
         ready=f"{ready}/{desired}",
         selector=f"{L.SERVICE}={name}",
         gpus=len(active) * gangs_gpus(spec),
+        podsPerReplica=members,
         phase=phase,
         observedGeneration=gen,
         conditions=conditions,

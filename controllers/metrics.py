@@ -36,3 +36,15 @@ PREEMPTIONS = Counter("ebbtide_preemptions_total", "Gangs preempted to make room
 PENDING_GANGS = Gauge(
     "ebbtide_pending_gangs", "Gangs waiting for placement, by PriorityClass", ["namespace", "priority_class"]
 )
+BIND_SECONDS = Histogram(
+    "ebbtide_packer_bind_duration_seconds",
+    "Time to bind every pod of one gang",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PACKER_DECISION_SECONDS = Histogram(
+    "ebbtide_packer_decision_duration_seconds",
+    "Wall time of one packer decision over the cluster snapshot",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2),
+)
+SOLVER_RUNS = Counter("ebbtide_packer_solver_runs_total", "CP-SAT runs by status", ["status"])
+PREEMPTIONS_BY_REASON = Counter("ebbtide_packer_preemptions_by_reason_total", "Preemptions by handling", ["reason"])

@@ -28,6 +28,7 @@ from controllers import handlers  # noqa: E402
 from controllers.autoscaling import Autoscaler  # noqa: E402
 from controllers.drain import EngineClient  # noqa: E402
 from controllers.kube import Kube, load_config  # noqa: E402
+from controllers.scheduling import Scheduler  # noqa: E402
 
 
 class JsonFormatter(logging.Formatter):
@@ -112,8 +113,22 @@ def main(argv: list[str] | None = None) -> None:
             return kopf.login_with_kubeconfig(**kwargs)
         return kopf.login_via_client(**kwargs)
 
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup()
+    async def start_packer(**_: Any) -> None:
+        if settings.packer:
+            scheduler = Scheduler(
+                kube,
+                scheduler_name=settings.scheduler_name,
+                checkpoint_deadline_s=settings.checkpoint_deadline_seconds,
+            )
+            tasks.append(asyncio.get_running_loop().create_task(scheduler.run_forever()))
+
     @kopf.on.cleanup()
     async def cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
         await engines.close()
 
     if settings.metrics_port:

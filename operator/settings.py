@@ -25,8 +25,15 @@ class OperatorSettings(BaseSettings):
         default=60, ge=5, le=3600, description="How long a silent peer keeps its claim."
     )
     scheduler_name: str = Field(
-        default="default-scheduler",
-        description="schedulerName on created pods; ebbtide-packer once the packer runs.",
+        default="ebbtide-packer",
+        description="schedulerName on created pods: ebbtide-packer (gang, priority, preemption) or default-scheduler.",
+    )
+    packer: bool = Field(default=True, description="Run the packer (the scheduler for ebbtide-packer pods).")
+    checkpoint_deadline_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Preemption: evict a fine-tuning gang after this long without a checkpoint.",
     )
     redis_url: str | None = Field(
         default=None, description="Redis URL for autoscaler history (redis://host:6379/0); in memory when unset."

@@ -67,6 +67,7 @@ def test_kubectl_scale_adds_gangs_then_removes_newest_first(cluster: Cluster, ns
     cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "dense-service.yaml"))
     cluster.kubectl("scale", "-n", ns, "llms/llama3-8b", "--replicas=1")
     wait_until("1 replica", lambda: ready_service(cluster, ns, "llama3-8b", 1), 90)
+    wait_until("the drained replica gone", lambda: len(service_pods(cluster, ns, "llama3-8b")) == 1, 60)
     first = {p["metadata"]["name"] for p in service_pods(cluster, ns, "llama3-8b")}
 
     cluster.kubectl("scale", "-n", ns, "llms/llama3-8b", "--replicas=3")

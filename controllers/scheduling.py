@@ -1,0 +1,313 @@
+"""The packer's shell: a secondary scheduler for `schedulerName: ebbtide-packer` pods.
+
+Each pass lists nodes and pods, builds a snapshot (controllers/packing.py), asks the pure packer core for a plan
+(in a worker thread: CP-SAT may take its whole budget) and applies it: binds whole gangs, asks preemptible
+FineTuneJobs to checkpoint before their pods go (the FineTuneJob controller does the handshake), evicts serving
+gangs the PodDisruptionBudget allows, and resumes preempted jobs once they fit again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from controllers import labels as L
+from controllers import metrics as M
+from controllers.kube import Kube, _json
+from controllers.packing import GPU_INDICES, JobInfo, build_snapshot, gang_key
+from crds.base import GROUP, VERSION
+from crds.gpus import GPU_RESOURCE, lookup_gpu
+from packer import Packer, PackerConfig
+from packer.plan import Plan, Verdict
+from packer.snapshot import GPU_MILLI, ClusterSnapshot, Gang, GangKind, PodRequest, ServiceBudget, Toleration
+
+log = logging.getLogger("ebbtide.packer")
+PREEMPT_PREFIX = "packer: "
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Scheduler:
+    """One per operator process (binding is idempotent: a second binder gets a conflict and moves on)."""
+
+    kube: Kube
+    scheduler_name: str = "ebbtide-packer"
+    checkpoint_deadline_s: float = 60.0
+    interval_s: float = 1.0
+    packer: Packer = field(default_factory=lambda: Packer(PackerConfig(), clock=time.monotonic))
+    clock: Callable[[], float] = time.time
+    _conditions: dict[str, str] = field(default_factory=dict)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.pass_once()
+            except ApiException as e:
+                log.warning("packer pass failed: %s %s", e.status, e.reason)
+            except Exception:
+                log.exception("packer pass failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def pass_once(self) -> Plan | None:
+        pods = await self._list_pods()
+        jobs = await self._list_objects("finetunejobs")
+        waiting_jobs = [
+            j for j in jobs if self._packer_preempted(j) and (j.get("status") or {}).get("phase") == "Preempted"
+        ]
+        ours = [
+            p for p in pods if p["spec"].get("schedulerName") == self.scheduler_name and not p["spec"].get("nodeName")
+        ]
+        if not ours and not waiting_jobs:
+            M.PENDING_GANGS.clear()
+            return None
+        nodes = await self.kube.list_nodes()
+        services = await self._service_budgets()
+        job_info = {
+            f"{j['metadata']['namespace']}/{j['metadata']['name']}": JobInfo(
+                bool(j["spec"].get("preemptible", True)), _checkpoint_time(j)
+            )
+            for j in jobs
+        }
+        snapshot, pending = build_snapshot(nodes, pods, self.scheduler_name, services, job_info)
+        now = self.clock()
+        plan: Plan | None = None
+        if snapshot.pending:
+            t0 = time.perf_counter()
+            plan = await asyncio.to_thread(self.packer.decide, snapshot, now)
+            M.PACKER_DECISION_SECONDS.observe(time.perf_counter() - t0)
+            for report in plan.solver:
+                M.SOLVER_RUNS.labels(report.status.value).inc()
+            await self._apply(plan, snapshot, pending, pods, jobs, now)
+        self._pending_metric(snapshot, plan)
+        await self._resume(waiting_jobs, snapshot, now)
+        return plan
+
+    async def _apply(
+        self,
+        plan: Plan,
+        snapshot: ClusterSnapshot,
+        pending: dict[str, list[dict[str, Any]]],
+        pods: list[dict[str, Any]],
+        jobs: list[dict[str, Any]],
+        now: float,
+    ) -> None:
+        by_name = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in pods}
+        for d in plan.decisions:
+            members = pending.get(d.gang, [])
+            ns = d.gang.split("/", 1)[0]
+            if d.verdict == Verdict.BOUND:
+                t0 = time.perf_counter()
+                for b in d.bindings:
+                    await self._bind(ns, b.pod, b.node, b.gpu_indices)
+                M.BIND_SECONDS.observe(time.perf_counter() - t0)
+                log.info(
+                    "bound gang %s (%s path): %s", d.gang, d.path, ", ".join(f"{b.pod}->{b.node}" for b in d.bindings)
+                )
+                continue
+            reason = "Preempting" if d.verdict == Verdict.NOMINATED else "Unschedulable"
+            message = d.reason if d.verdict != Verdict.NOMINATED else f"{d.reason}: {', '.join(d.victims)}"
+            for m in members:
+                await self._mark_unschedulable(m, reason, f"ebbtide-packer: {message}")
+        running = {g.uid: g for g in snapshot.running}
+        job_by_key = {f"{j['metadata']['namespace']}/{j['metadata']['name']}": j for j in jobs}
+        for e in plan.evictions:
+            victim = running.get(e.gang)
+            if victim is None or victim.terminating:
+                continue
+            vns = e.gang.split("/", 1)[0]
+            victim_pods = [p for key, p in by_name.items() if gang_key(p) == e.gang and p["spec"].get("nodeName")]
+            if victim.kind == GangKind.FINETUNE and e.checkpoint_first:
+                job_name = (victim_pods[0]["metadata"].get("labels") or {}).get(L.FINETUNE) if victim_pods else None
+                job = job_by_key.get(f"{vns}/{job_name}")
+                if job is None or L.PREEMPT in (job["metadata"].get("annotations") or {}):
+                    continue
+                note = f"{PREEMPT_PREFIX}{e.preemptor} (priority above {e.priority}) needs the GPUs; {e.reason}"
+                await self.kube.patch_object_metadata(
+                    "finetunejobs",
+                    vns,
+                    job["metadata"]["name"],
+                    {L.PREEMPT: note[:250], L.PREEMPT_DEADLINE: f"{now + self.checkpoint_deadline_s:.0f}"},
+                )
+                await self._event(job, "Warning", "PreemptionRequested", f"checkpoint, then yield to {e.preemptor}")
+            else:
+                for p in victim_pods:
+                    await self.kube.delete_pod(vns, p["metadata"]["name"])
+                if victim_pods:
+                    await self._event(victim_pods[0], "Warning", "Preempted", f"evicted for {e.preemptor}: {e.reason}")
+            M.PREEMPTIONS.labels(vns, victim.kind.value).inc()
+            M.PREEMPTIONS_BY_REASON.labels("checkpoint-first" if e.checkpoint_first else "evict").inc()
+            preemptor_pods = [p for p in by_name.values() if gang_key(p) == e.preemptor]
+            if preemptor_pods:
+                await self._event(preemptor_pods[0], "Normal", "Preempting", f"evicting {e.gang}: {e.reason}")
+
+    async def _resume(self, waiting_jobs: list[dict[str, Any]], snapshot: ClusterSnapshot, now: float) -> None:
+        """Lift the preemption of jobs whose worker gang fits on free capacity again (no higher work waiting)."""
+        if not waiting_jobs:
+            return
+        classes = await self.kube.priority_class_values()
+        what_if = Packer(PackerConfig(preemption=False, exact=False))
+        for job in waiting_jobs:
+            gang = job_gang(job, classes)
+            if any(g.priority > gang.priority for g in snapshot.pending):
+                continue
+            trial = ClusterSnapshot(snapshot.nodes, snapshot.running, [gang], snapshot.services)
+            if what_if.decide(trial, now).decision(gang.uid).verdict == Verdict.BOUND:
+                ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+                await self.kube.patch_object_metadata(
+                    "finetunejobs", ns, name, {L.PREEMPT: None, L.PREEMPT_DEADLINE: None}
+                )
+                await self._event(job, "Normal", "CapacityReturned", "GPUs are free again; resuming")
+
+    # ---- API plumbing -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _packer_preempted(job: dict[str, Any]) -> bool:
+        return str((job["metadata"].get("annotations") or {}).get(L.PREEMPT, "")).startswith(PREEMPT_PREFIX)
+
+    async def _list_pods(self) -> list[dict[str, Any]]:
+        resp = await asyncio.to_thread(self.kube.core.list_pod_for_all_namespaces, _preload_content=False)
+        return list(_json(resp)["items"])
+
+    async def _list_objects(self, plural: str) -> list[dict[str, Any]]:
+        resp = await asyncio.to_thread(
+            self.kube.custom.list_cluster_custom_object, GROUP, VERSION, plural, _preload_content=False
+        )
+        return list(_json(resp)["items"])
+
+    async def _service_budgets(self) -> dict[str, ServiceBudget]:
+        services = await self._list_objects("llmservices")
+        resp = await asyncio.to_thread(
+            self.kube.policy.list_pod_disruption_budget_for_all_namespaces, _preload_content=False
+        )
+        pdbs = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in _json(resp)["items"]}
+        out = {}
+        for s in services:
+            key = f"{s['metadata']['namespace']}/{s['metadata']['name']}"
+            scaling = s["spec"].get("scaling") or {}
+            pods_per_replica = max(1, int((s.get("status") or {}).get("podsPerReplica", 1)))
+            allowed = int(((pdbs.get(key) or {}).get("status") or {}).get("disruptionsAllowed", 0))
+            out[key] = ServiceBudget(
+                key,
+                int(scaling.get("minReplicas", 1)),
+                int((s.get("status") or {}).get("readyReplicas", 0)),
+                allowed // pods_per_replica,
+            )
+        return out
+
+    async def _bind(self, namespace: str, pod: str, node: str, gpus: tuple[int, ...]) -> None:
+        await self.kube.patch_pod(
+            namespace, pod, {"metadata": {"annotations": {GPU_INDICES: ",".join(map(str, gpus))}}}
+        )
+        body = client.V1Binding(
+            metadata=client.V1ObjectMeta(name=pod, namespace=namespace),
+            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
+        )
+        try:
+            await asyncio.to_thread(self.kube.core.create_namespaced_binding, namespace, body, _preload_content=False)
+        except ApiException as e:
+            if e.status not in (404, 409):  # gone, or bound by another binder
+                raise
+            log.info("binding %s/%s skipped: %s", namespace, pod, e.reason)
+
+    async def _mark_unschedulable(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        if self._conditions.get(key) == message:
+            return
+        self._conditions[key] = message
+        body = {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": message[:1000],
+                        "lastTransitionTime": _now_rfc3339(),
+                    }
+                ]
+            }
+        }
+        try:
+            await asyncio.to_thread(
+                self.kube.core.patch_namespaced_pod_status, pod["metadata"]["name"], pod["metadata"]["namespace"], body
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        await self._event(pod, "Warning", "FailedScheduling" if reason == "Unschedulable" else reason, message)
+
+    async def _event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = obj["metadata"]
+        ns = meta.get("namespace") or "default"
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=ns),
+            involved_object=client.V1ObjectReference(
+                api_version=obj.get("apiVersion", "v1"),
+                kind=obj.get("kind", "Pod"),
+                name=meta["name"],
+                namespace=ns,
+                uid=meta.get("uid"),
+            ),
+            reason=reason,
+            message=message[:1000],
+            type=type_,
+            source=client.V1EventSource(component=self.scheduler_name),
+            first_timestamp=datetime.now(tz=UTC),
+            last_timestamp=datetime.now(tz=UTC),
+            count=1,
+        )
+        try:
+            await asyncio.to_thread(self.kube.core.create_namespaced_event, ns, event)
+        except ApiException as e:
+            log.info("event %s on %s not posted: %s", reason, meta["name"], e.reason)
+
+    def _pending_metric(self, snapshot: ClusterSnapshot, plan: Plan | None) -> None:
+        M.PENDING_GANGS.clear()
+        placed = {d.gang for d in plan.decisions if d.verdict == Verdict.BOUND} if plan else set()
+        counts: dict[tuple[str, str], int] = {}
+        for g in snapshot.pending:
+            if g.uid in placed:
+                continue
+            key = (g.uid.split("/", 1)[0], str(g.priority))
+            counts[key] = counts.get(key, 0) + 1
+        for (ns, prio), n in counts.items():
+            M.PENDING_GANGS.labels(ns, prio).set(n)
+
+
+def _checkpoint_time(job: dict[str, Any]) -> float | None:
+    raw = (((job.get("status") or {}).get("lastCheckpoint")) or {}).get("time")
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def job_gang(job: dict[str, Any], priority_values: dict[str, int]) -> Gang:
+    """The worker gang a FineTuneJob would create, for what-if placement before resuming it."""
+    spec = job["spec"]
+    gpus = int((spec.get("gpu") or {}).get("count", 1))
+    workers = int((spec.get("workers") or {}).get("max", 1))
+    products = frozenset(
+        p.product for p in (lookup_gpu(t) for t in (spec.get("gpu") or {}).get("types", [])) if p is not None
+    )
+    return Gang(
+        f"{job['metadata']['namespace']}/{job['metadata']['name']}-resume",
+        tuple(PodRequest(f"w{i}", 4000, 32 * 1024, gpus, GPU_MILLI) for i in range(workers)),
+        priority=priority_values.get(spec.get("priorityClassName") or "", 0),
+        kind=GangKind.FINETUNE,
+        gpu_products=products,
+        tolerations=(Toleration(GPU_RESOURCE, "Exists"),),
+    )

@@ -1,0 +1,103 @@
+"""Priority and preemption story: a low-priority fine-tune job fills the L4 GPUs; a high-priority service arrives;
+the job checkpoints and is preempted; the service becomes Ready; when capacity returns the job resumes from its
+checkpoint and finishes. Placement is Ebbtide's packer (schedulerName: ebbtide-packer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.kube import Cluster, wait_until
+
+JOB = """
+apiVersion: ebbtide.dev/v1alpha1
+kind: FineTuneJob
+metadata: {name: big-lora}
+spec:
+  baseModel: {name: llama-3-8b, source: hf://meta-llama/Meta-Llama-3-8B, parametersB: 8}
+  dataset: {uri: s3://datasets/tickets.jsonl}
+  hyperparameters: {totalSteps: 600}
+  gpu: {count: 8, types: [L4]}
+  workers: {min: 2, max: 2}
+  checkpoint: {intervalSeconds: 600}
+  trainer: {type: simulated, stepSeconds: 0.05}
+  priorityClassName: ebbtide-batch-low
+  preemptible: true
+"""
+SERVICE = """
+apiVersion: ebbtide.dev/v1alpha1
+kind: LLMService
+metadata: {name: prod-chat}
+spec:
+  model: {name: llama-3-8b, source: hf://meta-llama/Meta-Llama-3-8B-Instruct, parametersB: 8}
+  engine: {type: simulated}
+  gpu: {count: 1, types: [L4]}
+  replicas: 1
+  scaling: {policy: none}
+  priorityClassName: ebbtide-serving-high
+"""
+
+
+def job(c: Cluster, ns: str) -> dict[str, Any]:
+    return c.get("ftj", "big-lora", "-n", ns)  # type: ignore[no-any-return]
+
+
+def status(c: Cluster, ns: str) -> dict[str, Any]:
+    return job(c, ns).get("status") or {}
+
+
+def reasons(c: Cluster, ns: str) -> set[str]:
+    return {e["reason"] for e in c.get("events", "-n", ns)["items"]}
+
+
+def test_high_priority_service_preempts_job_after_checkpoint_and_job_resumes(cluster: Cluster, ns: str) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=JOB)
+    wait_until("job Running on both L4 nodes", lambda: status(cluster, ns).get("phase") == "Running", 90)
+    nodes = {p["spec"]["nodeName"] for p in cluster.get("pods", "-n", ns, "-l", "ebbtide.dev/finetune")["items"]}
+    assert nodes == {"gpu-l4-6", "gpu-l4-7"}, nodes
+    wait_until("training progresses", lambda: (status(cluster, ns).get("step") or 0) >= 30, 60)
+
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=SERVICE)
+
+    wait_until("job preempted", lambda: status(cluster, ns).get("phase") == "Preempted", 90)
+    st = status(cluster, ns)
+    checkpoint = st["lastCheckpoint"]
+    assert checkpoint["step"] >= 30 and st["preemptions"] == 1
+
+    def service_ready() -> bool:
+        s = cluster.get("llms", "prod-chat", "-n", ns).get("status") or {}
+        return s.get("readyReplicas") == 1
+
+    wait_until("service Ready on an L4", service_ready, 90)
+    pod = cluster.get("pods", "-n", ns, "-l", "ebbtide.dev/service=prod-chat")["items"][0]
+    assert pod["spec"]["nodeName"].startswith("gpu-l4-")
+    assert pod["spec"]["schedulerName"] == "ebbtide-packer"
+    assert {"PreemptionRequested", "Checkpointed", "Preempted", "Preempting"} <= reasons(cluster, ns)
+    assert status(cluster, ns).get("phase") == "Preempted", "the job must wait while the service holds a GPU"
+
+    cluster.kubectl("delete", "llms", "prod-chat", "-n", ns)
+    wait_until("job resumed", lambda: status(cluster, ns).get("attempt") == 2, 90)
+    assert status(cluster, ns)["resumedFromStep"] == checkpoint["step"]
+    wait_until("job Succeeded", lambda: status(cluster, ns).get("phase") == "Succeeded", 120)
+    assert "CapacityReturned" in reasons(cluster, ns)
+
+
+def test_gang_that_can_never_fit_is_unschedulable_without_preemption(cluster: Cluster, ns: str) -> None:
+    cluster.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        stdin=SERVICE.replace("name: prod-chat", "name: too-wide").replace(
+            "gpu: {count: 1, types: [L4]}", "gpu: {count: 16, perNode: 16, types: [L4]}\n  parallelism: {tensor: 16}"
+        ),
+    )
+
+    def unschedulable() -> str | None:
+        conds = (cluster.get("llms", "too-wide", "-n", ns).get("status") or {}).get("conditions", [])
+        d = next((c for c in conds if c["type"] == "Degraded"), None)
+        return d["message"] if d and d["reason"] == "Unschedulable" else None
+
+    message = wait_until("Unschedulable condition", unschedulable, 60)
+    assert "ebbtide-packer" in message
+    assert "Preempting" not in reasons(cluster, ns)

@@ -1,0 +1,90 @@
+"""Kubernetes objects to packer snapshots: gangs are grouped, bound pods charge their nodes, partial gangs wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controllers import labels as L
+from controllers.packing import GPU_INDICES, JobInfo, build_snapshot, cpu_milli, mem_mib
+from packer.snapshot import GangKind
+
+SCHED = "ebbtide-packer"
+
+
+def node(name: str, gpus: int = 8, product: str = "NVIDIA-L4") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {"cpu": "96", "memory": "1Ti", "nvidia.com/gpu": str(gpus)},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+def pod(name: str, gang: str, gpus: int, node_name: str | None = None, size: int = 1, **labels: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "ns",
+        "labels": {L.GANG: gang, **labels},
+        "annotations": {L.GANG_SIZE: str(size)},
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    }
+    if node_name:
+        meta["annotations"][GPU_INDICES] = ",".join(str(i) for i in range(gpus))
+    spec: dict[str, Any] = {
+        "schedulerName": SCHED,
+        "priority": 100,
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": [{"resources": {"requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": str(gpus)}}}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-L4"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+    }
+    if node_name:
+        spec["nodeName"] = node_name
+    return {"metadata": meta, "spec": spec, "status": {"phase": "Running" if node_name else "Pending"}}
+
+
+def test_quantities() -> None:
+    assert cpu_milli("4") == 4000 and cpu_milli("250m") == 250
+    assert mem_mib("32Gi") == 32768 and mem_mib("1Ti") == 1024 * 1024
+
+
+def test_bound_pods_charge_their_node_and_form_running_gangs() -> None:
+    pods = [pod("ft-a1-w0", "ft-a1", 8, "n1", size=2, **{L.FINETUNE: "ft"}), pod("ft-a1-w1", "ft-a1", 8, "n2", 2)]
+    snap, pending = build_snapshot([node("n1"), node("n2")], pods, SCHED, {}, {"ns/ft": JobInfo(True, 5.0)})
+    assert pending == {} and snap.pending == []
+    (gang,) = snap.running
+    assert gang.uid == "ns/ft-a1" and gang.kind == GangKind.FINETUNE and gang.preemptible
+    assert gang.last_checkpoint_s == 5.0
+    assert all(sum(n.gpu_free_milli) == 0 for n in snap.nodes)
+
+
+def test_pending_gang_waits_until_every_member_exists() -> None:
+    half = [pod("svc-r0-leader", "svc-r0", 8, size=2, **{L.SERVICE: "svc"})]
+    snap, _ = build_snapshot([node("n1")], half, SCHED, {}, {})
+    assert snap.pending == []
+    both = [*half, pod("svc-r0-worker-0", "svc-r0", 8, size=2, **{L.SERVICE: "svc"})]
+    snap, pending = build_snapshot([node("n1")], both, SCHED, {}, {})
+    (gang,) = snap.pending
+    assert len(gang.pods) == 2 and gang.kind == GangKind.SERVING and gang.service == "ns/svc"
+    assert gang.gpu_products == frozenset({"NVIDIA-L4"}) and gang.priority == 100
+    assert set(pending) == {"ns/svc-r0"}
+
+
+def test_pods_of_other_schedulers_are_not_ours_to_place() -> None:
+    other = pod("x", "x", 1)
+    other["spec"]["schedulerName"] = "default-scheduler"
+    snap, _ = build_snapshot([node("n1")], [other], SCHED, {}, {})
+    assert snap.pending == []
