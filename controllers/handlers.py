@@ -186,6 +186,8 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
     if plan.status != (body.get("status") or {}):
         await r.kube.patch_status("llmservices", namespace, name, plan.status)
     M.DESIRED_REPLICAS.labels(namespace, name).set(svc.spec.replicas)
+    M.SLO_TTFT.labels(namespace, name).set(svc.spec.scaling.slo.ttft_seconds)
+    M.SLO_ITL.labels(namespace, name).set(svc.spec.scaling.slo.inter_token_latency_seconds)
     M.READY_REPLICAS.labels(namespace, name).set(plan.status.get("readyReplicas", 0))
     if plan.start_drain or draining:
         trigger("LLMService", namespace, name, delay=1.0)
@@ -255,6 +257,7 @@ async def reconcile_power(namespace: str, name: str, full: bool) -> None:
         for n in await r.kube.list_nodes()
     ]
     status, events = power_report(pb, nodes, r.clock())
+    M.POWER_BUDGET.labels(name).set(pb.spec.budget_watts)
     _emit(body, events)
     if status != (body.get("status") or {}):
         await r.kube.patch_status("powerbudgets", None, name, status)
