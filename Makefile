@@ -8,7 +8,8 @@ CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
 .PHONY: venv binaries redis test unit integration e2e lint manifests demo demo-down cluster-up cluster-down \
-        bench kind-up e2e-kind clean
+        bench kind-up e2e-kind kind-down helm helm-crds helm-lint docs \
+        dashboard-screenshot clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -51,14 +52,37 @@ demo: venv binaries
 demo-down:
 	hack/demo.sh down
 
-e2e: venv binaries
-	$(BIN)/python -m pytest -q tests/e2e
+# --- e2e, kind and Helm (README "Install with Helm" and "kind") ---
+# The e2e scenarios on the local control plane (its own cluster folder, so `make test` can run alongside).
+e2e: venv binaries redis
+	EBBTIDE_E2E=local EBBTIDE_TEST_CLUSTER_DIR=$(CURDIR)/.run/e2e-cluster $(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e
 
 kind-up:
 	hack/kind.sh up
 
-e2e-kind:
+e2e-kind: venv
 	hack/kind.sh e2e
+
+kind-down:
+	hack/kind.sh down
+
+helm:
+	hack/build-helm.sh >/dev/null
+
+# Refresh the chart's copy of the generated CRDs (a unit test fails while they differ).
+helm-crds:
+	cp crds/manifests/*.yaml helm/ebbtide/crds/
+
+helm-lint: helm
+	$$(hack/build-helm.sh) lint --strict helm/ebbtide
+	$$(hack/build-helm.sh) template ebbtide helm/ebbtide >/dev/null
+
+docs: venv
+	$(BIN)/python -m crds.docs
+
+# A stand-in rendering of the Grafana dashboard from a local stack's real metrics into docs/dashboard.png (needs chromium).
+dashboard-screenshot: venv binaries
+	$(BIN)/python hack/render_dashboard.py --out docs/dashboard.png
 
 clean: cluster-down
 	rm -rf .run

@@ -99,7 +99,7 @@ current-context: ebbtide-local
 
 
 def start(state: Path, name: str, argv: list[str]) -> None:
-    logf = open(state / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    logf = open(state / f"{name}.log", "ab")
     proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     (state / f"{name}.pid").write_text(str(proc.pid))
 

@@ -1,13 +1,14 @@
-#!/usr/bin/env python3
 """A stand-in renderer for the Grafana dashboard (helm/ebbtide/dashboards/ebbtide.json), fed by real metrics.
 
-There is no Grafana or Prometheus here: this script scrapes the running demo (operator /metrics, every simulated
-engine's vLLM /metrics, every fake node's DCGM exporter) while sending completions, evaluates each panel's
-PromQL over the scraped window with a small evaluator (selectors, rate/increase/irate, sum/max/min/avg by,
-histogram_quantile: exactly what the dashboard uses), draws the panels as SVG in an HTML page and screenshots
-it with headless Chromium.
+There is no Grafana or Prometheus here. This script starts its own local control plane, operator and simulated
+fleet (in .run/dashboard, apart from `make demo`), applies examples/ plus one forecast-autoscaled service, sends
+completions at a rising and falling rate, and scrapes the operator's /metrics, every simulated engine's vLLM
+/metrics and every fake node's DCGM exporter. It then evaluates each panel's PromQL with a small evaluator
+(selectors, rate/increase/irate, sum/max/min/avg/count by, histogram_quantile: what the dashboard uses), draws
+the panels as SVG in an HTML page and screenshots that with headless Chromium.
 
-    python hack/render_dashboard.py --out docs/dashboard.png     # starts `make demo` if it is not running
+    .venv/bin/python hack/render_dashboard.py --out docs/dashboard.png      # make dashboard-screenshot
+    .venv/bin/python hack/render_dashboard.py --replay .run/dashboard/scrapes.jsonl   # redraw the last run
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "helm" / "ebbtide" / "dashboards" / "ebbtide.json"
-DEMO = ROOT / ".run" / "demo"
-OPERATOR_METRICS = "http://127.0.0.1:18080/metrics"  # hack/demo.sh's --metrics-port
 LOOKBACK_S = 300.0  # Prometheus' staleness window for instant selectors
 
 Labels = tuple[tuple[str, str], ...]
@@ -346,32 +345,99 @@ def legend(fmt: str, labels: Labels) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: d.get(m.group(1), ""), fmt) or "value"
 
 
-# ---- scraping the running demo ----------------------------------------------------------------------------------
+# ---- a stack of its own: local control plane, operator, simulated fleet, examples ------------------------------
 
 
-def _kube() -> Any:
+class Stack:
+    """The local control plane in .run/dashboard with the operator and fleet as child processes."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.kubeconfig = Path()
+        self.kubectl = ""
+        self.metrics_port = 0
+
+    def kc(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        proc = subprocess.run(
+            [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin, capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            raise SystemExit(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def spawn(self, name: str, argv: list[str]) -> None:
+        with open(self.work / f"{name}.log", "ab") as log:
+            self.procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+
+    def up(self) -> None:
+        """Cluster, CRDs, operator (autoscaler reading engines through their engine-url), fleet, examples."""
+        cluster = [sys.executable, str(ROOT / "hack" / "cluster.py")]
+        out = subprocess.run([*cluster, "up", "--dir", str(self.work / "cluster")], check=True, capture_output=True)
+        self.kubeconfig = Path(out.stdout.decode().strip().splitlines()[-1])
+        bins = subprocess.run([*cluster, "binaries"], check=True, capture_output=True).stdout.decode().strip()
+        self.kubectl = str(Path(bins) / "kubectl")
+        self.kc("apply", "-f", str(ROOT / "crds" / "manifests"))
+        for _ in range(60):
+            if not self.kc("wait", "--for=condition=established", "crd", "--all", "--timeout=10s", check=False):
+                time.sleep(1)
+                continue
+            break
+        self.kc("apply", "-f", str(ROOT / "crds" / "peering"), "-f", str(ROOT / "examples" / "priorityclasses.yaml"))
+        self.metrics_port = _free_port()
+        self.spawn("operator", [
+            sys.executable, str(ROOT / "operator" / "main.py"), "--kubeconfig", str(self.kubeconfig),
+            "--metrics-port", str(self.metrics_port), "--health-port", str(_free_port()), "--log-format", "plain",
+            "--resync-seconds", "3", "--autoscale-interval-seconds", "3", "--metrics-url-template",
+            "{engineURL}/metrics",
+        ])  # fmt: skip
+        self.spawn("fleet", [
+            sys.executable, "-m", "simulator.fleet", "--kubeconfig", str(self.kubeconfig),
+            "--state-dir", str(self.work / "fleet"), "--cold-start-scale", "20",
+        ])  # fmt: skip
+        for path in sorted((ROOT / "examples").glob("*.yaml")):
+            self.kc("apply", "-f", str(path))
+        # One service left to the forecast autoscaler, so the load panel has a forecast to compare with.
+        auto = (ROOT / "examples" / "dense-service.yaml").read_text()
+        auto = auto.replace("name: llama3-8b", "name: assistant").replace("policy: none ", "policy: forecast ")
+        self.kc("apply", "-f", "-", stdin=auto.replace("replicas: 2 ", "replicas: 1 "))
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            phases = self.kc("get", "llms", "-o", "jsonpath={.items[*].status.phase}").split()
+            if len(phases) >= 4 and all(p == "Ready" for p in phases):
+                return
+            time.sleep(3)
+        raise SystemExit(f"services did not become Ready: {self.kc('get', 'llms')}")
+
+    def down(self, keep: bool) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+        if not keep:
+            subprocess.run([sys.executable, str(ROOT / "hack" / "cluster.py"), "down", "--dir",
+                            str(self.work / "cluster")], check=False)  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _core(kubeconfig: Path) -> Any:
     sys.path.insert(0, str(ROOT))
     from kubernetes import client
 
     from controllers.kube import load_config
 
-    return client.CoreV1Api(load_config(str(DEMO / "cluster" / "kubeconfig")))
+    return client.CoreV1Api(load_config(str(kubeconfig)))
 
 
-def ensure_demo() -> None:
-    """Start `make demo` (hack/demo.sh) unless its cluster and operator already answer."""
-    import httpx
-
-    try:
-        httpx.get(OPERATOR_METRICS, timeout=2).raise_for_status()
-        if (DEMO / "cluster" / "kubeconfig").exists():
-            return
-    except httpx.HTTPError:
-        pass
-    print("starting the demo (hack/demo.sh); its log is .run/demo/demo.log", file=sys.stderr)
-    DEMO.mkdir(parents=True, exist_ok=True)
-    with open(DEMO / "demo.log", "wb") as log:
-        subprocess.run([str(ROOT / "hack" / "demo.sh")], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+def _ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 
 
 def targets(core: Any) -> list[tuple[str, dict[str, str]]]:
@@ -393,40 +459,54 @@ def targets(core: Any) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
-async def load(core: Any, seconds: float, stop: asyncio.Event) -> int:
-    """Completions to every serving entrypoint on this machine, at a rate that rises and falls."""
+def entrypoints(core: Any) -> list[tuple[str, str]]:
+    """(completions URL, model) of every Ready serving entrypoint on this machine."""
+    out = []
+    for p in core.list_pod_for_all_namespaces(label_selector="ebbtide.dev/entrypoint=true").items:
+        url = (p.metadata.annotations or {}).get("ebbtide.dev/engine-url", "")
+        args = p.spec.containers[0].args or []
+        if url.startswith("http://127.0.0.1:") and _ready(p) and "--served-model-name" in args:
+            out.append((f"{url}/v1/completions", args[args.index("--served-model-name") + 1]))
+    return out
+
+
+async def load(core: Any, seconds: float, stop: asyncio.Event) -> tuple[int, int]:
+    """Completions to every Ready serving entrypoint, at a rate that rises and falls; (sent, failed)."""
     import httpx
 
-    pods = [
-        p
-        for p in core.list_pod_for_all_namespaces(label_selector="ebbtide.dev/entrypoint=true").items
-        if (p.metadata.annotations or {}).get("ebbtide.dev/engine-url", "").startswith("http://127.0.0.1:")
-    ]
-    sent = 0
     rng = random.Random(7)
     t0 = time.monotonic()
+    sent = failed = 0
+    pods: list[tuple[str, str]] = []
+    refreshed = -math.inf
+
+    def done(task: asyncio.Task[Any]) -> None:
+        nonlocal failed
+        tasks.discard(task)
+        if task.exception() is not None or task.result().status_code != 200:
+            failed += 1
+
     async with httpx.AsyncClient(timeout=60) as http:
         tasks: set[asyncio.Task[Any]] = set()
-        while not stop.is_set() and time.monotonic() - t0 < seconds and pods:
+        while not stop.is_set() and time.monotonic() - t0 < seconds:
             elapsed = time.monotonic() - t0
-            rate = 3.0 + 9.0 * math.sin(math.pi * elapsed / seconds) ** 2  # requests/s across the fleet
-            pod = rng.choice(pods)
-            body = {
-                "model": pod.spec.containers[0].args[pod.spec.containers[0].args.index("--served-model-name") + 1],
-                "prompt": "word " * rng.randint(50, 600),
-                "max_tokens": rng.randint(16, 96),
-            }
-            url = pod.metadata.annotations["ebbtide.dev/engine-url"] + "/v1/completions"
-            task = asyncio.create_task(http.post(url, json=body))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            sent += 1
-            await asyncio.sleep(rng.expovariate(rate))
+            if elapsed - refreshed > 5:
+                pods, refreshed = await asyncio.to_thread(entrypoints, core), elapsed
+            if pods:
+                # Requests/s across the fleet: a ramp up and down over the run, like a daily peak.
+                rate = 4.0 + 20.0 * math.sin(math.pi * elapsed / seconds) ** 2
+                url, model = rng.choice(pods)
+                body = {"model": model, "prompt": "word " * rng.randint(50, 600), "max_tokens": rng.randint(16, 96)}
+                task = asyncio.create_task(http.post(url, json=body))
+                tasks.add(task)
+                task.add_done_callback(done)
+                sent += 1
+            await asyncio.sleep(rng.expovariate(rate) if pods else 1.0)
         await asyncio.gather(*tasks, return_exceptions=True)
-    return sent
+    return sent, failed
 
 
-async def scrape(core: Any, duration: float, interval: float, record: Path) -> Store:
+async def scrape(core: Any, operator: str, duration: float, interval: float, record: Path) -> Store:
     """Scrape every target every `interval` seconds while the load runs; keep the raw scrapes in `record`."""
     import httpx
 
@@ -438,7 +518,7 @@ async def scrape(core: Any, duration: float, interval: float, record: Path) -> S
         with record.open("w") as out:
             while time.time() < t_end:
                 t = time.time()
-                found = [(OPERATOR_METRICS, {"job": "ebbtide-operator"}), *targets(core)]
+                found = [(operator, {"job": "ebbtide-operator"}), *await asyncio.to_thread(targets, core)]
                 replies = await asyncio.gather(*(http.get(url) for url, _ in found), return_exceptions=True)
                 for (_, labels), reply in zip(found, replies, strict=True):
                     if isinstance(reply, httpx.Response) and reply.status_code == 200:
@@ -446,7 +526,8 @@ async def scrape(core: Any, duration: float, interval: float, record: Path) -> S
                         out.write(json.dumps({"t": t, "labels": labels, "text": reply.text}) + "\n")
                 await asyncio.sleep(max(0.0, interval - (time.time() - t)))
     stop.set()
-    print(f"sent {await load_task} completions; scraped {len(found)} targets", file=sys.stderr)
+    sent, failed = await load_task
+    print(f"sent {sent} completions ({failed} failed); scraped {len(found)} targets", file=sys.stderr)
     return store
 
 
@@ -486,6 +567,13 @@ def _unit_format(unit: str) -> tuple[str, float]:
     )
 
 
+def _override_style(override: dict[str, Any]) -> tuple[bool, str | None]:
+    """(dashed, fixed colour) from a Grafana field override."""
+    props = {p["id"]: p["value"] for p in override["properties"]}
+    dashed = props.get("custom.lineStyle", {}).get("fill") == "dash"
+    return dashed, props.get("color", {}).get("fixedColor")
+
+
 def svg_panel(panel: dict[str, Any], series: dict[str, list[tuple[float, float]]], t0: float) -> str:
     """One panel drawn as an inline SVG in Grafana's dark style."""
     import matplotlib
@@ -503,25 +591,24 @@ def svg_panel(panel: dict[str, Any], series: dict[str, list[tuple[float, float]]
     unit, _ = _unit_format(panel["fieldConfig"]["defaults"].get("unit", ""))
     ax.set_ylabel(unit, color="#9fa7b3", fontsize=8)
     ax.set_xlabel("seconds into the run", color="#9fa7b3", fontsize=8)
-    dashed = [re.compile(o["matcher"]["options"]) for o in panel["fieldConfig"].get("overrides", [])]
+    styles = [(re.compile(o["matcher"]["options"]), _override_style(o)) for o in panel["fieldConfig"]["overrides"]]
     stacked = panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
     palette = ["#73bf69", "#5794f2", "#f2cc0c", "#b877d9", "#ff9830", "#8ab8ff", "#96d98d", "#ffb357", "#ca95e5"]
     base: dict[float, float] = defaultdict(float)
-    color = 0
-    for name, points in sorted(series.items()):
+    for i, (name, points) in enumerate(sorted(series.items())):
         xs = [t - t0 for t, _ in points]
-        is_dashed = any(d.fullmatch(name) for d in dashed)
-        if is_dashed:
-            ax.plot(xs, [v for _, v in points], linestyle="--", linewidth=1.8, color="#f2495c", label=name)
+        dash, fixed = next((s for rx, s in styles if rx.fullmatch(name)), (False, None))
+        color = fixed or palette[i % len(palette)]
+        if dash:
+            # Targets and limits are drawn as dashed lines over the data, never stacked.
+            ax.plot(xs, [v for _, v in points], linestyle="--", linewidth=1.8, color=color, label=name)
             continue
         ys = [v + (base[t] if stacked else 0.0) for t, v in points]
-        c = palette[color % len(palette)]
-        color += 1
         if stacked:
-            ax.fill_between(xs, [base[t] for t, _ in points], ys, color=c, alpha=0.25, linewidth=0)
+            ax.fill_between(xs, [base[t] for t, _ in points], ys, color=color, alpha=0.25, linewidth=0)
             for t, v in points:
                 base[t] += v
-        ax.plot(xs, ys, linewidth=1.6, color=c, label=name)
+        ax.plot(xs, ys, linewidth=1.6, color=color, label=name)
     if series:
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7, loc="upper left", facecolor="#181b1f", edgecolor="#2c3235", labelcolor="#ccccdc",
@@ -571,8 +658,9 @@ h1 {{ font-size:20px; margin:0 0 4px 0; font-weight:500; }}
 svg {{ width:100%; height:auto; display:block; }}
 </style></head><body><h1>{html.escape(dashboard["title"])}</h1>
 <div class="sub">Stand-in rendering of helm/ebbtide/dashboards/ebbtide.json (not Grafana) by hack/render_dashboard.py:
-{span} of real metrics scraped from the local demo (operator, simulated vLLM engines, simulated DCGM exporters)
-under generated load. Namespace, LLMService and PowerBudget: All. Rate window {rate_interval}.</div>
+{span} of real metrics scraped from a local stack (operator, simulated vLLM engines, simulated DCGM exporters on
+KWOK GPU nodes) under generated load. Namespace, LLMService and PowerBudget: All. Rate window {rate_interval}.
+"No data": nothing sets that series yet.</div>
 <div class="grid">{"".join(cells)}</div></body></html>"""
 
 
@@ -595,10 +683,10 @@ def screenshot(html_path: Path, out: Path, height: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard.png", help="PNG to write")
-    parser.add_argument("--duration", type=float, default=90.0, help="seconds of load and scraping")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of load and scraping")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes")
     parser.add_argument("--replay", type=Path, help="render a recording of an earlier run instead of scraping")
-    parser.add_argument("--stop-demo", action="store_true", help="stop the demo afterwards")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
     args = parser.parse_args()
     work = ROOT / ".run" / "dashboard"
     work.mkdir(parents=True, exist_ok=True)
@@ -606,10 +694,15 @@ def main() -> None:
     if args.replay:
         store = replay(args.replay)
     else:
-        ensure_demo()
-        store = asyncio.run(scrape(_kube(), args.duration, args.interval, work / "scrapes.jsonl"))
-        if args.stop_demo:
-            subprocess.run([str(ROOT / "hack" / "demo.sh"), "down"], cwd=ROOT, check=False)
+        stack = Stack(work)
+        try:
+            print("starting the local control plane, operator and fleet in .run/dashboard", file=sys.stderr)
+            stack.up()
+            operator = f"http://127.0.0.1:{stack.metrics_port}/metrics"
+            record = work / "scrapes.jsonl"
+            store = asyncio.run(scrape(_core(stack.kubeconfig), operator, args.duration, args.interval, record))
+        finally:
+            stack.down(args.keep)
     dashboard = json.loads(DASHBOARD.read_text())
     html_path = work / "dashboard.html"
     html_path.write_text(page(dashboard, store, rate_interval))

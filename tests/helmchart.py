@@ -1,0 +1,47 @@
+"""Helm for tests: the pinned helm binary (built once by hack/build-helm.sh, then cached) and chart rendering."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.kube import ROOT
+
+CHART = ROOT / "helm" / "ebbtide"
+
+
+@functools.cache
+def helm_binary() -> str:
+    """The pinned helm, building it on first use like the control plane's binaries."""
+    out = subprocess.run([str(ROOT / "hack" / "build-helm.sh")], check=True, stdout=subprocess.PIPE, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def helm(*args: str, kubeconfig: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run helm; fail with its stderr when `check` and it exits non-zero."""
+    argv = [helm_binary(), *args]
+    if kubeconfig is not None:
+        argv += ["--kubeconfig", str(kubeconfig)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def render(*sets: str, release: str = "eb", namespace: str = "ebbtide-system") -> list[dict[str, Any]]:
+    """The chart's objects from `helm template`, each `sets` entry passed as --set."""
+    argv = ["template", release, str(CHART), "--namespace", namespace]
+    for s in sets:
+        argv += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*argv).stdout) if d]
+
+
+def find(objs: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, Any]:
+    """The one object of `kind` whose name ends with `suffix`."""
+    hits = [o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
+    assert len(hits) == 1, f"expected one {kind} named *{suffix}, found {[o['metadata']['name'] for o in hits]}"
+    return hits[0]
