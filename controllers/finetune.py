@@ -90,6 +90,12 @@ def worker_pods(
                     "command": command,
                     "args": args,
                     "ports": [{"name": "control", "containerPort": s.trainer.port}],
+                    "env": [
+                        {
+                            "name": "EBBTIDE_GPU_PRODUCT",
+                            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{L.GPU_PRODUCT}']"}},
+                        }
+                    ],
                     "resources": {
                         "requests": {"cpu": "4", "memory": "32Gi", GPU_RESOURCE: str(s.gpu.count)},
                         "limits": {GPU_RESOURCE: str(s.gpu.count)},

@@ -119,13 +119,19 @@ def replica_pods(owner: Owner, spec: LLMServiceSpec, replica: int, scheduler_nam
             "args": args,
             "ports": [{"name": "http", "containerPort": spec.engine.port, "protocol": "TCP"}],
             "resources": {
-                "requests": {"cpu": "4", "memory": "32Gi", GPU_RESOURCE: str(gpus)},
+                "requests": {"cpu": spec.engine.cpu, "memory": spec.engine.memory, GPU_RESOURCE: str(gpus)},
                 "limits": {GPU_RESOURCE: str(gpus)},
             },
             "env": [
                 {"name": "EBBTIDE_SERVICE", "value": owner.name},
                 {"name": "EBBTIDE_REPLICA", "value": str(replica)},
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                # The packer annotates the GPU product of the node it binds to; env from the downward API is
+                # resolved at container start, after binding (the simulated engine's `--gpu auto` reads it).
+                {
+                    "name": "EBBTIDE_GPU_PRODUCT",
+                    "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{L.GPU_PRODUCT}']"}},
+                },
             ],
         }
         if entry or role.role == "decode":

@@ -13,6 +13,7 @@ TEMPLATE_HASH = "ebbtide.dev/template-hash"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 
 GANG_SIZE = "ebbtide.dev/gang-size"  # annotation: pods in the gang, for all-or-nothing placement
+GPU_PRODUCT = "ebbtide.dev/gpu-product"  # annotation set by the packer at bind time: the node's GPU product
 ENGINE_URL = "ebbtide.dev/engine-url"  # annotation set by the simulated fleet (or a sidecar) on each pod
 DRAIN_STARTED = "ebbtide.dev/drain-started"  # annotation: epoch seconds when scale-in began draining the gang
 PREEMPT = "ebbtide.dev/preempt"  # annotation on a FineTuneJob: a preemption was requested (reason)

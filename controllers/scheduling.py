@@ -108,8 +108,9 @@ class Scheduler:
             ns = d.gang.split("/", 1)[0]
             if d.verdict == Verdict.BOUND:
                 t0 = time.perf_counter()
+                products = {n.name: n.gpu_product for n in snapshot.nodes}
                 for b in d.bindings:
-                    await self._bind(ns, b.pod, b.node, b.gpu_indices)
+                    await self._bind(ns, b.pod, b.node, b.gpu_indices, products.get(b.node, ""))
                 M.BIND_SECONDS.observe(time.perf_counter() - t0)
                 log.info(
                     "bound gang %s (%s path): %s", d.gang, d.path, ", ".join(f"{b.pod}->{b.node}" for b in d.bindings)
@@ -205,10 +206,9 @@ class Scheduler:
             )
         return out
 
-    async def _bind(self, namespace: str, pod: str, node: str, gpus: tuple[int, ...]) -> None:
-        await self.kube.patch_pod(
-            namespace, pod, {"metadata": {"annotations": {GPU_INDICES: ",".join(map(str, gpus))}}}
-        )
+    async def _bind(self, namespace: str, pod: str, node: str, gpus: tuple[int, ...], product: str) -> None:
+        annotations = {GPU_INDICES: ",".join(map(str, gpus)), L.GPU_PRODUCT: product}
+        await self.kube.patch_pod(namespace, pod, {"metadata": {"annotations": annotations}})
         body = client.V1Binding(
             metadata=client.V1ObjectMeta(name=pod, namespace=namespace),
             target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),

@@ -79,6 +79,14 @@ class EngineSpec(ApiModel):
         default_factory=list, max_length=64, description="Extra command-line arguments appended to the engine's."
     )
     port: int = Field(default=8000, ge=1, le=65535, description="Port the engine serves HTTP and /metrics on.")
+    cpu: str = Field(
+        default="4", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request of each engine pod (e.g. 4 or 500m)."
+    )
+    memory: str = Field(
+        default="32Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
+        description="Memory request of each engine pod (e.g. 32Gi).",
+    )
 
 
 class GPUSpec(ApiModel):
