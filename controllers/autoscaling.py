@@ -9,7 +9,6 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
 from autoscaler.capacity import EngineProfile
@@ -20,7 +19,7 @@ from autoscaler.profile import engine_profile
 from autoscaler.store import HistoryStore, StoreUnavailable
 from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
 from controllers import labels as L
-from controllers.conditions import set_condition
+from controllers.conditions import parse_rfc3339, set_condition
 from controllers.snapshot import PodView
 from crds.gpus import lookup_gpu
 from crds.llmservice import LLMService
@@ -48,10 +47,10 @@ def cold_start_of(pods: list[dict[str, Any]]) -> float | None:
     """Measured provisioning lead time: mean of creation-to-Ready over the service's ready pods."""
     samples = []
     for p in pods:
-        created = _ts(p["metadata"].get("creationTimestamp"))
+        created = parse_rfc3339(p["metadata"].get("creationTimestamp"))
         ready = next(
             (
-                _ts(c.get("lastTransitionTime"))
+                parse_rfc3339(c.get("lastTransitionTime"))
                 for c in (p.get("status") or {}).get("conditions", [])
                 if c.get("type") == "Ready" and c.get("status") == "True"
             ),
@@ -60,15 +59,6 @@ def cold_start_of(pods: list[dict[str, Any]]) -> float | None:
         if created is not None and ready is not None and ready >= created:
             samples.append(ready - created)
     return sum(samples) / len(samples) if samples else None
-
-
-def _ts(raw: str | None) -> float | None:
-    if not raw:
-        return None
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass

@@ -43,3 +43,22 @@ def set_condition(
 def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
     """The condition of that type, if any."""
     return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def report_problem(
+    conditions: list[dict[str, Any]], reason: str, message: str, now: float, generation: int | None
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+    """Ready=False with the problem's reason, and a Warning Event only when the reason is new (no Event storms)."""
+    previous = get_condition(conditions, "Ready")
+    events = [] if previous is not None and previous.get("reason") == reason else [("Warning", reason, message)]
+    return set_condition(conditions, "Ready", False, reason, message, now, generation), events
+
+
+def parse_rfc3339(raw: str | None) -> float | None:
+    """Epoch seconds of an API timestamp, None when absent or malformed."""
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

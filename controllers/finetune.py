@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controllers import labels as L
-from controllers.conditions import rfc3339, set_condition
+from controllers.conditions import parse_rfc3339, report_problem, rfc3339, set_condition
 from controllers.engines import DEFAULT_IMAGES, trainer_command
-from controllers.gangs import Owner, gpu_affinity, owner_reference
+from controllers.gangs import Owner, gpu_pod
 from controllers.snapshot import PodView
 from controllers.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
 from crds.finetunejob import FineTuneJob
@@ -63,7 +63,7 @@ def checkpoint_due(job: FineTuneJob, pods: list[PodView], now: float) -> str | N
     if L.PREEMPT in job.metadata.annotations:
         return "preemption"
     last = status.last_checkpoint
-    last_time = _parse_time(last.time) if last and last.time else _parse_time(status.start_time)
+    last_time = parse_rfc3339(last.time) if last and last.time else parse_rfc3339(status.start_time)
     if last_time is not None and now - last_time >= job.spec.checkpoint.interval_seconds:
         return "interval"
     return None
@@ -103,31 +103,16 @@ def worker_pods(
                 }
             ],
         }
-        if s.priority_class_name:
-            pod_spec["priorityClassName"] = s.priority_class_name
-        affinity = gpu_affinity(s.gpu.types)
-        if affinity:
-            pod_spec["affinity"] = affinity
+        labels = {
+            L.FINETUNE: name,
+            L.ATTEMPT: str(attempt),
+            L.RANK: str(rank),
+            L.GANG: f"{name}-a{attempt}",
+            L.ENGINE: s.trainer.type,
+            L.MANAGED_BY: L.OPERATOR,
+        }
         pods.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": f"{name}-a{attempt}-w{rank}",
-                    "namespace": ns,
-                    "labels": {
-                        L.FINETUNE: name,
-                        L.ATTEMPT: str(attempt),
-                        L.RANK: str(rank),
-                        L.GANG: f"{name}-a{attempt}",
-                        L.ENGINE: s.trainer.type,
-                        L.MANAGED_BY: L.OPERATOR,
-                    },
-                    "annotations": {L.GANG_SIZE: str(workers)},
-                    "ownerReferences": [owner_reference(owner)],
-                },
-                "spec": pod_spec,
-            }
+            gpu_pod(owner, f"{name}-a{attempt}-w{rank}", labels, workers, pod_spec, s.priority_class_name, s.gpu.types)
         )
     return pods
 
@@ -170,10 +155,8 @@ def plan_job(
     problem = semantic_problem(job, priority_classes)
     if problem is not None:
         plan.problem = problem
-        previous = next((c for c in conditions if c["type"] == "Ready"), None)
-        if previous is None or previous.get("reason") != problem.reason:
-            plan.events.append(("Warning", problem.reason, problem.message))
-        conditions = set_condition(conditions, "Ready", False, problem.reason, problem.message, now, gen)
+        conditions, events = report_problem(conditions, problem.reason, problem.message, now, gen)
+        plan.events += events
         return finish("Pending")
 
     current = [p for p in pods if p.attempt == attempt and not p.deleting]
@@ -269,16 +252,5 @@ def plan_job(
 def _float(raw: str | None) -> float | None:
     try:
         return float(raw) if raw is not None else None
-    except ValueError:
-        return None
-
-
-def _parse_time(raw: str | None) -> float | None:
-    if not raw:
-        return None
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None

@@ -154,26 +154,48 @@ def replica_pods(owner: Owner, spec: LLMServiceSpec, replica: int, scheduler_nam
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [container],
         }
-        if spec.priority_class_name:
-            pod_spec["priorityClassName"] = spec.priority_class_name
-        affinity = gpu_affinity(spec.gpu.types)
-        if affinity:
-            pod_spec["affinity"] = affinity
         pods.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": pod_name(owner.name, replica, role),
-                    "namespace": owner.namespace,
-                    "labels": pod_labels,
-                    "annotations": {L.GANG_SIZE: str(len(roles))},
-                    "ownerReferences": [owner_reference(owner)],
-                },
-                "spec": pod_spec,
-            }
+            gpu_pod(
+                owner,
+                pod_name(owner.name, replica, role),
+                pod_labels,
+                len(roles),
+                pod_spec,
+                spec.priority_class_name,
+                spec.gpu.types,
+            )
         )
     return pods
+
+
+def gpu_pod(
+    owner: Owner,
+    name: str,
+    pod_labels: dict[str, str],
+    gang_size: int,
+    pod_spec: dict[str, Any],
+    priority_class: str | None,
+    gpu_types: list[str],
+) -> dict[str, Any]:
+    """A pod of a gang: owner reference, gang size, PriorityClass and GPU product affinity on top of `pod_spec`."""
+    pod_spec = dict(pod_spec)
+    if priority_class:
+        pod_spec["priorityClassName"] = priority_class
+    affinity = gpu_affinity(gpu_types)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": pod_labels,
+            "annotations": {L.GANG_SIZE: str(gang_size)},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": pod_spec,
+    }
 
 
 def service_manifests(owner: Owner, spec: LLMServiceSpec) -> list[dict[str, Any]]:

@@ -7,11 +7,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import kopf
 from kubernetes.client.rest import ApiException
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from controllers import labels as L
 from controllers import metrics as M
@@ -31,6 +31,7 @@ from crds.llmservice import LLMService
 from crds.powerbudget import PowerBudget
 
 log = logging.getLogger("ebbtide")
+M_ = TypeVar("M_", bound=BaseModel)
 
 
 @dataclass
@@ -126,17 +127,28 @@ def _invalid(body: dict[str, Any], kind: str, err: ValidationError) -> dict[str,
     return {"phase": "Failed", "conditions": conditions}
 
 
+async def _fetch(
+    plural: str, kind: str, model: type[M_], namespace: str | None, name: str
+) -> tuple[dict[str, Any], M_] | None:
+    """The live object and its typed view; None when it is gone, being deleted, or invalid (then reported)."""
+    r = rt()
+    body = await r.kube.get_object(plural, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    try:
+        return body, model.model_validate(body)
+    except ValidationError as e:
+        await r.kube.patch_status(plural, namespace, name, _invalid(body, kind, e))
+        return None
+
+
 @_timed("LLMService")
 async def reconcile_service(namespace: str, name: str, full: bool) -> None:
     r = rt()
-    body = await r.kube.get_object("llmservices", namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    fetched = await _fetch("llmservices", "LLMService", LLMService, namespace, name)
+    if fetched is None:
         return
-    try:
-        svc = LLMService.model_validate(body)
-    except ValidationError as e:
-        await r.kube.patch_status("llmservices", namespace, name, _invalid(body, "LLMService", e))
-        return
+    body, svc = fetched
     pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")]
     draining: dict[int, list[PodView]] = {}
     for p in pods:
@@ -196,14 +208,10 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
 @_timed("FineTuneJob")
 async def reconcile_job(namespace: str, name: str, full: bool) -> None:
     r = rt()
-    body = await r.kube.get_object("finetunejobs", namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    fetched = await _fetch("finetunejobs", "FineTuneJob", FineTuneJob, namespace, name)
+    if fetched is None:
         return
-    try:
-        job = FineTuneJob.model_validate(body)
-    except ValidationError as e:
-        await r.kube.patch_status("finetunejobs", namespace, name, _invalid(body, "FineTuneJob", e))
-        return
+    body, job = fetched
     pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.FINETUNE}={name}")]
     now = r.clock()
     rank0 = next(
@@ -240,14 +248,10 @@ async def reconcile_job(namespace: str, name: str, full: bool) -> None:
 @_timed("PowerBudget")
 async def reconcile_power(namespace: str, name: str, full: bool) -> None:
     r = rt()
-    body = await r.kube.get_object("powerbudgets", None, name)
-    if body is None:
+    fetched = await _fetch("powerbudgets", "PowerBudget", PowerBudget, None, name)
+    if fetched is None:
         return
-    try:
-        pb = PowerBudget.model_validate(body)
-    except ValidationError as e:
-        await r.kube.patch_status("powerbudgets", None, name, _invalid(body, "PowerBudget", e))
-        return
+    body, pb = fetched
     nodes = [
         NodeView(
             n["metadata"]["name"],

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controllers import labels as L
-from controllers.conditions import set_condition
+from controllers.conditions import report_problem, set_condition
 from controllers.gangs import Owner, gangs_gpus, pod_roles, replica_pods
 from controllers.snapshot import PodView
 from controllers.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
@@ -67,10 +67,8 @@ def plan_service(
     problem = semantic_problem(svc, priority_classes)
     if problem is not None:
         plan.problem = problem
-        previous = next((c for c in conditions if c["type"] == "Ready"), None)
-        if previous is None or previous.get("reason") != problem.reason:
-            plan.events.append(("Warning", problem.reason, problem.message))
-        conditions = set_condition(conditions, "Ready", False, problem.reason, problem.message, now, gen)
+        conditions, events = report_problem(conditions, problem.reason, problem.message, now, gen)
+        plan.events += events
         conditions = set_condition(
             conditions, "Progressing", False, problem.reason, "waiting for a valid spec", now, gen
         )

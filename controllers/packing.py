@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from controllers import labels as L
+from controllers.conditions import parse_rfc3339
 from crds.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from packer.snapshot import (
     GPU_MILLI,
@@ -37,12 +37,7 @@ TOPOLOGY_KEY = "ebbtide.dev/topology-key"  # annotation: keep a multi-pod gang w
 
 
 def _ts(raw: str | None) -> float:
-    if not raw:
-        return 0.0
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
+    return parse_rfc3339(raw) or 0.0
 
 
 def cpu_milli(q: str | None) -> int:

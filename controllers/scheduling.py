@@ -21,6 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from controllers import labels as L
 from controllers import metrics as M
+from controllers.conditions import parse_rfc3339
 from controllers.kube import Kube, _json
 from controllers.packing import GPU_INDICES, JobInfo, build_snapshot, gang_key
 from crds.base import GROUP, VERSION
@@ -286,13 +287,7 @@ class Scheduler:
 
 
 def _checkpoint_time(job: dict[str, Any]) -> float | None:
-    raw = (((job.get("status") or {}).get("lastCheckpoint")) or {}).get("time")
-    if not raw:
-        return None
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    return parse_rfc3339((((job.get("status") or {}).get("lastCheckpoint")) or {}).get("time"))
 
 
 def job_gang(job: dict[str, Any], priority_values: dict[str, int]) -> Gang:
