@@ -1,0 +1,1 @@
+"""Packer benchmark: Alibaba GPU trace replay (FGD-paper style), priority scenarios, decision latency."""
