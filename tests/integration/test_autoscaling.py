@@ -1,0 +1,113 @@
+"""Closed loop: operator + simulated fleet + Redis + load replay through the gateway. A load step arrives and
+replicas rise before TTFT breaks the SLO; load falls and replicas drain with zero failed requests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from kubernetes import client as kclient
+from kubernetes import config as kconfig
+
+from simulator.loadgen.gateway import Gateway, KubernetesBackends
+from simulator.loadgen.replay import ReplayConfig, replay
+from simulator.traces import Trace
+from tests.kube import Cluster, condition, wait_until
+
+TTFT_SLO = 2.0
+SERVICE = """
+apiVersion: ebbtide.dev/v1alpha1
+kind: LLMService
+metadata: {name: chat}
+spec:
+  model: {name: llama-3-8b, source: hf://meta-llama/Meta-Llama-3-8B-Instruct, parametersB: 8}
+  engine: {type: simulated}
+  gpu: {count: 1, types: [L4]}
+  replicas: 1
+  drainGracePeriodSeconds: 120
+  scaling:
+    minReplicas: 1
+    maxReplicas: 4
+    policy: forecast
+    scaleDownStabilizationSeconds: 10
+    slo: {ttftSeconds: 2.0, interTokenLatencySeconds: 0.1, attainment: 0.99}
+"""
+
+
+def step_trace(seed: int = 7) -> Trace:
+    """Poisson arrivals: 1 req/s for 20 s, then 10 req/s for 40 s; 512-token prompts, 64-token answers."""
+    rng = np.random.default_rng(seed)
+    arrivals: list[float] = []
+    for start, end, rate in ((0.0, 20.0, 1.0), (20.0, 60.0, 10.0)):
+        t = start
+        while True:
+            t += rng.exponential(1 / rate)
+            if t >= end:
+                break
+            arrivals.append(t)
+    n = len(arrivals)
+    return Trace("step", np.array(arrivals), np.full(n, 512, dtype=np.int64), np.full(n, 64, dtype=np.int64), 60.0)
+
+
+async def run_load(kubeconfig: str, namespace: str, trace: Trace) -> list[Any]:
+    api = kclient.CoreV1Api(kconfig.new_client_from_config(config_file=kubeconfig))
+    gateway = Gateway(KubernetesBackends("chat", namespace, api), refresh_s=0.5)
+    runner = web.AppRunner(gateway.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        await asyncio.sleep(1.0)
+        return await replay(trace, ReplayConfig(target=f"http://127.0.0.1:{port}", model="llama-3-8b"))
+    finally:
+        await runner.cleanup()
+
+
+def test_replicas_rise_ahead_of_slo_breach_and_drain_without_failures(cluster: Cluster, ns: str) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=SERVICE)
+    wait_until("1 replica ready", lambda: (cluster.get("llms", "chat", "-n", ns).get("status") or {}).get(
+        "readyReplicas") == 1, 90)  # fmt: skip
+
+    replicas_over_time: list[tuple[float, int]] = []
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def watch_replicas() -> None:
+        while not stop.is_set():
+            obj = cluster.get("llms", "chat", "-n", ns)
+            replicas_over_time.append((time.monotonic() - t0, int(obj["spec"]["replicas"])))
+            stop.wait(0.5)
+
+    watcher = threading.Thread(target=watch_replicas, daemon=True)
+    watcher.start()
+    records = asyncio.run(run_load(str(cluster.kubeconfig), ns, step_trace()))
+    load_end = time.monotonic() - t0
+
+    failed = [r for r in records if not r.ok]
+    assert not failed, f"{len(failed)} of {len(records)} requests failed, e.g. {failed[0]}"
+    scaled_up_at = next((t for t, n in replicas_over_time if n > 1), None)
+    assert scaled_up_at is not None, f"never scaled up: {replicas_over_time[-5:]}"
+    before = [r.ttft_s for r in records if r.sent_s + r.ttft_s <= scaled_up_at]
+    assert before, "no request finished its first token before the scale-up"
+    assert float(np.percentile(before, 95)) <= TTFT_SLO, "TTFT broke the SLO before replicas rose"
+
+    obj = cluster.get("llms", "chat", "-n", ns)
+    assert obj["status"]["forecast"]["p90"] > 0 and obj["status"]["forecast"]["capacityRps"] > 0
+    assert condition(obj, "AutoscalerDegraded")["status"] == "False"  # type: ignore[index]
+
+    def back_to_one() -> bool:
+        o = cluster.get("llms", "chat", "-n", ns)
+        pods = [p for p in cluster.get("pods", "-n", ns)["items"] if not p["metadata"].get("deletionTimestamp")]
+        return o["spec"]["replicas"] == 1 and len(pods) == 1
+
+    wait_until("replicas drained back to minReplicas", back_to_one, 120, 1.0)
+    stop.set()
+    peak = max(n for _, n in replicas_over_time)
+    assert peak >= 2 and load_end > scaled_up_at
+    reasons = {e["reason"] for e in cluster.get("events", "-n", ns)["items"]}
+    assert "Autoscaled" in reasons
