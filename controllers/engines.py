@@ -41,7 +41,11 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
             "--host", "0.0.0.0", "--port", str(e.port), "--served-model-name", m.name,
         ]  # fmt: skip
         if m.architecture == "moe":
-            args += ["--experts", str(m.experts), "--expert-parallel", str(p.expert)]
+            # In the API (as in vLLM) expert-parallel ranks reuse the tensor-parallel GPUs; the simulated engine
+            # counts TP x EP GPUs, so it gets TP/EP x EP to model the same number of GPUs.
+            tp = p.tensor // p.expert if p.expert > 1 and p.tensor % p.expert == 0 else p.tensor
+            args[args.index("--tensor-parallel") + 1] = str(tp)
+            args += ["--experts", str(m.experts), "--expert-parallel", str(p.expert if tp != p.tensor else 1)]
             if m.active_parameters_b is not None:
                 args += ["--active-params-b", _num(m.active_parameters_b)]
         if pod.role in ("prefill", "decode"):

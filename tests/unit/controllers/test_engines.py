@@ -1,0 +1,44 @@
+"""Engine command lines: the simulated engine parses what the operator writes and models the same GPU count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controllers.engines import PodRole, serving_command
+from controllers.gangs import pod_roles
+from crds.llmservice import LLMService
+from simulator.engine.config import parse_args
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+@pytest.mark.parametrize("name", ["dense-service", "moe-service", "pd-service"])
+def test_simulated_engine_accepts_the_operator_command_line_with_the_same_gpus(name: str) -> None:
+    svc = LLMService.model_validate(yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text()))
+    for role, gpus in pod_roles(svc.spec):
+        command, args = serving_command(svc.spec, role)
+        assert command == ["python", "-m", "simulator.engine"]
+        args[args.index("--gpu") + 1] = "H100"  # what the packer's annotation supplies at start
+        cfg = parse_args(args)
+        assert cfg.perf_model().num_gpus == gpus
+        assert svc.spec.model.name in cfg.served_model_names
+
+
+def test_vllm_multi_node_replica_runs_ray_leader_and_workers() -> None:
+    svc = LLMService.model_validate(
+        {
+            "metadata": {"name": "big"},
+            "spec": {
+                "model": {"name": "llama-3-405b", "source": "hf://meta/llama-405b", "parametersB": 405},
+                "gpu": {"count": 16, "perNode": 8},
+                "parallelism": {"tensor": 8, "pipeline": 2},
+            },
+        }
+    )
+    leader = serving_command(svc.spec, PodRole("leader", 0, 2, "big-r0-leader.big-pods.ns.svc"))
+    worker = serving_command(svc.spec, PodRole("worker", 0, 2, "big-r0-leader.big-pods.ns.svc"))
+    assert "ray start --head" in leader[1][0] and "--pipeline-parallel-size 2" in leader[1][0]
+    assert "--address=big-r0-leader.big-pods.ns.svc:6379" in worker[1][0]
