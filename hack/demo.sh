@@ -51,6 +51,31 @@ done
 echo
 echo "== part 2: a forecast-autoscaled service under a replayed Azure LLM trace slice"
 $PY hack/demo_autoscale.py --kubeconfig "$KUBECONFIG" --kubectl "$KUBECTL" --seconds "${DEMO_REPLAY_SECONDS:-90}"
+
+echo
+echo "== part 3: a high-priority service arrives on a full cluster; a fine-tune job checkpoints, yields, resumes"
+k delete llms chat --ignore-not-found --wait=false >/dev/null
+k apply -f examples/preemption/low-priority-finetune.yaml
+show() {
+  k get ftj big-lora -o custom-columns='JOB:.metadata.name,PHASE:.status.phase,STEP:.status.step,CHECKPOINT:.status.lastCheckpoint.step,ATTEMPT:.status.attempt,PREEMPTIONS:.status.preemptions' --no-headers
+  k get llms prod-chat --no-headers 2>/dev/null || true
+}
+until [[ "$(k get ftj big-lora -o jsonpath='{.status.phase}')" == "Running" ]]; do sleep 2; done
+sleep 3; show
+echo "-- applying the high-priority service (needs one of the L4 GPUs the job holds)"
+k apply -f examples/preemption/high-priority-service.yaml
+for i in $(seq 1 40); do
+  sleep 2; show
+  [[ "$(k get llms prod-chat -o jsonpath='{.status.readyReplicas}')" == "1" ]] && break
+done
+k get events --field-selector involvedObject.name=big-lora -o custom-columns='REASON:.reason,MESSAGE:.message' --no-headers | tail -5
+echo "-- the service leaves; capacity returns and the job resumes from its checkpoint"
+k delete llms prod-chat >/dev/null
+for i in $(seq 1 60); do
+  sleep 2; show
+  [[ "$(k get ftj big-lora -o jsonpath='{.status.phase}')" == "Succeeded" ]] && break
+done
+
 echo
 echo "Try: KUBECONFIG=$KUBECONFIG $KUBECTL scale llms/llama3-8b --replicas=3"
 echo "     KUBECONFIG=$KUBECONFIG $KUBECTL explain llms.spec.scaling"

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -118,6 +119,9 @@ async def main() -> None:
     records = task.result()
     ok = sum(r.ok for r in records)
     print(f"== {ok}/{len(records)} requests succeeded")
+    errors = Counter((r.error or f"HTTP {r.status}")[:100] for r in records if not r.ok)
+    for error, n in errors.most_common(3):
+        print(f"   {n} x {error}")
     await runner.cleanup()
 
 

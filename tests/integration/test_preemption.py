@@ -6,35 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.kube import Cluster, wait_until
+from tests.kube import ROOT, Cluster, wait_until
 
-JOB = """
-apiVersion: ebbtide.dev/v1alpha1
-kind: FineTuneJob
-metadata: {name: big-lora}
-spec:
-  baseModel: {name: llama-3-8b, source: hf://meta-llama/Meta-Llama-3-8B, parametersB: 8}
-  dataset: {uri: s3://datasets/tickets.jsonl}
-  hyperparameters: {totalSteps: 600}
-  gpu: {count: 8, types: [L4]}
-  workers: {min: 2, max: 2}
-  checkpoint: {intervalSeconds: 600}
-  trainer: {type: simulated, stepSeconds: 0.05}
-  priorityClassName: ebbtide-batch-low
-  preemptible: true
-"""
-SERVICE = """
-apiVersion: ebbtide.dev/v1alpha1
-kind: LLMService
-metadata: {name: prod-chat}
-spec:
-  model: {name: llama-3-8b, source: hf://meta-llama/Meta-Llama-3-8B-Instruct, parametersB: 8}
-  engine: {type: simulated}
-  gpu: {count: 1, types: [L4]}
-  replicas: 1
-  scaling: {policy: none}
-  priorityClassName: ebbtide-serving-high
-"""
+SCENARIO = ROOT / "examples" / "preemption"
+JOB = (SCENARIO / "low-priority-finetune.yaml").read_text()
+SERVICE = (SCENARIO / "high-priority-service.yaml").read_text()
 
 
 def job(c: Cluster, ns: str) -> dict[str, Any]:
