@@ -80,6 +80,12 @@ async def main() -> None:
     p.add_argument("--compress", type=float, default=1.5, help="trace seconds per replay second")
     args = p.parse_args()
     kubectl(args.kubectl, args.kubeconfig, "apply", "-f", "-", stdin=SERVICE)
+    print("== waiting for the first replica of llms/chat to be Ready")
+    while True:
+        raw = await asyncio.to_thread(kubectl, args.kubectl, args.kubeconfig, "get", "llms", "chat", "-o", "json")
+        if (json.loads(raw).get("status") or {}).get("readyReplicas", 0) >= 1:
+            break
+        await asyncio.sleep(1.0)
     trace = shaped_slice(args.compress, args.seconds, 0.25)
     api = kclient.CoreV1Api(kconfig.new_client_from_config(config_file=args.kubeconfig))
     gateway = Gateway(KubernetesBackends("chat", "default", api), refresh_s=1.0)
