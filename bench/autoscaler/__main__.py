@@ -271,7 +271,7 @@ def setup_lines(cals: dict[str, Calibration], quick: bool, jobs: int) -> list[st
         "Oracle: the realised future demand at 10 s resolution over the lead time, exact profiled capacity, "
         "no stabilization (knob: headroom); the cost floor for this capacity model.",
         "",
-        f"**Protocol.** {'Quick run: fewer knob values and shorter spans.' if quick else ''} Each policy's knob "
+        f"**Protocol.** {'Quick run: fewer knob values and shorter spans. ' if quick else ''}Each policy's knob "
         "is swept (and extended, up to two rounds of two values, when every point meets the target or none does); "
         "GPU-hours at the target are interpolated linearly between the cheapest sweep point meeting "
         "it and the best one below it. Warm-ups are simulated but not measured: the six hours before an m-mid "

@@ -121,8 +121,7 @@ class Scenario:
     def label(self) -> str:
         """Human-readable name with span and scaling."""
         if self.trace.startswith("servegen"):
-            days = self.duration_s / DAY_S
-            return f"{self.trace} x{self.scale:g}, day {self.start_s / DAY_S:g}+{days:g}d"
+            return f"{self.trace} x{self.scale:g}, hours {self.start_s / 3600:.0f}-{self.end_s / 3600:.0f}"
         return f"{self.trace} x{self.scale:g} clients, {self.duration_s / 60:.0f} min"
 
     def chunks(self, chunk_s: float = 3600.0) -> Iterator[tuple[float, Trace]]:
