@@ -162,6 +162,14 @@ def plan_job(
     current = [p for p in pods if p.attempt == attempt and not p.deleting]
     resume = (st.get("lastCheckpoint") or {}).get("path")
 
+    def next_attempt() -> int:
+        """A new worker gang that resumes from the last confirmed checkpoint."""
+        new = attempt + 1
+        st["attempt"] = new
+        st["resumedFromStep"] = (st.get("lastCheckpoint") or {}).get("step", 0)
+        plan.create = worker_pods(job, uid, new, resume, scheduler_name)
+        return new
+
     if L.PREEMPT in job.metadata.annotations and phase not in ("Preempted",):
         reason = job.metadata.annotations[L.PREEMPT] or "preempted"
         deadline = _float(job.metadata.annotations.get(L.PREEMPT_DEADLINE))
@@ -183,10 +191,7 @@ def plan_job(
     if phase == "Preempted":
         if L.PREEMPT in job.metadata.annotations or any(not p.deleting for p in pods if p.attempt == attempt):
             return finish("Preempted")
-        attempt += 1
-        st["attempt"] = attempt
-        st["resumedFromStep"] = (st.get("lastCheckpoint") or {}).get("step", 0)
-        plan.create = worker_pods(job, uid, attempt, resume, scheduler_name)
+        attempt = next_attempt()
         plan.events.append(("Normal", "Resuming", f"attempt {attempt} resumes from {resume or 'the start'}"))
         conditions = set_condition(conditions, "Preempted", False, "Resumed", f"attempt {attempt}", now, gen)
         conditions = set_condition(conditions, "Ready", False, "Pending", "workers starting", now, gen)
@@ -210,10 +215,7 @@ def plan_job(
             )
             st["completionTime"] = rfc3339(now)
             return finish("Failed")
-        attempt += 1
-        st["attempt"] = attempt
-        st["resumedFromStep"] = (st.get("lastCheckpoint") or {}).get("step", 0)
-        plan.create = worker_pods(job, uid, attempt, resume, scheduler_name)
+        attempt = next_attempt()
         plan.events.append(("Warning", "WorkerFailed", f"restarting as attempt {attempt} from {resume or 'the start'}"))
         return finish("Pending")
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from controllers import labels as L
 from controllers import metrics as M
 from controllers.autoscaling import Autoscaler, decision_status
-from controllers.drain import EngineClient, engine_url
+from controllers.engine_api import EngineClient, engine_url
 from controllers.finetune import TrainerReport, checkpoint_due, plan_job
 from controllers.gangs import Owner, pdb_manifest, service_manifests
 from controllers.kube import Kube
@@ -70,6 +70,26 @@ def _event(body: dict[str, Any], type: str, reason: str, message: str) -> None:
 def _emit(body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
     for type_, reason, message in events:
         _event(body, type=type_, reason=reason, message=message[:1000])
+
+
+async def _create_pods(kind: str, manifests: list[dict[str, Any]]) -> None:
+    for manifest in manifests:
+        if await rt().kube.create_pod(manifest):
+            M.PODS_CREATED.labels(kind).inc()
+
+
+async def _write_back(
+    plural: str,
+    namespace: str | None,
+    name: str,
+    body: dict[str, Any],
+    events: list[tuple[str, str, str]],
+    status: dict[str, Any],
+) -> None:
+    """Post the plan's Events and write its status when it changed."""
+    _emit(body, events)
+    if status != (body.get("status") or {}):
+        await rt().kube.patch_status(plural, namespace, name, status)
 
 
 def trigger(kind: str, namespace: str, name: str, delay: float = 0.2) -> None:
@@ -179,9 +199,7 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
             owner = Owner("LLMService", name, namespace, body["metadata"]["uid"])
             for manifest in [*service_manifests(owner, svc.spec), pdb_manifest(owner, svc.spec)]:
                 await r.kube.ensure(manifest)
-        for manifest in plan.create:
-            if await r.kube.create_pod(manifest):
-                M.PODS_CREATED.labels("LLMService").inc()
+        await _create_pods("LLMService", plan.create)
         by_replica = {p.replica: [q for q in pods if q.replica == p.replica] for p in pods}
         for replica in plan.start_drain:
             for p in by_replica.get(replica, []):
@@ -194,9 +212,7 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         for pod in plan.delete:
             await r.kube.delete_pod(namespace, pod)
             M.PODS_DELETED.labels("LLMService", "scale-in-or-restart").inc()
-    _emit(body, plan.events)
-    if plan.status != (body.get("status") or {}):
-        await r.kube.patch_status("llmservices", namespace, name, plan.status)
+    await _write_back("llmservices", namespace, name, body, plan.events, plan.status)
     M.DESIRED_REPLICAS.labels(namespace, name).set(svc.spec.replicas)
     M.SLO_TTFT.labels(namespace, name).set(svc.spec.scaling.slo.ttft_seconds)
     M.SLO_ITL.labels(namespace, name).set(svc.spec.scaling.slo.inter_token_latency_seconds)
@@ -232,15 +248,11 @@ async def reconcile_job(namespace: str, name: str, full: bool) -> None:
                 ck_path, ck_step = result
     report = TrainerReport(step=step, done=done, checkpoint_path=ck_path, checkpoint_step=ck_step)
     plan = plan_job(job, body["metadata"]["uid"], pods, report, await r.kube.priority_classes(), now, r.scheduler_name)
-    for manifest in plan.create:
-        if await r.kube.create_pod(manifest):
-            M.PODS_CREATED.labels("FineTuneJob").inc()
+    await _create_pods("FineTuneJob", plan.create)
     for pod in plan.delete:
         await r.kube.delete_pod(namespace, pod)
         M.PODS_DELETED.labels("FineTuneJob", plan.status.get("phase", "")).inc()
-    _emit(body, plan.events)
-    if plan.status != (body.get("status") or {}):
-        await r.kube.patch_status("finetunejobs", namespace, name, plan.status)
+    await _write_back("finetunejobs", namespace, name, body, plan.events, plan.status)
     if plan.status.get("phase") in ("Checkpointing",) or plan.delete:
         trigger("FineTuneJob", namespace, name, delay=1.0)
 
@@ -262,9 +274,7 @@ async def reconcile_power(namespace: str, name: str, full: bool) -> None:
     ]
     status, events = power_report(pb, nodes, r.clock())
     M.POWER_BUDGET.labels(name).set(pb.spec.budget_watts)
-    _emit(body, events)
-    if status != (body.get("status") or {}):
-        await r.kube.patch_status("powerbudgets", None, name, status)
+    await _write_back("powerbudgets", None, name, body, events, status)
 
 
 async def autoscale(namespace: str, name: str) -> None:

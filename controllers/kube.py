@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from crds.base import GROUP, VERSION
+
+log = logging.getLogger(__name__)
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
@@ -149,6 +153,71 @@ class Kube:
     async def priority_class_values(self) -> dict[str, int]:
         resp = await asyncio.to_thread(self.scheduling.list_priority_class, _preload_content=False)
         return {item["metadata"]["name"]: int(item.get("value", 0)) for item in _json(resp)["items"]}
+
+    async def list_all_pods(self) -> list[dict[str, Any]]:
+        resp = await asyncio.to_thread(self.core.list_pod_for_all_namespaces, _preload_content=False)
+        return list(_json(resp)["items"])
+
+    async def list_all_objects(self, plural: str) -> list[dict[str, Any]]:
+        """Every Ebbtide object of one kind, across namespaces."""
+        resp = await asyncio.to_thread(
+            self.custom.list_cluster_custom_object, GROUP, VERSION, plural, _preload_content=False
+        )
+        return list(_json(resp)["items"])
+
+    async def list_all_pdbs(self) -> list[dict[str, Any]]:
+        resp = await asyncio.to_thread(
+            self.policy.list_pod_disruption_budget_for_all_namespaces, _preload_content=False
+        )
+        return list(_json(resp)["items"])
+
+    async def bind(self, namespace: str, pod: str, node: str) -> bool:
+        """Bind a pod to a node (Binding API); False when it is gone or already bound by another binder."""
+        body = client.V1Binding(
+            metadata=client.V1ObjectMeta(name=pod, namespace=namespace),
+            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
+        )
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_binding, namespace, body, _preload_content=False)
+            return True
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+            return False
+
+    async def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self.core.patch_namespaced_pod_status, name, namespace, {"status": status})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def create_event(self, obj: dict[str, Any], type_: str, reason: str, message: str, component: str) -> None:
+        """A core/v1 Event about `obj` (best effort: a refused Event is logged, not raised)."""
+        meta = obj["metadata"]
+        ns = meta.get("namespace") or "default"
+        now = datetime.now(tz=UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=ns),
+            involved_object=client.V1ObjectReference(
+                api_version=obj.get("apiVersion", "v1"),
+                kind=obj.get("kind", "Pod"),
+                name=meta["name"],
+                namespace=ns,
+                uid=meta.get("uid"),
+            ),
+            reason=reason,
+            message=message[:1000],
+            type=type_,
+            source=client.V1EventSource(component=component),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_event, ns, event)
+        except ApiException as e:
+            log.info("event %s on %s not posted: %s", reason, meta["name"], e.reason)
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         resp = await asyncio.to_thread(self.core.list_node, _preload_content=False)

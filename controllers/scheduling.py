@@ -13,18 +13,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from controllers import labels as L
 from controllers import metrics as M
-from controllers.conditions import parse_rfc3339
-from controllers.kube import Kube, _json
+from controllers.conditions import parse_rfc3339, rfc3339
+from controllers.kube import Kube
 from controllers.packing import GPU_INDICES, JobInfo, build_snapshot, gang_key
-from crds.base import GROUP, VERSION
 from crds.gpus import GPU_RESOURCE, lookup_gpu
 from packer import Packer, PackerConfig
 from packer.plan import Plan, Verdict
@@ -32,10 +29,6 @@ from packer.snapshot import GPU_MILLI, ClusterSnapshot, Gang, GangKind, PodReque
 
 log = logging.getLogger("ebbtide.packer")
 PREEMPT_PREFIX = "packer: "
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -61,8 +54,8 @@ class Scheduler:
             await asyncio.sleep(self.interval_s)
 
     async def pass_once(self) -> Plan | None:
-        pods = await self._list_pods()
-        jobs = await self._list_objects("finetunejobs")
+        pods = await self.kube.list_all_pods()
+        jobs = await self.kube.list_all_objects("finetunejobs")
         waiting_jobs = [
             j for j in jobs if self._packer_preempted(j) and (j.get("status") or {}).get("phase") == "Preempted"
         ]
@@ -177,22 +170,9 @@ class Scheduler:
     def _packer_preempted(job: dict[str, Any]) -> bool:
         return str((job["metadata"].get("annotations") or {}).get(L.PREEMPT, "")).startswith(PREEMPT_PREFIX)
 
-    async def _list_pods(self) -> list[dict[str, Any]]:
-        resp = await asyncio.to_thread(self.kube.core.list_pod_for_all_namespaces, _preload_content=False)
-        return list(_json(resp)["items"])
-
-    async def _list_objects(self, plural: str) -> list[dict[str, Any]]:
-        resp = await asyncio.to_thread(
-            self.kube.custom.list_cluster_custom_object, GROUP, VERSION, plural, _preload_content=False
-        )
-        return list(_json(resp)["items"])
-
     async def _service_budgets(self) -> dict[str, ServiceBudget]:
-        services = await self._list_objects("llmservices")
-        resp = await asyncio.to_thread(
-            self.kube.policy.list_pod_disruption_budget_for_all_namespaces, _preload_content=False
-        )
-        pdbs = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in _json(resp)["items"]}
+        services = await self.kube.list_all_objects("llmservices")
+        pdbs = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in await self.kube.list_all_pdbs()}
         out = {}
         for s in services:
             key = f"{s['metadata']['namespace']}/{s['metadata']['name']}"
@@ -210,68 +190,28 @@ class Scheduler:
     async def _bind(self, namespace: str, pod: str, node: str, gpus: tuple[int, ...], product: str) -> None:
         annotations = {GPU_INDICES: ",".join(map(str, gpus)), L.GPU_PRODUCT: product}
         await self.kube.patch_pod(namespace, pod, {"metadata": {"annotations": annotations}})
-        body = client.V1Binding(
-            metadata=client.V1ObjectMeta(name=pod, namespace=namespace),
-            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
-        )
-        try:
-            await asyncio.to_thread(self.kube.core.create_namespaced_binding, namespace, body, _preload_content=False)
-        except ApiException as e:
-            if e.status not in (404, 409):  # gone, or bound by another binder
-                raise
-            log.info("binding %s/%s skipped: %s", namespace, pod, e.reason)
+        if not await self.kube.bind(namespace, pod, node):
+            log.info("binding %s/%s skipped: the pod is gone or already bound", namespace, pod)
 
     async def _mark_unschedulable(self, pod: dict[str, Any], reason: str, message: str) -> None:
         key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
         if self._conditions.get(key) == message:
             return
         self._conditions[key] = message
-        body = {
-            "status": {
-                "conditions": [
-                    {
-                        "type": "PodScheduled",
-                        "status": "False",
-                        "reason": "Unschedulable",
-                        "message": message[:1000],
-                        "lastTransitionTime": _now_rfc3339(),
-                    }
-                ]
-            }
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message[:1000],
+            "lastTransitionTime": rfc3339(self.clock()),
         }
-        try:
-            await asyncio.to_thread(
-                self.kube.core.patch_namespaced_pod_status, pod["metadata"]["name"], pod["metadata"]["namespace"], body
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await self.kube.patch_pod_status(
+            pod["metadata"]["namespace"], pod["metadata"]["name"], {"conditions": [condition]}
+        )
         await self._event(pod, "Warning", "FailedScheduling" if reason == "Unschedulable" else reason, message)
 
     async def _event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        meta = obj["metadata"]
-        ns = meta.get("namespace") or "default"
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=ns),
-            involved_object=client.V1ObjectReference(
-                api_version=obj.get("apiVersion", "v1"),
-                kind=obj.get("kind", "Pod"),
-                name=meta["name"],
-                namespace=ns,
-                uid=meta.get("uid"),
-            ),
-            reason=reason,
-            message=message[:1000],
-            type=type_,
-            source=client.V1EventSource(component=self.scheduler_name),
-            first_timestamp=datetime.now(tz=UTC),
-            last_timestamp=datetime.now(tz=UTC),
-            count=1,
-        )
-        try:
-            await asyncio.to_thread(self.kube.core.create_namespaced_event, ns, event)
-        except ApiException as e:
-            log.info("event %s on %s not posted: %s", reason, meta["name"], e.reason)
+        await self.kube.create_event(obj, type_, reason, message, self.scheduler_name)
 
     def _pending_metric(self, snapshot: ClusterSnapshot, plan: Plan | None) -> None:
         M.PENDING_GANGS.clear()

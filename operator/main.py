@@ -26,7 +26,7 @@ from autoscaler.metrics import PodScraper, ServiceMetricsCollector  # noqa: E402
 from autoscaler.store import HistoryStore, MemoryStore, RedisStore  # noqa: E402
 from controllers import handlers  # noqa: E402
 from controllers.autoscaling import Autoscaler  # noqa: E402
-from controllers.drain import EngineClient  # noqa: E402
+from controllers.engine_api import EngineClient  # noqa: E402
 from controllers.kube import Kube, load_config  # noqa: E402
 from controllers.scheduling import Scheduler  # noqa: E402
 

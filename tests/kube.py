@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,6 +13,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "tests" / "scenarios"
+# The schema-valid but impossible specs in tests/scenarios/semantic and the Ready reason each must get.
+SEMANTIC_REASONS = {"too-big": "ModelDoesNotFit", "unknown-gpu": "UnknownGPUType", "no-prio": "PriorityClassNotFound"}
 
 
 @dataclass
@@ -57,3 +61,23 @@ def wait_until(what: str, fn: Callable[[], T | None], timeout: float = 60.0, int
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in (obj.get("status") or {}).get("conditions", []) if c.get("type") == type_), None)
+
+
+def invalid_scenarios() -> list[Path]:
+    """Specs the API server must reject; each names the field its error must mention (`# expect: field`)."""
+    return sorted((SCENARIOS / "invalid").glob("*.yaml"))
+
+
+def expected_field(path: Path) -> str:
+    found = re.search(r"# expect: (\S+)", path.read_text())
+    assert found, f"{path.name} must say which field it breaks"
+    return found.group(1)
+
+
+def semantic_reasons_reported(c: Cluster, ns: str) -> bool:
+    """Every semantic scenario in `ns` reports Ready=False with its expected reason."""
+    for name, reason in SEMANTIC_REASONS.items():
+        ready = condition(c.get("llms", name, "-n", ns), "Ready")
+        if not ready or ready["status"] != "False" or ready["reason"] != reason:
+            return False
+    return True

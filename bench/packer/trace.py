@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from packer.fragmentation import TargetWorkload, WorkloadShape
 from packer.snapshot import GPU_MILLI, PodRequest
+from simulator.traces import data_dir
 
 TRACE_DIR = "alibaba-gpu-2023"
 # The FGD authors replay onto the GPU nodes only (their prepare_input.sh copies the gpu_node list); the full list
@@ -18,11 +18,8 @@ NODE_FILES = {"gpu": "openb_node_list_gpu_node.csv", "all": "openb_node_list_all
 
 
 def data_root() -> Path:
-    """Where the shared traces live: $EBBTIDE_DATA, else ../shared/data next to the repository root."""
-    env = os.environ.get("EBBTIDE_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    """Where the shared traces live (one rule for the whole project: `simulator.traces.data_dir`)."""
+    return data_dir()
 
 
 @dataclass(frozen=True)

@@ -209,10 +209,10 @@ class Fleet:
                 continue
             if done:
                 await self.patch_status(eng.namespace, eng.name, succeeded=True)
-                await self.stop(key, keep_record=False)
+                await self.stop(key)
                 return
 
-    async def stop(self, key: str, keep_record: bool = False) -> None:
+    async def stop(self, key: str) -> None:
         eng = self.engines.pop(key, None)
         self.pod_ips.pop(key, None)
         if eng is None:

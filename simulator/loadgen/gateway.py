@@ -21,10 +21,10 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from controllers import labels as L
+
 log = logging.getLogger(__name__)
 
-SERVICE_LABEL = "ebbtide.dev/service"
-ENGINE_URL_ANNOTATION = "ebbtide.dev/engine-url"
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and those aiohttp recomputes must not be copied across the proxy
 _SKIP_HEADERS = frozenset(
@@ -63,9 +63,6 @@ class StaticBackends:
         return list(self._urls)
 
 
-DRAIN_STARTED_ANNOTATION = "ebbtide.dev/drain-started"
-
-
 def ready_engine_urls(pods: Sequence[Any]) -> list[str]:
     """Engine URLs of Ready, non-terminating pods, sorted; pods without the annotation are skipped."""
     urls: list[str] = []
@@ -73,9 +70,9 @@ def ready_engine_urls(pods: Sequence[Any]) -> list[str]:
         meta = pod.metadata
         if meta is None or meta.deletion_timestamp is not None:
             continue
-        if DRAIN_STARTED_ANNOTATION in (meta.annotations or {}):
+        if L.DRAIN_STARTED in (meta.annotations or {}):
             continue  # the operator is draining this gang: send it nothing new
-        url = (meta.annotations or {}).get(ENGINE_URL_ANNOTATION)
+        url = (meta.annotations or {}).get(L.ENGINE_URL)
         conditions = (pod.status.conditions if pod.status is not None else None) or []
         ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
         if url and ready:
@@ -103,7 +100,7 @@ class KubernetesBackends:
         return self._api
 
     def _list(self) -> list[str]:
-        pods = self._core_api().list_namespaced_pod(self.namespace, label_selector=f"{SERVICE_LABEL}={self.service}")
+        pods = self._core_api().list_namespaced_pod(self.namespace, label_selector=f"{L.SERVICE}={self.service}")
         return ready_engine_urls(pods.items)
 
     async def backends(self) -> list[str]:

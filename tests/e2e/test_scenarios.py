@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -10,10 +9,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kube import ROOT, Cluster, condition, wait_until
+from tests.kube import (
+    ROOT,
+    SCENARIOS,
+    Cluster,
+    condition,
+    expected_field,
+    invalid_scenarios,
+    semantic_reasons_reported,
+    wait_until,
+)
 
 EXAMPLES = ROOT / "examples"
-SCENARIOS = ROOT / "tests" / "scenarios"
 # Real clusters pull images and load weights; the simulated fleet is faster. Generous but bounded.
 READY_TIMEOUT = 300
 
@@ -24,28 +31,19 @@ def ready_replicas(c: Cluster, ns: str, name: str, replicas: int) -> bool:
     return bool(ready and ready["status"] == "True" and st.get("readyReplicas") == replicas == st.get("replicas"))
 
 
-@pytest.mark.parametrize("path", sorted((SCENARIOS / "invalid").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", invalid_scenarios(), ids=lambda p: p.stem)
 def test_invalid_spec_is_rejected_naming_the_field(live: Cluster, e2e_ns: str, path: Path) -> None:
-    expected = re.search(r"# expect: (\S+)", path.read_text())
-    assert expected, f"{path.name} must say which field it breaks"
+    field = expected_field(path)
     proc = live.kubectl("apply", "--dry-run=server", "-n", e2e_ns, "-f", str(path), check=False)
     assert proc.returncode != 0, f"{path.name} was accepted"
-    assert expected.group(1) in proc.stderr, proc.stderr
+    assert field in proc.stderr, proc.stderr
 
 
 def test_impossible_specs_report_ready_false_with_a_reason(live: Cluster, e2e_ns: str) -> None:
     for path in sorted((SCENARIOS / "semantic").glob("*.yaml")):
         live.kubectl("apply", "-n", e2e_ns, "-f", str(path))
-    expected = {"too-big": "ModelDoesNotFit", "unknown-gpu": "UnknownGPUType", "no-prio": "PriorityClassNotFound"}
 
-    def reported() -> bool:
-        for name, reason in expected.items():
-            ready = condition(live.get("llms", name, "-n", e2e_ns), "Ready")
-            if not ready or ready["status"] != "False" or ready["reason"] != reason:
-                return False
-        return True
-
-    wait_until("Ready=False with the expected reasons", reported, 90)
+    wait_until("Ready=False with the expected reasons", lambda: semantic_reasons_reported(live, e2e_ns), 90)
     assert live.get("pods", "-n", e2e_ns, "-l", "ebbtide.dev/service=too-big")["items"] == []
 
 

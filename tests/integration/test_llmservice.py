@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import Proc
-from tests.kube import ROOT, Cluster, condition, wait_until
+from tests.kube import (
+    ROOT,
+    SCENARIOS,
+    Cluster,
+    condition,
+    expected_field,
+    invalid_scenarios,
+    semantic_reasons_reported,
+    wait_until,
+)
 
 EXAMPLES = ROOT / "examples"
-SCENARIOS = ROOT / "tests" / "scenarios"
 
 
 def service_pods(c: Cluster, ns: str, name: str) -> list[dict[str, Any]]:
@@ -83,28 +90,19 @@ def test_kubectl_scale_adds_gangs_then_removes_newest_first(cluster: Cluster, ns
     assert "draining replica" in events
 
 
-@pytest.mark.parametrize("path", sorted((SCENARIOS / "invalid").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", invalid_scenarios(), ids=lambda p: p.stem)
 def test_invalid_spec_is_rejected_naming_the_field(cluster: Cluster, path: Path) -> None:
-    expected = re.search(r"# expect: (\S+)", path.read_text())
-    assert expected, f"{path.name} must say which field it breaks"
+    field = expected_field(path)
     proc = cluster.kubectl("apply", "-n", "default", "-f", str(path), check=False)
     assert proc.returncode != 0, f"{path.name} was accepted"
-    assert expected.group(1) in proc.stderr, proc.stderr
+    assert field in proc.stderr, proc.stderr
 
 
 def test_impossible_spec_reports_ready_false_and_others_still_reconcile(cluster: Cluster, ns: str) -> None:
     for path in sorted((SCENARIOS / "semantic").glob("*.yaml")):
         cluster.kubectl("apply", "-n", ns, "-f", str(path))
-    expected = {"too-big": "ModelDoesNotFit", "unknown-gpu": "UnknownGPUType", "no-prio": "PriorityClassNotFound"}
 
-    def all_reported() -> bool:
-        for name, reason in expected.items():
-            ready = condition(cluster.get("llms", name, "-n", ns), "Ready")
-            if not ready or ready["status"] != "False" or ready["reason"] != reason:
-                return False
-        return True
-
-    wait_until("Ready=False with reasons", all_reported, 60)
+    wait_until("Ready=False with reasons", lambda: semantic_reasons_reported(cluster, ns), 60)
     msg = condition(cluster.get("llms", "too-big", "-n", ns), "Ready")["message"]  # type: ignore[index]
     assert "spec.model.parametersB" in msg
     events = cluster.get("events", "-n", ns, "--field-selector", "reason=ModelDoesNotFit")["items"]

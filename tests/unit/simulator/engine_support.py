@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,6 @@ from simulator.engine import Clock, EngineConfig, create_app, parse_args
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def data_dir() -> Path:
-    """The shared benchmark data: $EBBTIDE_DATA, else ../shared/data beside the repository."""
-    return Path(os.environ.get("EBBTIDE_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
 def engine_argv(model: str = "llama-3-8b", gpu: str = "H100", time_scale: float = 1000.0, *extra: str) -> list[str]:

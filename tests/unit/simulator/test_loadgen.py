@@ -30,8 +30,8 @@ from simulator.loadgen import (
     summarize,
 )
 from simulator.loadgen.__main__ import parse_args
-from simulator.traces import Trace, load_azure
-from tests.unit.simulator.engine_support import data_dir, engine_argv, serve_engine
+from simulator.traces import Trace, data_dir, load_azure
+from tests.unit.simulator.engine_support import engine_argv, serve_engine
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,7 @@ import pytest
 
 from crds.gpus import lookup_gpu
 from simulator.power import CAP_CURVE, PowerLimitError, fit_cap_curve, speed_factor, validate_power_limit, zeus_points
-from tests.unit.simulator.engine_support import data_dir
+from simulator.traces import data_dir
 
 
 def zeus_rows() -> list[tuple[str, dict[str, str]]]:

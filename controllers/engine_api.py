@@ -1,4 +1,4 @@
-"""Asking engines to drain before their gang is deleted, and trainers to checkpoint before eviction (HTTP)."""
+"""The engines' admin HTTP endpoints the controllers call: drain before scale-in, trainer progress and checkpoints."""
 
 from __future__ import annotations
 
