@@ -34,11 +34,12 @@ def slo_of(svc: LLMService) -> SLO:
     return SLO(ttft_s=s.ttft_seconds, itl_s=s.inter_token_latency_seconds, attainment=s.attainment)
 
 
-def profile_of(svc: LLMService, gpu_product: str | None) -> EngineProfile:
+def profile_of(svc: LLMService) -> EngineProfile:
     """Seed capacity from the calibrated performance model of the service's model on its GPU."""
     m = svc.spec.model
     model = lookup_model(m.name) or generic_model(m.parameters_b, m.architecture, m.experts or 0, m.active_parameters_b)
-    names = [gpu_product] if gpu_product else list(svc.spec.gpu.types)
+    # The first allowed GPU product (H100 when any is allowed); the capacity learner corrects the seed online.
+    names = list(svc.spec.gpu.types)
     gpu = next(g for g in (lookup_gpu(n) for n in [*names, "H100"]) if g is not None)
     return engine_profile(model, gpu, svc.spec.parallelism.tensor * svc.spec.parallelism.pipeline, slo_of(svc))
 
@@ -84,11 +85,11 @@ class Autoscaler:
     scalers: dict[str, ServiceScaler] = field(default_factory=dict)
     last_observation: dict[str, ServiceObservation] = field(default_factory=dict)
 
-    def scaler_for(self, key: str, svc: LLMService, gpu_product: str | None) -> ServiceScaler:
+    def scaler_for(self, key: str, svc: LLMService) -> ServiceScaler:
         name = svc.spec.scaling.policy
         current = self.scalers.get(key)
         if current is None or current.policy_name != name:
-            profile = profile_of(svc, gpu_product)
+            profile = profile_of(svc)
             kwargs: dict[str, Any] = {"profile": profile} if name in ("forecast", "reactive") else {}
             if name == "forecast":
                 window = self.forecast_error_window
@@ -129,7 +130,7 @@ class Autoscaler:
         self, key: str, svc: LLMService, raw_pods: list[dict[str, Any]], pods: list[PodView], now: float
     ) -> ScalingDecision:
         """Observe and decide for one service (the policy itself is pure)."""
-        scaler = self.scaler_for(key, svc, None)
+        scaler = self.scaler_for(key, svc)
         if not scaler.restored:
             scaler.restored = True
             await self._restore(key, scaler)

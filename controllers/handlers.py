@@ -200,7 +200,9 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
             for manifest in [*service_manifests(owner, svc.spec), pdb_manifest(owner, svc.spec)]:
                 await r.kube.ensure(manifest)
         await _create_pods("LLMService", plan.create)
-        by_replica = {p.replica: [q for q in pods if q.replica == p.replica] for p in pods}
+        by_replica: dict[int, list[PodView]] = {}
+        for p in pods:
+            by_replica.setdefault(p.replica, []).append(p)
         for replica in plan.start_drain:
             for p in by_replica.get(replica, []):
                 # Leaving the Service first means no new request reaches a draining engine.
