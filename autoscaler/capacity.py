@@ -5,9 +5,13 @@ profiled capacity a replica really sustains (`scale`), so a shift in the request
 answers) is handled by the profile's per-dimension capacities while drift (slower GPUs, a new engine
 version) moves `scale`. It also keeps the best recent latency, to say when the SLO is out of reach.
 
-Meeting the SLO above the current estimate raises it; missing it below the estimate (at real load) lowers it,
-never under `min_scale`; a CUSUM over such surprises detects drift and speeds learning for a while. The
-latency compared is p95, or p50 when the attainment target is 50% or lower.
+The profile is trusted until the evidence against it is sustained. A tick's tail latency is noisy next to
+an attainment target over many requests (at the profiled capacity a 30 s window's p95 often crosses the
+SLO while 99% of requests still meet it), so single misses teach nothing: a one-sided CUSUM counts misses
+well below the estimate (or comfortable ticks well above it), and only once it confirms does the estimate
+move, toward the load that missed (or held). Ticks while a queue drains are skipped, since their latency
+is the backlog's, not the current load's (a queue that grows below the estimate is evidence, though).
+The latency compared is p95, or p50 when the attainment target is 50% or lower.
 """
 
 from __future__ import annotations
@@ -73,11 +77,14 @@ class CapacityConfig:
     up_rate: float = 0.1  # step toward a higher load that met the SLO
     down_rate: float = 0.3  # step toward a lower load that missed it (missing costs more than idling)
     min_evidence_util: float = 0.3  # misses below this share of capacity are not about load
-    near_slo: float = 0.9  # latency at this share of the SLO or more marks the load as near capacity
+    near_slo: float = 0.9  # latency under this share of the SLO is comfortable
+    below_band: float = 0.8  # misses under this share of the estimate are surprising ...
+    above_band: float = 1.2  # ... and so is comfortable latency over this share
     min_scale: float = 0.25  # a profile off by more than 4x means something else is wrong: say so, don't chase it
     max_scale: float = 4.0
     light_util: float = 0.5  # latency at or below this share of capacity is the engine's best, not queueing
-    drift_slack: float = 0.25  # CUSUM slack per observation: occasional surprises are noise
+    drift_slack: float = 0.3  # CUSUM slack per observation: occasional surprises are noise
+    confirm: float = 1.5  # CUSUM level from which surprises move the estimate
     drift_threshold: float = 3.0  # CUSUM alarm level
     drift_boost: float = 3.0  # learning rates multiply by this for a while after an alarm
     drift_hold: int = 20  # observations the boost lasts
@@ -117,6 +124,7 @@ class CapacityLearner:
         self._cusum_low = 0.0  # evidence that capacity is lower than believed
         self._cusum_high = 0.0  # evidence that it is higher
         self._boost_left = 0
+        self._last_queue = 0.0
         self._drift = False
         self._learned = 0
         self._light_samples = 0
@@ -150,7 +158,9 @@ class CapacityLearner:
         if (ttft is None and itl is None) or u is None or not math.isfinite(u):
             return
         c = self.config
-        if u <= c.light_util * self._scale:
+        draining = self._last_queue > 0 and obs.queue_length <= self._last_queue
+        self._last_queue = obs.queue_length
+        if u <= c.light_util * self._scale and not draining:
             # Light load: this latency is what the engine does at best, so it decides attainability.
             self._light_samples += 1
             if ttft is not None:
@@ -161,29 +171,26 @@ class CapacityLearner:
             return
         ratios = [x / limit for x, limit in ((ttft, slo.ttft_s), (itl, slo.itl_s)) if x is not None]
         pressure = max(ratios)  # share of the latency budget used by the tighter of the two
-        self._missed_at_floor = pressure > 1.0 and self._scale <= c.min_scale
-        boost = c.drift_boost if self._boost_left > 0 else 1.0
+        s = self._scale
+        self._missed_at_floor = pressure > 1.0 and s <= c.min_scale
+        boosted = self._boost_left > 0
+        boost = c.drift_boost if boosted else 1.0
         self._boost_left = max(self._boost_left - 1, 0)
-        surprise_low = surprise_high = 0.0
-        if pressure > 1.0:
-            if c.min_evidence_util * self._scale <= u < self._scale:
-                # Missed the SLO below the believed capacity: capacity is a bit under this load.
-                self._scale += min(c.down_rate * boost, 1.0) * (0.95 * u - self._scale)
-                surprise_low = 1.0
-                self._learned += 1
-        elif pressure >= c.near_slo:
-            if u >= c.min_evidence_util * self._scale:
-                # Close to the limit: this load is about what a replica sustains.
-                self._scale += min(c.up_rate * boost, 1.0) * (u / pressure - self._scale)
-                self._learned += 1
-        elif u > self._scale:
-            self._scale += min(c.up_rate * boost, 1.0) * (u - self._scale)
-            surprise_high = 1.0
-            self._learned += 1
-        self._scale = min(max(self._scale, c.min_scale), c.max_scale)
-        # One-sided CUSUMs over surprises detect a sustained change, not the odd slow tick.
+        missed = pressure > 1.0 and c.min_evidence_util * s <= u < s and not draining
+        comfortable = pressure < c.near_slo and u > s
+        # Far from the estimate a miss (or comfort) is a surprise; near it, only once a change is under way.
+        surprise_low = 1.0 if missed and (u < c.below_band * s or self._cusum_low >= c.confirm) else 0.0
+        surprise_high = 1.0 if comfortable and (u > c.above_band * s or self._cusum_high >= c.confirm) else 0.0
+        # One-sided CUSUMs over surprises: the estimate moves only on a sustained change, not the odd slow tick.
         self._cusum_low = max(0.0, self._cusum_low + surprise_low - c.drift_slack)
         self._cusum_high = max(0.0, self._cusum_high + surprise_high - c.drift_slack)
+        if missed and (boosted or self._cusum_low >= c.confirm):
+            self._scale += min(c.down_rate * boost, 1.0) * (0.95 * u - s)
+            self._learned += 1
+        elif comfortable and (boosted or self._cusum_high >= c.confirm):
+            self._scale += min(c.up_rate * boost, 1.0) * (u - s)
+            self._learned += 1
+        self._scale = min(max(self._scale, c.min_scale), c.max_scale)
         self._drift = False
         if max(self._cusum_low, self._cusum_high) >= c.drift_threshold:
             self._drift = True
@@ -230,6 +237,7 @@ class CapacityLearner:
             "scale": self._scale,
             "cusum": [self._cusum_low, self._cusum_high],
             "boost_left": self._boost_left,
+            "last_queue": self._last_queue,
             "learned": self._learned,
             "light_samples": self._light_samples,
             "missed_at_floor": self._missed_at_floor,
@@ -243,6 +251,7 @@ class CapacityLearner:
         learner._scale = float(state["scale"])
         learner._cusum_low, learner._cusum_high = (float(x) for x in state["cusum"])
         learner._boost_left = int(state["boost_left"])
+        learner._last_queue = float(state.get("last_queue", 0.0))
         learner._learned = int(state["learned"])
         learner._light_samples = int(state["light_samples"])
         learner._missed_at_floor = bool(state["missed_at_floor"])

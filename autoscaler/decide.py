@@ -33,7 +33,7 @@ class CostModel:
         """The penalty to use: given, or the one whose critical ratio 1 - cost/penalty is the attainment."""
         if self.violation_penalty is not None:
             return self.violation_penalty
-        q = min(max(attainment, 0.5), 0.9999)
+        q = min(max(attainment, 0.01), 0.9999)
         return self.replica_cost / (1.0 - q)
 
     def critical_ratio(self, attainment: float) -> float:
@@ -54,7 +54,8 @@ class Choice:
 
 def need_samples(forecasts: Sequence[Forecast], capacity: CapacityEstimate, backlog_rps: float = 0.0) -> np.ndarray:
     """Replicas needed (fractional) per scenario at the worst of the horizons: the binding dimension per joint
-    sample, and across horizons scenarios matched by rank (each quantile's peak, mildly conservative)."""
+    sample (a scenario of long prompts loads prefill even at a usual request rate), and across horizons
+    scenarios matched by rank (each quantile's peak, mildly conservative)."""
     peak: np.ndarray | None = None
     for fc in forecasts:
         if fc.samples is not None and len(fc.samples.get(REQUEST_RATE, ())):
@@ -131,7 +132,8 @@ class GovernorConfig:
 
     scale_up_percent: float = 100.0  # like HPA's default: at most double ...
     scale_up_pods: int = 4  # ... or add four, whichever is more, per decision
-    max_reversals_per_hour: int = 4  # beyond this many up/down reversals, scale-downs wait
+    max_reversals_per_hour: int = 6  # beyond this many up/down reversals, scale-downs look further back ...
+    flap_window_s: float = 600.0  # ... taking the highest recommendation over this long
     stabilize: bool = True  # take the highest recommendation of the scale-down window (HPA behaviour)
 
 
@@ -163,18 +165,23 @@ class Governor:
             else:
                 notes.append(f"clamped to [{floor_replicas(bounds)}, {bounds.max_replicas}]")
         window = bounds.scale_down_stabilization_s
+        if not self._recommendations and not self._changes:
+            # The replicas found in place count as a recommendation: no scale-down on the first look.
+            self._recommendations.append((now, current))
         self._recommendations.append((now, n))
-        self._prune(now, window)
+        self._prune(now, max(window, c.flap_window_s))
 
         target = n
-        if c.stabilize and target < current:
-            highest = max(r for _, r in self._recommendations)
+        flapping = self._reversals() >= c.max_reversals_per_hour
+        if flapping:
+            # A longer window, not a freeze: flapping stays bounded, yet a real fall in demand still scales in.
+            window = max(window, c.flap_window_s)
+        if (c.stabilize or flapping) and target < current:
+            highest = max(r for t, r in self._recommendations if t >= now - window)
             if highest > target:
                 target = min(highest, current)
-                notes.append(f"scale-down stabilized at {target} (highest of last {window:g}s)")
-        if target < current and self._reversals() >= c.max_reversals_per_hour:
-            notes.append(f"scale-down held: {self._reversals()} reversals in the last hour")
-            target = current
+                why = f"{self._reversals()} reversals in the last hour, " if flapping else ""
+                notes.append(f"scale-down stabilized at {target} ({why}highest of last {window:g}s)")
         if target > current:
             limit = max(math.ceil(current * (1.0 + c.scale_up_percent / 100.0)), current + c.scale_up_pods)
             if target > limit:
@@ -187,7 +194,7 @@ class Governor:
     def record(self, now: float, replicas: int, window_s: float) -> None:
         """Count a held tick as a recommendation, so scale-down after an outage waits out the window."""
         self._recommendations.append((now, replicas))
-        self._prune(now, window_s)
+        self._prune(now, max(window_s, self.config.flap_window_s))
 
     def _prune(self, now: float, window_s: float) -> None:
         while self._recommendations and self._recommendations[0][0] < now - window_s:

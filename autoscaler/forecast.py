@@ -262,6 +262,8 @@ class EbbtideConfig:
     prior_sigma: float = 0.3  # log-space spread assumed before the data say otherwise
     rate_floor: float = 0.05  # requests/s added before logs, so zero traffic is representable
     gap_s: float = 1800.0  # a longer silence restarts the short-term state
+    young_obs: int = 10  # forecasts made before this many observations are not scored
+    young_s: float = 3600.0  # for this long the baseline is a plain mean, not the slow average
     level_shift_s: float = 2 * 3600.0  # a one-signed burst lasting this long becomes the new baseline
 
     def __post_init__(self) -> None:
@@ -336,6 +338,7 @@ class EbbtideForecaster:
         self._n = 0
         self._dt = 0.0  # typical tick, smoothed
         self._base = 0.0
+        self._base_mass = 0.0  # weight the baseline's average has accumulated (bias correction while young)
         self._trend = 0.0
         self._dev = 0.0
         self._scale = c.prior_sigma  # robust spread of deviations (mean absolute deviation x 1.25)
@@ -412,6 +415,7 @@ class EbbtideForecaster:
     def _restart(self, t: float, v: Mapping[str, float], note: str) -> None:
         c = self.config
         self._base = math.log(v[REQUEST_RATE] + c.rate_floor)
+        self._base_mass = 0.0
         self._trend = self._dev = self._shift_s = 0.0
         self._scale = c.prior_sigma
         self._day = _Profile(c.day_bins, DAY_S)
@@ -453,7 +457,14 @@ class EbbtideForecaster:
         season = self._seasonal(t)
         old_base = self._base
         predicted = self._base + self._trend * dt
-        self._base = predicted + (1.0 - math.exp(-dt / c.baseline_tau_s)) * (y - season - predicted)
+        # For its first hour the baseline is the plain mean of what was seen, so a quiet first tick is not
+        # remembered for a whole baseline time constant; after that, the slow average that keeps the daily
+        # cycle out of the level.
+        a_base = 1.0 - math.exp(-dt / c.baseline_tau_s)
+        self._base_mass = self._base_mass * (1.0 - a_base) + a_base
+        if self._seen_s < c.young_s:
+            a_base /= max(self._base_mass, a_base)
+        self._base = predicted + a_base * (y - season - predicted)
         self._trend += (1.0 - math.exp(-dt / c.trend_tau_s)) * ((self._base - old_base) / dt - self._trend)
 
         deviation = y - self._base - season
@@ -489,7 +500,9 @@ class EbbtideForecaster:
         # The deviation scale averages over hours once there is data (a plain mean before), so one burst
         # does not redefine what "unusual" means.
         a_scale = 1.0 - math.exp(-dt / (6 * 3600.0)) if self._n > 20 else 1.0 / (self._n + 1)
-        self._scale += a_scale * (1.25 * abs(residual) - self._scale)
+        # Clipped, so the jumps of a young model (or a level change) do not set the scale for hours.
+        size = abs(residual) if self._n <= c.young_obs else min(abs(residual), 4.0 * self._scale)
+        self._scale += a_scale * (1.25 * size - self._scale)
         self._scale = max(self._scale, 1e-3)
 
         a_ratio = 1.0 - math.exp(-dt / c.ratio_tau_s)
@@ -510,6 +523,8 @@ class EbbtideForecaster:
 
     def _record_pending(self) -> None:
         assert self._t is not None
+        if self._n < self.config.young_obs:
+            return  # a model fitted to a handful of points would fill the error history with its start-up
         regime = self._regime()
         lp = self._ratio.get(PROMPT_TOKEN_RATE, math.nan)
         lg = self._ratio.get(GENERATION_TOKEN_RATE, math.nan)
@@ -595,6 +610,7 @@ class EbbtideForecaster:
             "n": self._n,
             "dt": self._dt,
             "base": self._base,
+            "base_mass": self._base_mass,
             "trend": self._trend,
             "dev": self._dev,
             "scale": self._scale,
@@ -621,6 +637,7 @@ class EbbtideForecaster:
         f._t = None if state["t"] is None else float(state["t"])
         f._n, f._dt = int(state["n"]), float(state["dt"])
         f._base, f._trend, f._dev, f._scale = (float(state[k]) for k in ("base", "trend", "dev", "scale"))
+        f._base_mass = float(state.get("base_mass", 1.0))
         f._ratio = {k: float(x) for k, x in state["ratio"].items()}
         f._ratio_scale = {k: float(x) for k, x in state["ratio_scale"].items()}
         f._day = _Profile(f.config.day_bins, DAY_S, [float(x) for x in state["day"]])

@@ -318,10 +318,15 @@ class EbbtideForecast:
         capacity: CapacityConfig | None = None,
         governor: GovernorConfig | None = None,
         zero_rps: float = 0.02,
+        smoothing_s: float = 120.0,
     ) -> None:
         if risk is not None and not 0 < risk < 1:
             raise ValueError(f"risk must be in (0, 1), got {risk}")
+        if smoothing_s < 0:
+            raise ValueError(f"smoothing_s must be non-negative, got {smoothing_s}")
         self.risk = risk
+        self.smoothing_s = smoothing_s
+        self._recent: deque[tuple[float, dict[str, float]]] = deque()
         self.cost = cost or CostModel()
         self.zero_rps = zero_rps
         self._forecaster = make_forecaster(forecaster) if isinstance(forecaster, str) else forecaster
@@ -346,7 +351,7 @@ class EbbtideForecast:
             )
 
         try:
-            self._forecaster.observe(obs.now, observed_rates(obs))
+            self._forecaster.observe(obs.now, self._smoothed(obs))
             forecasts = [self._forecaster.forecast(h) for h in _horizons(bounds)]
         except Exception as err:
             # Forecasters are plug-ins from a registry: whatever breaks inside one must hold replicas, not
@@ -381,6 +386,15 @@ class EbbtideForecast:
             risk=choice.risk,
             slo_attainable=cap.slo_attainable,
         )
+
+    def _smoothed(self, obs: ServiceObservation) -> dict[str, float]:
+        """Rates averaged over the smoothing window: the level the capacity profile is about, since a single
+        tick's arrival noise is already inside the profile's attainment margin."""
+        self._recent.append((obs.now, observed_rates(obs)))
+        while self._recent[0][0] <= obs.now - self.smoothing_s:
+            self._recent.popleft()
+        n = len(self._recent)
+        return {k: sum(r[k] for _, r in self._recent) / n for k in self._recent[-1][1]}
 
     @staticmethod
     def _mix(fc: Forecast) -> tuple[float, float]:
@@ -419,11 +433,12 @@ class EbbtideForecast:
         return "; ".join(parts)
 
     def to_state(self) -> dict[str, Any]:
-        """JSON-serialisable snapshot of forecaster, capacity learner and governor."""
+        """JSON-serialisable snapshot of forecaster, capacity learner, governor and the smoothing window."""
         return {
             "forecaster": self._forecaster.to_state(),
             "capacity": self._capacity.to_state(),
             "governor": self._governor.to_state(),
+            "recent": [[t, rates] for t, rates in self._recent],
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -431,6 +446,7 @@ class EbbtideForecast:
         self._forecaster = forecaster_from_state(state["forecaster"])
         self._capacity = CapacityLearner.from_state(state["capacity"])
         self._governor = Governor.from_state(state["governor"])
+        self._recent = deque((float(t), {k: float(v) for k, v in r.items()}) for t, r in state.get("recent", []))
 
 
 class Oracle:

@@ -62,14 +62,14 @@ FULL_GRIDS: dict[str, list[float]] = {
     "reactive": [0.5, 0.6, 0.7, 0.8, 0.9],
     "kpa": [0.5, 0.6, 0.7, 0.8, 0.9],
     "point-forecast": [0.0, 0.1, 0.2, 0.35, 0.5],
-    "forecast": [0.1, 0.03, 0.01, 0.003, 0.001],
+    "forecast": [0.7, 0.5, 0.3, 0.1, 0.03, 0.01, 0.003],
     "oracle": [-0.3, -0.2, -0.1, 0.0, 0.1],  # negative headroom lets queueing absorb sub-lead-time bursts
 }
 QUICK_GRIDS: dict[str, list[float]] = {
     "reactive": [0.5, 0.7, 0.9],
     "kpa": [0.5, 0.7, 0.9],
     "point-forecast": [0.0, 0.2, 0.5],
-    "forecast": [0.05, 0.01, 0.002],
+    "forecast": [0.5, 0.1, 0.01],
     "oracle": [-0.2, 0.0],
 }
 
@@ -141,7 +141,7 @@ def extend_grid(policy: str, values: Sequence[float], more_capacity: bool) -> li
         cand = [lo - 0.1, lo - 0.2] if more_capacity else [hi + 0.1, hi + 0.2]
         return [round(v, 3) for v in cand if 0.1 <= v <= top]
     if policy == "forecast":  # lower risk = more replicas
-        cand = [lo / 3, lo / 10] if more_capacity else [min(hi * 2, 0.5), min(hi * 3, 0.7)]
+        cand = [lo / 3, lo / 10] if more_capacity else [min(hi * 2, 0.8), min(hi * 3, 0.9)]
         return sorted({round(v, 6) for v in cand if 0 < v < 1 and v not in values})
     step = 0.15  # point-forecast and oracle headroom
     cand = [hi + step, hi + 2 * step] if more_capacity else [lo - step, lo - 2 * step]

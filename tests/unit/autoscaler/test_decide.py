@@ -100,8 +100,12 @@ class TestGovernor:
             n, _ = g.apply(t, current, 6 if i % 2 == 0 else 4, b)
             changes.append(n != current)
             current = n
-        assert sum(changes) <= 5  # up, down, up, down, up: then scale-downs wait
+        assert sum(changes) <= 5  # up, down, up, down, up: then scale-downs look back over the flap window
         assert current == 6  # held high, the safe side
+        for _ in range(11):  # demand really falls: scale-in resumes once the flap window has passed
+            t += 60.0
+            current, _ = g.apply(t, current, 4, b)
+        assert current == 4
 
     def test_scale_to_zero_only_when_allowed_twice(self) -> None:
         g = Governor()
