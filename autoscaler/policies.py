@@ -391,7 +391,7 @@ class EbbtideForecast:
         """Rates averaged over the smoothing window: the level the capacity profile is about, since a single
         tick's arrival noise is already inside the profile's attainment margin."""
         self._recent.append((obs.now, observed_rates(obs)))
-        while self._recent[0][0] <= obs.now - self.smoothing_s:
+        while len(self._recent) > 1 and self._recent[0][0] <= obs.now - self.smoothing_s:
             self._recent.popleft()
         n = len(self._recent)
         return {k: sum(r[k] for _, r in self._recent) / n for k in self._recent[-1][1]}

@@ -63,6 +63,7 @@ FULL_GRIDS: dict[str, list[float]] = {
     "kpa": [0.5, 0.6, 0.7, 0.8, 0.9],
     "point-forecast": [0.0, 0.1, 0.2, 0.35, 0.5],
     "forecast": [0.7, 0.5, 0.3, 0.1, 0.03, 0.01, 0.003],
+    "oracle-level": [0.2, 0.4, 0.6, 0.8, 1.0],
     "oracle": [-0.3, -0.2, -0.1, 0.0, 0.1],  # negative headroom lets queueing absorb sub-lead-time bursts
 }
 QUICK_GRIDS: dict[str, list[float]] = {
@@ -70,6 +71,7 @@ QUICK_GRIDS: dict[str, list[float]] = {
     "kpa": [0.5, 0.7, 0.9],
     "point-forecast": [0.0, 0.2, 0.5],
     "forecast": [0.5, 0.1, 0.01],
+    "oracle-level": [0.3, 0.8],
     "oracle": [-0.2, 0.0],
 }
 
@@ -143,7 +145,7 @@ def extend_grid(policy: str, values: Sequence[float], more_capacity: bool) -> li
     if policy == "forecast":  # lower risk = more replicas
         cand = [lo / 3, lo / 10] if more_capacity else [min(hi * 2, 0.8), min(hi * 3, 0.9)]
         return sorted({round(v, 6) for v in cand if 0 < v < 1 and v not in values})
-    step = 0.15  # point-forecast and oracle headroom
+    step = 0.15  # point-forecast and oracles' headroom
     cand = [hi + step, hi + 2 * step] if more_capacity else [lo - step, lo - 2 * step]
     floor = 0.0 if policy == "point-forecast" else -0.8
     return [round(v, 3) for v in cand if v >= floor and v not in values]
@@ -269,7 +271,9 @@ def setup_lines(cals: dict[str, Calibration], quick: bool, jobs: int) -> list[st
         "utilisation). Point forecast: a Holt forecaster's median over the lead time plus headroom (knob: "
         "headroom). Ebbtide: probabilistic forecast, learned capacity, expected-cost choice (knob: risk). "
         "Oracle: the realised future demand at 10 s resolution over the lead time, exact profiled capacity, "
-        "no stabilization (knob: headroom); the cost floor for this capacity model.",
+        "no stabilization (knob: headroom); the cost floor for this capacity model. It foresees every burst, "
+        "which no forecaster can, so a level oracle runs beside it: the same rule fed the future's 5-minute "
+        "means, i.e. the most a perfect forecast of the demand level (not of its sub-minute noise) could know.",
         "",
         f"**Protocol.** {'Quick run: fewer knob values and shorter spans. ' if quick else ''}Each policy's knob "
         "is swept (and extended, up to two rounds of two values, when every point meets the target or none does); "

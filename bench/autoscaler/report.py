@@ -127,6 +127,13 @@ def goal_lines(points: dict[str, AtTarget]) -> list[str]:
         lines.append(f"- Ebbtide beats the point forecaster: {'met' if ok else 'MISSED'} ({ours / point:.2f}x)")
     else:
         lines.append("- Ebbtide vs point forecaster: the point forecaster never reached the target")
+    level = gpu("oracle-level")
+    if reactive and (oracle or level):
+        best = min(reactive)
+        parts = [f"{name} {1 - g / best:+.1%}" for name, g in (("10 s oracle", oracle), ("level oracle", level)) if g]
+        lines.append(
+            "- For scale, perfect foresight's saving against the best reactive policy: " + ", ".join(parts) + "."
+        )
     return lines
 
 

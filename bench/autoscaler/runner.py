@@ -23,14 +23,16 @@ from autoscaler.types import ScalingPolicy
 from bench.autoscaler.scenario import Calibration, LoadSeries, Scenario, cluster_config, load_series
 from simulator.cluster import ClusterSimulator
 
-# Benchmark order: the over-provisioned baseline, two reactive ones, two forecasters, the lower bound
-POLICY_ORDER = ("static-peak", "reactive", "kpa", "point-forecast", "forecast", "oracle")
+# Benchmark order: the over-provisioned baseline, two reactive ones, two forecasters, two perfect-foresight
+# references: the future's 5-minute means (what a forecaster could at best know) and its every 10 s burst
+POLICY_ORDER = ("static-peak", "reactive", "kpa", "point-forecast", "forecast", "oracle-level", "oracle")
 POLICY_LABELS = {
     "static-peak": "Static peak",
     "reactive": "Reactive (HPA-like)",
     "kpa": "KPA-like (Knative)",
     "point-forecast": "Point forecast",
     "forecast": "Ebbtide",
+    "oracle-level": "Level oracle (5-min means)",
     "oracle": "Oracle",
 }
 KNOBS = {
@@ -39,6 +41,7 @@ KNOBS = {
     "kpa": "target_utilization",
     "point-forecast": "headroom",
     "forecast": "risk",
+    "oracle-level": "headroom",
     "oracle": "headroom",
 }
 # Request-log ring size: many hours of requests at benchmark rates, so memory stays flat over 14 days
@@ -83,9 +86,17 @@ class RunResult:
         return self.requests / self.wall_s if self.wall_s > 0 else math.nan
 
 
+LEVEL_BUCKETS = 30  # the level oracle sees 30 x 10 s = 5-minute means of the future
+
+
 @lru_cache(maxsize=4)
 def _load(scenario: Scenario) -> LoadSeries:
     return load_series(scenario)
+
+
+@lru_cache(maxsize=4)
+def _level(scenario: Scenario) -> LoadSeries:
+    return _load(scenario).coarsen(LEVEL_BUCKETS)
 
 
 def make_policy(spec: RunSpec) -> ScalingPolicy:
@@ -104,6 +115,8 @@ def make_policy(spec: RunSpec) -> ScalingPolicy:
         return EbbtideForecast(profile, risk=v)
     if spec.policy == "oracle":
         return Oracle(_load(spec.scenario).at, profile, headroom=v)
+    if spec.policy == "oracle-level":
+        return Oracle(_level(spec.scenario).at, profile, headroom=v)
     raise ValueError(f"unknown policy {spec.policy!r}")
 
 
