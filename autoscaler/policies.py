@@ -318,14 +318,14 @@ class EbbtideForecast:
         capacity: CapacityConfig | None = None,
         governor: GovernorConfig | None = None,
         zero_rps: float = 0.02,
-        smoothing_s: float = 120.0,
+        smoothing_share: float = 0.5,
     ) -> None:
         if risk is not None and not 0 < risk < 1:
             raise ValueError(f"risk must be in (0, 1), got {risk}")
-        if smoothing_s < 0:
-            raise ValueError(f"smoothing_s must be non-negative, got {smoothing_s}")
+        if not 0 <= smoothing_share <= 1:
+            raise ValueError(f"smoothing_share must be in [0, 1], got {smoothing_share}")
         self.risk = risk
-        self.smoothing_s = smoothing_s
+        self.smoothing_share = smoothing_share
         self._recent: deque[tuple[float, dict[str, float]]] = deque()
         self.cost = cost or CostModel()
         self.zero_rps = zero_rps
@@ -351,7 +351,7 @@ class EbbtideForecast:
             )
 
         try:
-            self._forecaster.observe(obs.now, self._smoothed(obs))
+            self._forecaster.observe(obs.now, self._smoothed(obs, lead))
             forecasts = [self._forecaster.forecast(h) for h in _horizons(bounds)]
         except Exception as err:
             # Forecasters are plug-ins from a registry: whatever breaks inside one must hold replicas, not
@@ -387,11 +387,12 @@ class EbbtideForecast:
             slo_attainable=cap.slo_attainable,
         )
 
-    def _smoothed(self, obs: ServiceObservation) -> dict[str, float]:
-        """Rates averaged over the smoothing window: the level the capacity profile is about, since a single
-        tick's arrival noise is already inside the profile's attainment margin."""
+    def _smoothed(self, obs: ServiceObservation, lead_s: float) -> dict[str, float]:
+        """Rates averaged over a share of the lead time: the level the capacity profile is about, since a
+        single tick's arrival noise is already inside the profile's attainment margin, while a level that
+        moves within the lead time must still show."""
         self._recent.append((obs.now, observed_rates(obs)))
-        while len(self._recent) > 1 and self._recent[0][0] <= obs.now - self.smoothing_s:
+        while len(self._recent) > 1 and self._recent[0][0] <= obs.now - self.smoothing_share * lead_s:
             self._recent.popleft()
         n = len(self._recent)
         return {k: sum(r[k] for _, r in self._recent) / n for k in self._recent[-1][1]}

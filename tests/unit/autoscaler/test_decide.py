@@ -76,6 +76,12 @@ class TestGovernor:
         assert g.apply(400.0, 3, 0, b)[0] == 2
         assert clamp(0, bounds(min_replicas=0, scale_to_zero=False)) == 1
 
+    def test_the_replicas_in_place_count_on_the_first_look(self) -> None:
+        g = Governor()
+        b = bounds(scale_down_stabilization_s=300.0)
+        assert g.apply(0.0, 10, 1, b)[0] == 10  # a young policy seeing one quiet tick must not drop a warm service
+        assert g.apply(330.0, 10, 1, b)[0] == 1
+
     def test_scale_down_waits_for_the_stabilization_window(self) -> None:
         g = Governor()
         b = bounds(scale_down_stabilization_s=300.0)

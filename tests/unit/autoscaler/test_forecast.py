@@ -128,6 +128,15 @@ class TestEbbtide:
         assert burst.point() > 1.5 * calm.point()
         assert burst.quantile(REQUEST_RATE, 0.99) > 25.0
 
+    def test_a_quiet_first_tick_is_not_remembered(self) -> None:
+        f = EbbtideForecaster()
+        f.observe(30.0, rates(0.0))  # the service was idle when the operator started watching
+        for i in range(2, 40):
+            f.observe(30.0 * i, rates(40.0 * math.exp(0.05 * math.sin(i))))
+        fc = f.forecast(240.0)
+        assert 30.0 < fc.point() < 50.0
+        assert fc.quantile(REQUEST_RATE, 0.99) < 2.0 * fc.point()  # the start-up jump is not spread to plan for
+
     def test_zero_traffic_forecasts_zero(self) -> None:
         f = EbbtideForecaster()
         for i in range(400):

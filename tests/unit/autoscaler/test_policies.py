@@ -74,6 +74,11 @@ class TestEbbtideForecast:
         assert q["horizon_s"] == 210.0 and q["p10"] <= q["p50"] <= q["p90"] <= q["p99"]
         assert "replicas needed" in last.reason and "risk" in last.reason
 
+    def test_a_one_tick_spike_moves_less_than_a_sustained_level(self) -> None:
+        spike = drive(EbbtideForecast(PROFILE), [*noisy(6.0, 60), 30.0, 6.0], bounds(max_replicas=64), replicas=4)
+        level = drive(EbbtideForecast(PROFILE), noisy(6.0, 60) + [30.0] * 8, bounds(max_replicas=64), replicas=4)
+        assert spike[-1].replicas < level[-1].replicas
+
     def test_more_risk_costs_fewer_replicas(self) -> None:
         totals = []
         for risk in (0.01, 0.1, 0.3):
