@@ -106,14 +106,14 @@ def goal_lines(points: dict[str, AtTarget]) -> list[str]:
 
     ours, oracle, point = gpu("forecast"), gpu("oracle"), gpu("point-forecast")
     reactive = [g for g in (gpu("reactive"), gpu("kpa")) if g is not None]
+    best = min(reactive) if reactive else None
     lines = []
     if ours is None:
         return ["- Ebbtide did not reach the attainment target in its sweep: no target can be met."]
     if oracle:
         ok = ours <= 1.15 * oracle
         lines.append(f"- Ebbtide <= 1.15x oracle GPU-hours: {'met' if ok else 'MISSED'} ({ours / oracle:.2f}x)")
-    if reactive:
-        best = min(reactive)
+    if best is not None:
         saving = 1 - ours / best
         ok = saving >= 0.25
         lines.append(
@@ -128,8 +128,7 @@ def goal_lines(points: dict[str, AtTarget]) -> list[str]:
     else:
         lines.append("- Ebbtide vs point forecaster: the point forecaster never reached the target")
     level = gpu("oracle-level")
-    if reactive and (oracle or level):
-        best = min(reactive)
+    if best is not None and (oracle or level):
         parts = [f"{name} {1 - g / best:+.1%}" for name, g in (("10 s oracle", oracle), ("level oracle", level)) if g]
         lines.append(
             "- For scale, perfect foresight's saving against the best reactive policy: " + ", ".join(parts) + "."
