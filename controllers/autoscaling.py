@@ -68,6 +68,7 @@ class ServiceScaler:
 
     policy_name: str
     policy: ScalingPolicy
+    knobs: dict[str, float] = field(default_factory=dict)
     ticks: int = 0
     cold_start_s: float | None = None
     restored: bool = False
@@ -87,16 +88,26 @@ class Autoscaler:
 
     def scaler_for(self, key: str, svc: LLMService) -> ServiceScaler:
         name = svc.spec.scaling.policy
+        knobs = policy_knobs(svc)
         current = self.scalers.get(key)
-        if current is None or current.policy_name != name:
-            profile = profile_of(svc)
-            kwargs: dict[str, Any] = {"profile": profile} if name in ("forecast", "reactive") else {}
-            if name == "forecast":
-                window = self.forecast_error_window
-                kwargs["forecaster"] = EbbtideForecaster(EbbtideConfig(error_window=window, min_errors=min(30, window)))
-            current = ServiceScaler(name, make_policy(name, **kwargs))
-            self.scalers[key] = current
-        return current
+        if current is not None and current.policy_name == name and current.knobs == knobs:
+            return current
+        profile = profile_of(svc)
+        kwargs: dict[str, Any] = {"profile": profile, **knobs} if name in ("forecast", "reactive") else {}
+        if name == "forecast":
+            window = self.forecast_error_window
+            kwargs["forecaster"] = EbbtideForecaster(EbbtideConfig(error_window=window, min_errors=min(30, window)))
+        policy = make_policy(name, **kwargs)
+        restored = False
+        if current is not None and current.policy_name == name:
+            # A retuned knob must not cost the service its learned history: carry the state across.
+            to_state, restore = getattr(current.policy, "to_state", None), getattr(policy, "restore", None)
+            if to_state is not None and restore is not None:
+                restore(to_state())
+            restored = current.restored
+        cold_start = current.cold_start_s if current is not None else None
+        self.scalers[key] = ServiceScaler(name, policy, knobs, restored=restored, cold_start_s=cold_start)
+        return self.scalers[key]
 
     async def observe(
         self, key: str, svc: LLMService, pods: list[PodView], now: float
@@ -182,6 +193,16 @@ class Autoscaler:
         self.scalers.pop(key, None)
         self.last_observation.pop(key, None)
         self.collector.forget(key)
+
+
+def policy_knobs(svc: LLMService) -> dict[str, float]:
+    """The policy's tuning set in spec.scaling, as constructor arguments (empty: the policy's defaults)."""
+    sc = svc.spec.scaling
+    if sc.policy == "forecast" and sc.forecast_coverage is not None:
+        return {"risk": round(1.0 - sc.forecast_coverage, 6)}
+    if sc.policy == "reactive" and sc.target_utilization is not None:
+        return {"target_utilization": sc.target_utilization}
+    return {}
 
 
 def decision_status(

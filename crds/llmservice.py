@@ -161,6 +161,20 @@ class ScalingSpec(ApiModel):
     scale_down_stabilization_seconds: int = Field(
         default=300, ge=0, le=86400, description="Scale in only to the highest recommendation of this window."
     )
+    forecast_coverage: float | None = Field(
+        default=None,
+        ge=0.01,
+        le=0.9999,
+        description="forecast policy: probability that the chosen replicas cover the forecast demand over the "
+        "lead time (the decision's critical ratio). Default: slo.attainment. Smooth traffic needs less, since the "
+        "engine profile's SLO margin already absorbs arrival noise; see docs/autoscaler.md, Tuning.",
+    )
+    target_utilization: float | None = Field(
+        default=None,
+        gt=0,
+        le=1.5,
+        description="reactive policy: load per replica to hold, as a share of the profiled capacity. Default: 0.7.",
+    )
     slo: SLOSpec = Field(default_factory=SLOSpec, description="Latency objectives.")
 
 
