@@ -111,3 +111,19 @@ def test_replicas_rise_ahead_of_slo_breach_and_drain_without_failures(cluster: C
     assert peak >= 2 and load_end > scaled_up_at
     reasons = {e["reason"] for e in cluster.get("events", "-n", ns)["items"]}
     assert "Autoscaled" in reasons
+
+
+def test_retuned_coverage_reaches_the_next_decision(cluster: Cluster, ns: str) -> None:
+    tuned = SERVICE.replace("name: chat", "name: tuned").replace(
+        "policy: forecast", "policy: forecast\n    forecastCoverage: 0.9"
+    )
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=tuned)
+
+    def reason() -> str:
+        status = cluster.get("llms", "tuned", "-n", ns).get("status") or {}
+        return str((status.get("forecast") or {}).get("reason", ""))
+
+    wait_until("a decision at 90% coverage", lambda: "coverage 90.0%" in reason(), 90)
+    patch = '{"spec": {"scaling": {"forecastCoverage": 0.6}}}'
+    cluster.kubectl("patch", "-n", ns, "llms/tuned", "--type=merge", "-p", patch)
+    wait_until("the next decision at 60% coverage", lambda: "coverage 60.0%" in reason(), 60)
