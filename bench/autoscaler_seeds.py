@@ -1,6 +1,6 @@
 """How much of the m-mid comparison is arrival noise: the day-5 sweep replayed with other arrival seeds.
 
-Run: .venv/bin/python -m bench.autoscaler_seeds [--seeds 0 1 2 --jobs 2]   (about 25 minutes on two cores)
+Run: .venv/bin/python -m bench.autoscaler_seeds [--seeds 0 1 2 --jobs 2]   (about 30 minutes on two cores)
 ServeGen publishes per-client rates and inter-arrival distributions, not arrivals; the benchmark synthesizes
 arrivals from them with a seed. Every seed is the same trace, so a difference between policies that flips
 sign between seeds is noise, not a result. Writes bench/results/autoscaler-seeds.md.
@@ -31,6 +31,7 @@ GRIDS: dict[str, list[float]] = {
     "reactive": [0.9, 0.8, 0.7, 0.6],
     "point-forecast": [0.35, 0.5, 0.65, 0.8],
     "forecast": [0.1, 0.05, 0.03, 0.01],
+    "oracle-level": [0.4, 0.6, 0.8, 1.0],
     "oracle": [-0.3, -0.2, -0.1, 0.0],
 }
 POLICIES = tuple(GRIDS)
@@ -124,6 +125,11 @@ def write(per_seed: dict[int, dict[str, AtTarget]], seeds: list[int], jobs: int,
         ratios = [_ratio(per_seed[s]["forecast"], per_seed[s][other]) for s in seeds]
         shown = ", ".join("n/a" if r is None else f"{r:.3f}" for r in ratios)
         lines.append(f"- {label}: {shown} → {_spread([r for r in ratios if r is not None])}")
+    lines += ["", "For scale, perfect foresight's saving against the best reactive policy, per seed:", ""]
+    for other in ("oracle", "oracle-level"):
+        savings = [_ratio(per_seed[s][other], per_seed[s]["reactive"]) for s in seeds]
+        shown = ", ".join("n/a" if r is None else f"{1 - r:+.1%}" for r in savings)
+        lines.append(f"- {POLICY_LABELS[other]}: {shown}")
     (RESULTS / "autoscaler-seeds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
