@@ -105,8 +105,9 @@ def static_grid(need: np.ndarray, quick: bool) -> list[float]:
     return [float(v) for v in values]
 
 
-def initial_replicas(need_10s: np.ndarray, lead_s: float) -> int:
+def initial_replicas(need_10s: np.ndarray) -> int:
     """What the first lead time needs: every policy starts there (a warm service, not a cold start)."""
+    lead_s = bounds().cold_start_s + bounds().decision_interval_s
     k = max(1, int(lead_s // ORACLE_RESOLUTION_S))
     return max(1, math.ceil(float(need_10s[:k].max())))
 
@@ -114,9 +115,7 @@ def initial_replicas(need_10s: np.ndarray, lead_s: float) -> int:
 def sweep_specs(study: Study, cal: Calibration, quick: bool) -> tuple[list[RunSpec], int]:
     """All sweep runs of a study, and the initial replica count they share."""
     series = load_series(study.sweep)
-    need = series.need(cal.profile)
-    lead = bounds().cold_start_s + bounds().decision_interval_s
-    initial = initial_replicas(need, lead)
+    initial = initial_replicas(series.need(cal.profile))
     grids = dict(QUICK_GRIDS if quick else FULL_GRIDS)
     per_minute = series.coarsen(6).need(cal.profile)
     grids["static-peak"] = static_grid(per_minute[int(study.sweep.warmup_s // 60) :], quick)
@@ -321,9 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen[study.title] = choose(runs)
         if study.evaluate is not None:
             cal = cals[study.evaluate.length_kind]
-            need = load_series(study.evaluate).need(cal.profile)
-            lead = bounds().cold_start_s + bounds().decision_interval_s
-            initial = initial_replicas(need, lead)
+            initial = initial_replicas(load_series(study.evaluate).need(cal.profile))
             for name, pick in chosen[study.title].items():
                 evals.append(
                     RunSpec(study.evaluate, name, pick.chosen.spec.value, cal, initial, "eval", keep_timeline=True)
