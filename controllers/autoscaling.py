@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from autoscaler.capacity import EngineProfile
+from autoscaler.cluster import ClusterDemand, ClusterForecast
 from autoscaler.forecast import EbbtideConfig, EbbtideForecaster
 from autoscaler.metrics import PodTarget, ServiceMetricsCollector
 from autoscaler.policies import make_policy
@@ -27,6 +28,7 @@ from simulator.models import generic_model, lookup_model
 
 log = logging.getLogger("ebbtide.autoscaler")
 STATE_EVERY_TICKS = 10
+CLUSTER = "_cluster"  # the store's key for the whole cluster's history and forecaster (no "/": no service has it)
 
 
 def slo_of(svc: LLMService) -> SLO:
@@ -85,6 +87,16 @@ class Autoscaler:
     forecast_error_window: int = 200  # realised forecast errors kept per horizon: how long a burst is remembered
     scalers: dict[str, ServiceScaler] = field(default_factory=dict)
     last_observation: dict[str, ServiceObservation] = field(default_factory=dict)
+    cluster: ClusterDemand = field(init=False)
+    _cluster_restored: bool = field(default=False, init=False)
+    _cluster_feeds: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.cluster = ClusterDemand(self.interval_s, forecaster=self._forecaster())
+
+    def _forecaster(self) -> EbbtideForecaster:
+        window = self.forecast_error_window
+        return EbbtideForecaster(EbbtideConfig(error_window=window, min_errors=min(30, window)))
 
     def scaler_for(self, key: str, svc: LLMService) -> ServiceScaler:
         name = svc.spec.scaling.policy
@@ -95,8 +107,7 @@ class Autoscaler:
         profile = profile_of(svc)
         kwargs: dict[str, Any] = {"profile": profile, **knobs} if name in ("forecast", "reactive") else {}
         if name == "forecast":
-            window = self.forecast_error_window
-            kwargs["forecaster"] = EbbtideForecaster(EbbtideConfig(error_window=window, min_errors=min(30, window)))
+            kwargs["forecaster"] = self._forecaster()
         policy = make_policy(name, **kwargs)
         restored = False
         if current is not None and current.policy_name == name:
@@ -163,7 +174,38 @@ class Autoscaler:
         scaler.ticks += 1
         if scaler.ticks % STATE_EVERY_TICKS == 0:
             await self._save(key, scaler)
+        self.cluster.observe(key, obs, bounds.cold_start_s + bounds.decision_interval_s)
+        await self.tick_cluster(now)
         return decision
+
+    async def tick_cluster(self, now: float) -> ClusterForecast | None:
+        """Feed the whole cluster's totals (once per interval) and keep its forecaster's state in the store."""
+        if not self._cluster_restored:
+            self._cluster_restored = True
+            try:
+                blob = await self.store.load_state(CLUSTER, "forecaster")
+                if blob:
+                    self.cluster.restore(json.loads(blob))
+            except StoreUnavailable:
+                pass
+            except (KeyError, ValueError, TypeError) as e:
+                log.warning("discarding unreadable cluster forecast state: %s", e)
+        fed_before = self.cluster.last
+        try:
+            forecast = self.cluster.tick(now)
+        except Exception as e:  # a plug-in forecaster's failure must not cost the service its decision
+            log.warning("cluster forecast failed: %s: %s", type(e).__name__, e)
+            return self.cluster.last
+        if forecast is None or forecast is fed_before:
+            return forecast
+        self._cluster_feeds += 1
+        try:
+            await self.store.append(CLUSTER, now, forecast.observed)
+            if self._cluster_feeds % STATE_EVERY_TICKS == 0:
+                await self.store.save_state(CLUSTER, "forecaster", json.dumps(self.cluster.to_state()).encode())
+        except StoreUnavailable as e:
+            log.warning("history store unavailable for the cluster forecast: %s", e)
+        return forecast
 
     async def _restore(self, key: str, scaler: ServiceScaler) -> None:
         restore = getattr(scaler.policy, "restore", None)
@@ -191,6 +233,7 @@ class Autoscaler:
 
     def forget(self, key: str) -> None:
         self.scalers.pop(key, None)
+        self.cluster.forget(key)
         self.last_observation.pop(key, None)
         self.collector.forget(key)
 

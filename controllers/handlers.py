@@ -13,6 +13,8 @@ import kopf
 from kubernetes.client.rest import ApiException
 from pydantic import BaseModel, ValidationError
 
+from autoscaler.cluster import ClusterForecast
+from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE
 from controllers import labels as L
 from controllers import metrics as M
 from controllers.autoscaling import Autoscaler, decision_status
@@ -32,6 +34,12 @@ from crds.powerbudget import PowerBudget
 
 log = logging.getLogger("ebbtide")
 M_ = TypeVar("M_", bound=BaseModel)
+FORECAST_QUANTILES = ("p50", "p90", "p99")  # the `quantile` label values the dashboard selects
+CLUSTER_SERIES = {
+    REQUEST_RATE: "requests_per_second",
+    PROMPT_TOKEN_RATE: "prompt_tokens_per_second",
+    GENERATION_TOKEN_RATE: "generation_tokens_per_second",
+}
 
 
 @dataclass
@@ -303,9 +311,10 @@ async def autoscale(namespace: str, name: str) -> None:
     observed = r.autoscaler.last_observation.get(key)
     if observed is not None:
         M.OBSERVED_RPS_FOR.labels(namespace, name).set(observed.request_rate)
-    for q in ("p50", "p90", "p99"):
+    for q in FORECAST_QUANTILES:
         if q in decision.forecast_quantiles:
             M.FORECAST_RPS_FOR.labels(namespace, name, q).set(decision.forecast_quantiles[q])
+    publish_cluster_forecast(r.autoscaler.cluster.last)
     if decision.replicas != svc.spec.replicas:
         await r.kube.scale("llmservices", namespace, name, decision.replicas)
         _event(body, "Normal", "Autoscaled", f"{svc.spec.replicas} -> {decision.replicas} replicas: {decision.reason}")
@@ -316,6 +325,17 @@ async def autoscale(namespace: str, name: str) -> None:
         _event(body, type="Warning", reason="AutoscalerDegraded", message=decision.degraded[:1000])
     patch = decision_status(body.get("status") or {}, decision, now, svc.metadata.generation)
     await r.kube.patch_status("llmservices", namespace, name, patch)
+
+
+def publish_cluster_forecast(fc: ClusterForecast | None) -> None:
+    """The whole cluster's forecast as gauges, one series per indicator (metric-style names) and quantile."""
+    if fc is None:
+        return
+    M.CLUSTER_SERVICES.set(fc.services)
+    for indicator, series in CLUSTER_SERIES.items():
+        M.CLUSTER_OBSERVED.labels(series).set(fc.observed[indicator])
+        for q, v in fc.peak[indicator].items():
+            M.CLUSTER_FORECAST.labels(series, f"p{round(q * 100):d}").set(v)
 
 
 RECONCILERS: dict[str, Callable[[str, str, bool], Awaitable[None]]] = {

@@ -24,6 +24,13 @@ FORECAST_RPS_FOR = Gauge(
 OBSERVED_RPS_FOR = Gauge(
     "ebbtide_observed_requests_per_second", "Observed request rate over the last interval", ["namespace", "service"]
 )
+CLUSTER_FORECAST = Gauge(
+    "ebbtide_cluster_forecast",
+    "Forecast peak of the whole cluster's demand over the longest lead time (the sum of every autoscaled service)",
+    ["indicator", "quantile"],
+)
+CLUSTER_OBSERVED = Gauge("ebbtide_cluster_observed", "The whole cluster's demand over the last interval", ["indicator"])
+CLUSTER_SERVICES = Gauge("ebbtide_cluster_forecast_services", "Services summed into the cluster forecast")
 
 # SLO, power and placement series the Grafana dashboard (helm/ebbtide/dashboards) plots next to the autoscaler's;
 # the controllers and cores that own each figure set them.

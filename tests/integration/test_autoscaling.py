@@ -8,14 +8,17 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 from aiohttp import web
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
+from prometheus_client.parser import text_string_to_metric_families
 
 from simulator.loadgen.gateway import Gateway, KubernetesBackends
 from simulator.loadgen.replay import ReplayConfig, replay
 from simulator.traces import Trace
+from tests.integration.conftest import Proc
 from tests.kube import Cluster, condition, wait_until
 
 TTFT_SLO = 2.0
@@ -68,7 +71,20 @@ async def run_load(kubeconfig: str, namespace: str, trace: Trace) -> list[Any]:
         await runner.cleanup()
 
 
-def test_replicas_rise_ahead_of_slo_breach_and_drain_without_failures(cluster: Cluster, ns: str) -> None:
+def cluster_forecast(operator: Proc) -> dict[tuple[str, str], float]:
+    """The operator's whole-cluster forecast gauges, by (indicator, quantile)."""
+    text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics").text  # type: ignore[attr-defined]
+    return {
+        (s.labels["indicator"], s.labels["quantile"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ebbtide_cluster_forecast"
+        for s in family.samples
+    }
+
+
+def test_replicas_rise_ahead_of_slo_breach_and_drain_without_failures(
+    cluster: Cluster, ns: str, operator: Proc
+) -> None:
     cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=SERVICE)
     wait_until("1 replica ready", lambda: (cluster.get("llms", "chat", "-n", ns).get("status") or {}).get(
         "readyReplicas") == 1, 90)  # fmt: skip
@@ -99,6 +115,10 @@ def test_replicas_rise_ahead_of_slo_breach_and_drain_without_failures(cluster: C
     obj = cluster.get("llms", "chat", "-n", ns)
     assert obj["status"]["forecast"]["p90"] > 0 and obj["status"]["forecast"]["capacityRps"] > 0
     assert condition(obj, "AutoscalerDegraded")["status"] == "False"  # type: ignore[index]
+    # The platform team's view: the whole cluster's demand forecast on the operator's metrics, with this load in it.
+    whole = cluster_forecast(operator)
+    assert whole[("requests_per_second", "p90")] >= whole[("requests_per_second", "p50")] > 0, whole
+    assert whole[("prompt_tokens_per_second", "p50")] > 0, whole
 
     def back_to_one() -> bool:
         o = cluster.get("llms", "chat", "-n", ns)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 from pydantic import ValidationError
 
+from autoscaler.forecast import EbbtideForecaster
 from autoscaler.metrics import ServiceMetricsCollector
 from autoscaler.policies import EbbtideForecast, ReactiveTargetTracking
 from autoscaler.store import MemoryStore
 from autoscaler.types import SLO, ScalingBounds, ServiceObservation
-from controllers.autoscaling import Autoscaler, policy_knobs
+from controllers.autoscaling import CLUSTER, Autoscaler, policy_knobs
 from tests.unit.controllers.builders import service
 
 
@@ -60,3 +63,33 @@ def test_out_of_range_knobs_are_rejected_naming_the_field() -> None:
         service(**scaling(forecastCoverage=1.5))
     with pytest.raises(ValidationError, match="targetUtilization"):
         service(**scaling(policy="reactive", targetUtilization=0))
+
+
+async def test_the_cluster_forecast_keeps_its_history_and_state_in_the_store() -> None:
+    store = MemoryStore()
+    shell = Autoscaler(collector=ServiceMetricsCollector(scraper=None), store=store, interval_s=30.0)  # type: ignore[arg-type]
+    for k in range(20):
+        for svc, rate in (("a/chat", 4.0), ("b/code", 2.0 + k % 3)):
+            shell.cluster.observe(svc, obs(30.0 * k, rate), 210.0)
+            await shell.tick_cluster(30.0 * k)
+    history = await store.range(CLUSTER, "request_rate", 0.0, 600.0)
+    # Each feed sums every service's latest rates: b/code's from its tick one interval before.
+    assert len(history) == 20 and history[-1][1] == pytest.approx(4.0 + 2.0 + 18 % 3)
+    assert shell.cluster.last is not None and shell.cluster.last.services == 2
+
+    restarted = Autoscaler(collector=ServiceMetricsCollector(scraper=None), store=store, interval_s=30.0)  # type: ignore[arg-type]
+    restarted.cluster.observe("a/chat", obs(600.0, 4.0), 210.0)
+    await restarted.tick_cluster(600.0)
+    # The forecaster resumed from the state saved at the 20th feed, then saw one more.
+    assert restarted.cluster.to_state()["forecaster"]["n"] == 21
+
+
+async def test_a_failing_cluster_forecaster_does_not_stop_the_services() -> None:
+    class Broken(EbbtideForecaster):
+        def observe(self, t: float, values: Mapping[str, float]) -> None:
+            raise RuntimeError("boom")
+
+    shell = autoscaler()
+    shell.cluster.forecaster = Broken()
+    shell.cluster.observe("a/chat", obs(0.0, 4.0), 210.0)
+    assert await shell.tick_cluster(0.0) is None

@@ -28,6 +28,7 @@ REQUIRED = {
     "ebbtide_observed_requests_per_second", "vllm:time_to_first_token_seconds_bucket",
     "vllm:inter_token_latency_seconds_bucket", "ebbtide_slo_ttft_seconds", "ebbtide_slo_itl_seconds",
     "DCGM_FI_DEV_POWER_USAGE", "ebbtide_power_budget_watts", "ebbtide_preemptions_total", "ebbtide_pending_gangs",
+    "ebbtide_cluster_forecast", "ebbtide_cluster_observed",
 }  # fmt: skip
 
 
@@ -80,6 +81,32 @@ async def test_every_queried_metric_is_exported_by_the_operator_the_engine_or_dc
     unexported = queried_metrics() - operator - engine - node
     assert not unexported, f"the dashboard queries metrics nothing exports: {sorted(unexported)}"
     assert "vllm:time_to_first_token_seconds_bucket" in engine and "DCGM_FI_DEV_POWER_USAGE" in node
+
+
+def test_forecast_panels_select_the_quantiles_the_operator_publishes() -> None:
+    """Label values are strings: a selector for quantile "0.9" draws nothing when the operator says "p90"."""
+    from autoscaler.cluster import ClusterForecast
+    from controllers import metrics as M
+    from controllers.handlers import CLUSTER_SERIES, FORECAST_QUANTILES, publish_cluster_forecast
+
+    for q in FORECAST_QUANTILES:
+        M.FORECAST_RPS_FOR.labels("default", "chat", q).set(3.0)
+    levels = {0.1: 1.0, 0.5: 2.0, 0.9: 3.0, 0.99: 4.0}
+    publish_cluster_forecast(
+        ClusterForecast(0.0, 210.0, 1, 0, dict.fromkeys(CLUSTER_SERIES, 2.0), dict.fromkeys(CLUSTER_SERIES, levels))
+    )
+    store = R.Store()
+    for t in (0.0, 10.0):
+        store.add_text(t, prometheus_client.generate_latest().decode(), {})
+    drawn: dict[str, set[str]] = {}
+    for panel in DASHBOARD["panels"]:
+        for target in panel["targets"]:
+            expr = R.substitute(target["expr"], {"namespace": ".*", "service": ".*", "budget": ".*"}, "30s")
+            if "forecast" in expr:
+                out = R.evaluate(R.parse(expr), store, 10.0)
+                drawn[panel["title"]] = {dict(labels).get("quantile", "") for labels in out}
+    assert drawn["Load: forecast vs observed"] >= {"p50", "p90"}
+    assert drawn["Cluster demand: forecast vs observed"] == {"p50", "p90", "p99"}
 
 
 def test_queries_use_only_defined_variables_and_every_panel_has_a_unit() -> None:
