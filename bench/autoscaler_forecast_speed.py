@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from autoscaler.capacity import EngineProfile
+from autoscaler.cluster import ClusterDemand
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE, EbbtideForecaster
 from autoscaler.policies import EbbtideForecast
 from autoscaler.types import SLO, ScalingBounds, ServiceObservation
@@ -74,8 +75,10 @@ def main() -> None:
     start = args.warm_days * DAY
     levels = rng.uniform(0.8, 1.2, args.services) * 10.0
 
+    cluster = ClusterDemand(args.step, forecaster=EbbtideForecaster.from_state(f_state))
     per_tick_forecaster: list[float] = []
     per_tick_policy: list[float] = []
+    per_tick_cluster: list[float] = []
     for k in range(args.ticks):
         t = start + k * args.step
         observed = [diurnal(t, lv) * math.exp(rng.normal(0.0, 0.1)) for lv in levels]
@@ -92,6 +95,11 @@ def main() -> None:
         for p, o in zip(policies, obs, strict=True):
             p.decide(o, bounds, slo)
         per_tick_policy.append((time.perf_counter() - begin) / args.services)
+        begin = time.perf_counter()
+        for i, o in enumerate(obs):
+            cluster.observe(f"s{i}", o, lead)
+        cluster.tick(t)
+        per_tick_cluster.append((time.perf_counter() - begin) / args.services)
 
     def row(name: str, xs: list[float]) -> str:
         ms = sorted(x * 1e3 for x in xs)
@@ -110,6 +118,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     print(row("forecaster: observe + forecast(lead time)", per_tick_forecaster))
     print(row("policy: EbbtideForecast.decide (observe, 4 horizons, capacity, choice)", per_tick_policy))
+    print(row("whole-cluster forecast: sum every service + one forecast, shared out", per_tick_cluster))
+    print()
+    whole_ms = statistics.mean(per_tick_cluster) * 1e3 * args.services
+    print(f"whole-cluster forecast per tick, all {args.services} services: {whole_ms:.1f} ms")
 
 
 if __name__ == "__main__":
