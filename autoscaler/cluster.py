@@ -13,16 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoscaler.forecast import (
-    GENERATION_TOKEN_RATE,
-    INDICATORS,
-    NO_DATA,
-    PROMPT_TOKEN_RATE,
-    REQUEST_RATE,
-    EbbtideForecaster,
-    Forecaster,
-    forecaster_from_state,
-)
+from autoscaler.forecast import INDICATORS, NO_DATA, EbbtideForecaster, Forecaster, forecaster_from_state
+from autoscaler.policies import observed_rates
 from autoscaler.types import ServiceObservation
 
 REPORTED = (0.1, 0.5, 0.9, 0.99)
@@ -70,11 +62,7 @@ class ClusterDemand:
             if prev is not None:
                 self._latest[service] = _Latest(prev.t, prev.rates, lead_s)
             return
-        rates = {
-            REQUEST_RATE: obs.request_rate,
-            PROMPT_TOKEN_RATE: obs.prompt_token_rate,
-            GENERATION_TOKEN_RATE: obs.generation_token_rate,
-        }
+        rates = observed_rates(obs)
         if all(math.isfinite(v) and v >= 0 for v in rates.values()):
             self._latest[service] = _Latest(obs.now, rates, lead_s)
 
@@ -82,9 +70,12 @@ class ClusterDemand:
         """A deleted service, or one handed to another autoscaler, leaves the total at once."""
         self._latest.pop(service, None)
 
+    def _counted(self, now: float) -> list[_Latest]:
+        return [x for x in self._latest.values() if now - x.t <= self.carry_s]
+
     def totals(self, now: float) -> tuple[dict[str, float], int, int]:
         """The summed rates of the services fresh enough to count, how many count, and how many are carried."""
-        counted = [x for x in self._latest.values() if now - x.t <= self.carry_s]
+        counted = self._counted(now)
         totals = {k: sum(x.rates[k] for x in counted) for k in INDICATORS}
         carried = sum(1 for x in counted if now - x.t > 1.5 * self.interval_s)
         return totals, len(counted), carried
@@ -99,8 +90,8 @@ class ClusterDemand:
             return None
         self._fed_at = now
         self.forecaster.observe(now, totals)
-        leads = [x.lead_s for x in self._latest.values() if now - x.t <= self.carry_s]
-        horizon = max(leads, default=self._last.horizon_s if self._last else self.interval_s)
+        fallback = self._last.horizon_s if self._last else self.interval_s
+        horizon = max((x.lead_s for x in self._counted(now)), default=fallback)
         forecasts = [self.forecaster.forecast(h) for h in (0.0, horizon / 2, horizon)]
         if any(fc.fallback == NO_DATA for fc in forecasts):
             return self._last
@@ -113,6 +104,7 @@ class ClusterDemand:
 
     @property
     def last(self) -> ClusterForecast | None:
+        """The newest forecast, if any."""
         return self._last
 
     def to_state(self) -> dict[str, Any]:

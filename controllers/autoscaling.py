@@ -155,7 +155,7 @@ class Autoscaler:
         scaler = self.scaler_for(key, svc)
         if not scaler.restored:
             scaler.restored = True
-            await self._restore(key, scaler)
+            await self._restore(key, "policy", scaler.policy)
         measured = cold_start_of([p for p in raw_pods if not p["metadata"].get("deletionTimestamp")])
         if measured is not None:
             scaler.cold_start_s = measured
@@ -173,7 +173,7 @@ class Autoscaler:
         decision = scaler.policy.decide(obs, bounds, slo_of(svc))
         scaler.ticks += 1
         if scaler.ticks % STATE_EVERY_TICKS == 0:
-            await self._save(key, scaler)
+            await self._save(key, "policy", scaler.policy)
         self.cluster.observe(key, obs, bounds.cold_start_s + bounds.decision_interval_s)
         await self.tick_cluster(now)
         return decision
@@ -182,14 +182,7 @@ class Autoscaler:
         """Feed the whole cluster's totals (once per interval) and keep its forecaster's state in the store."""
         if not self._cluster_restored:
             self._cluster_restored = True
-            try:
-                blob = await self.store.load_state(CLUSTER, "forecaster")
-                if blob:
-                    self.cluster.restore(json.loads(blob))
-            except StoreUnavailable:
-                pass
-            except (KeyError, ValueError, TypeError) as e:
-                log.warning("discarding unreadable cluster forecast state: %s", e)
+            await self._restore(CLUSTER, "forecaster", self.cluster)
         fed_before = self.cluster.last
         try:
             forecast = self.cluster.tick(now)
@@ -201,35 +194,36 @@ class Autoscaler:
         self._cluster_feeds += 1
         try:
             await self.store.append(CLUSTER, now, forecast.observed)
-            if self._cluster_feeds % STATE_EVERY_TICKS == 0:
-                await self.store.save_state(CLUSTER, "forecaster", json.dumps(self.cluster.to_state()).encode())
         except StoreUnavailable as e:
             log.warning("history store unavailable for the cluster forecast: %s", e)
+        if self._cluster_feeds % STATE_EVERY_TICKS == 0:
+            await self._save(CLUSTER, "forecaster", self.cluster)
         return forecast
 
-    async def _restore(self, key: str, scaler: ServiceScaler) -> None:
-        restore = getattr(scaler.policy, "restore", None)
+    async def _restore(self, key: str, name: str, target: object) -> None:
+        """Load `target`'s saved state (a policy, or the cluster forecast), if it keeps any and there is one."""
+        restore = getattr(target, "restore", None)
         if restore is None:
             return
         try:
-            blob = await self.store.load_state(key, "policy")
+            blob = await self.store.load_state(key, name)
         except StoreUnavailable:
             return
         if blob:
             try:
                 restore(json.loads(blob))
-                log.info("restored %s policy state of %s", scaler.policy_name, key)
+                log.info("restored %s state of %s", name, key)
             except (KeyError, ValueError, TypeError) as e:
-                log.warning("discarding unreadable policy state of %s: %s", key, e)
+                log.warning("discarding unreadable %s state of %s: %s", name, key, e)
 
-    async def _save(self, key: str, scaler: ServiceScaler) -> None:
-        to_state = getattr(scaler.policy, "to_state", None)
+    async def _save(self, key: str, name: str, target: object) -> None:
+        to_state = getattr(target, "to_state", None)
         if to_state is None:
             return
         try:
-            await self.store.save_state(key, "policy", json.dumps(to_state()).encode())
+            await self.store.save_state(key, name, json.dumps(to_state()).encode())
         except StoreUnavailable as e:
-            log.warning("could not save policy state of %s: %s", key, e)
+            log.warning("could not save %s state of %s: %s", name, key, e)
 
     def forget(self, key: str) -> None:
         self.scalers.pop(key, None)

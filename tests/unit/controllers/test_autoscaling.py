@@ -1,4 +1,5 @@
-"""The autoscaler shell's tuning: spec.scaling knobs reach the policy, and retuning keeps what it learned."""
+"""The autoscaler shell: spec.scaling knobs reach the policy, retuning keeps what it learned, and the
+whole-cluster forecast keeps its history and state in the store."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from controllers.autoscaling import CLUSTER, Autoscaler, policy_knobs
 from tests.unit.controllers.builders import service
 
 
-def autoscaler() -> Autoscaler:
-    return Autoscaler(collector=ServiceMetricsCollector(scraper=None), store=MemoryStore())  # type: ignore[arg-type]
+def autoscaler(store: MemoryStore | None = None) -> Autoscaler:
+    return Autoscaler(
+        collector=ServiceMetricsCollector(scraper=None),  # type: ignore[arg-type]
+        store=store or MemoryStore(),
+        interval_s=30.0,
+    )
 
 
 def scaling(**fields: object) -> dict[str, object]:
@@ -67,7 +72,7 @@ def test_out_of_range_knobs_are_rejected_naming_the_field() -> None:
 
 async def test_the_cluster_forecast_keeps_its_history_and_state_in_the_store() -> None:
     store = MemoryStore()
-    shell = Autoscaler(collector=ServiceMetricsCollector(scraper=None), store=store, interval_s=30.0)  # type: ignore[arg-type]
+    shell = autoscaler(store)
     for k in range(20):
         for svc, rate in (("a/chat", 4.0), ("b/code", 2.0 + k % 3)):
             shell.cluster.observe(svc, obs(30.0 * k, rate), 210.0)
@@ -77,7 +82,7 @@ async def test_the_cluster_forecast_keeps_its_history_and_state_in_the_store() -
     assert len(history) == 20 and history[-1][1] == pytest.approx(4.0 + 2.0 + 18 % 3)
     assert shell.cluster.last is not None and shell.cluster.last.services == 2
 
-    restarted = Autoscaler(collector=ServiceMetricsCollector(scraper=None), store=store, interval_s=30.0)  # type: ignore[arg-type]
+    restarted = autoscaler(store)
     restarted.cluster.observe("a/chat", obs(600.0, 4.0), 210.0)
     await restarted.tick_cluster(600.0)
     # The forecaster resumed from the state saved at the 20th feed, then saw one more.

@@ -15,7 +15,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-import controllers.metrics  # noqa: F401 - registers the operator's metrics in the default registry
+from autoscaler.cluster import ClusterForecast
+from controllers import metrics as M  # registers the operator's metrics in the default registry
+from controllers.handlers import CLUSTER_SERIES, FORECAST_QUANTILES, publish_cluster_forecast
 from simulator.engine.config import parse_args
 from simulator.engine.server import create_app
 from simulator.fleet import dcgm
@@ -85,10 +87,6 @@ async def test_every_queried_metric_is_exported_by_the_operator_the_engine_or_dc
 
 def test_forecast_panels_select_the_quantiles_the_operator_publishes() -> None:
     """Label values are strings: a selector for quantile "0.9" draws nothing when the operator says "p90"."""
-    from autoscaler.cluster import ClusterForecast
-    from controllers import metrics as M
-    from controllers.handlers import CLUSTER_SERIES, FORECAST_QUANTILES, publish_cluster_forecast
-
     for q in FORECAST_QUANTILES:
         M.FORECAST_RPS_FOR.labels("default", "chat", q).set(3.0)
     levels = {0.1: 1.0, 0.5: 2.0, 0.9: 3.0, 0.99: 4.0}
