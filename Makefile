@@ -33,9 +33,11 @@ unit: venv
 integration: venv binaries redis
 	$(BIN)/python -m pytest -q tests/integration
 
+# ruff; mypy (strict on the cores, see pyproject.toml); the folder rule as import-linter contracts (.importlinter).
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy crds controllers autoscaler packer simulator operator
+	$(BIN)/mypy crds catalogue autoscaler packer controllers adapters simulator bench operator
+	$(BIN)/lint-imports
 
 manifests: venv
 	$(BIN)/python -m crds.generate

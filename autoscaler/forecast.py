@@ -75,7 +75,8 @@ def sorted_quantiles(ordered: np.ndarray, levels: Iterable[float]) -> np.ndarray
     w = pos - lo
     if ordered.ndim > 1:
         w = w[:, None]
-    return ordered[lo] * (1.0 - w) + ordered[hi] * w
+    result: np.ndarray = ordered[lo] * (1.0 - w) + ordered[hi] * w
+    return result
 
 
 class Forecaster(Protocol):
@@ -323,7 +324,7 @@ class _Profile:
 
 def _rate_per_visit(share: float, dt: float, width: float) -> float:
     # Learning so that a whole bin's worth of updates corrects `share` of its error, whatever the tick.
-    return 1.0 - (1.0 - share) ** (min(dt, width) / width)
+    return float(1.0 - (1.0 - share) ** (min(dt, width) / width))
 
 
 class EbbtideForecaster:

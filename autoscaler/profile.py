@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from autoscaler.capacity import EngineProfile
 from autoscaler.types import SLO
-from crds.gpus import GPUProfile
-from simulator.models import ModelSpec
-from simulator.perf import PerfModel
+from catalogue.gpus import GPUProfile
+from catalogue.models import ModelSpec
+from catalogue.perf import PerfModel
 
 # Mean request shape of the Azure LLM 2023 conversation trace (context and generated tokens).
 DEFAULT_PROMPT_TOKENS = 1020

@@ -1,5 +1,5 @@
-"""Reconcilers: LLMService, FineTuneJob and PowerBudget into pods, services and status.
+"""Reconcilers for LLMService, FineTuneJob and PowerBudget, in two visibly separate halves.
 
-Planning modules (`gangs`, `engines`, `llmservice`, `finetune`, `powerbudget`, `conditions`, `validation`)
-are pure: they read typed snapshots and return plans. Only `kube`, `drain` and `handlers` do I/O.
+`controllers.planners` is pure (snapshot in, plan out); `controllers.shells` is the kopf side that does the I/O
+through `adapters`. The import-linter contracts in `.importlinter` hold the split.
 """

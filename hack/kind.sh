@@ -15,7 +15,7 @@ NAMESPACE="${EBBTIDE_NAMESPACE:-ebbtide-system}"
 STATE=.run/kind
 KCFG="$STATE/kubeconfig"
 # The chart's default operator image (image.repository:appVersion) and the controllers' default simulated-engine
-# image (controllers/engines.py), so neither needs overriding once loaded into the nodes.
+# image (controllers/planners/engines.py), so neither needs overriding once loaded into the nodes.
 OPERATOR_IMAGE=ghcr.io/ebbtide/operator:0.1.0
 ENGINE_IMAGE=ghcr.io/ebbtide/engine-sim:0.1.0
 REDIS_IMAGE=redis:7

@@ -431,7 +431,7 @@ def _core(kubeconfig: Path) -> Any:
     sys.path.insert(0, str(ROOT))
     from kubernetes import client
 
-    from controllers.kube import load_config
+    from adapters.kube import load_config
 
     return client.CoreV1Api(load_config(str(kubeconfig)))
 

@@ -22,13 +22,13 @@ import kopf  # noqa: E402
 import prometheus_client  # noqa: E402
 from settings import OperatorSettings, parse  # noqa: E402
 
-from autoscaler.metrics import PodScraper, ServiceMetricsCollector  # noqa: E402
-from autoscaler.store import HistoryStore, MemoryStore, RedisStore  # noqa: E402
-from controllers import handlers  # noqa: E402
-from controllers.autoscaling import Autoscaler  # noqa: E402
-from controllers.engine_api import EngineClient  # noqa: E402
-from controllers.kube import Kube, load_config  # noqa: E402
-from controllers.scheduling import Scheduler  # noqa: E402
+from adapters.engine_api import EngineClient  # noqa: E402
+from adapters.engine_metrics import PodScraper, ServiceMetricsCollector  # noqa: E402
+from adapters.kube import Kube, load_config  # noqa: E402
+from adapters.store import HistoryStore, MemoryStore, RedisStore  # noqa: E402
+from controllers.shells import handlers  # noqa: E402
+from controllers.shells.autoscaling import Autoscaler  # noqa: E402
+from controllers.shells.scheduling import Scheduler  # noqa: E402
 
 
 class JsonFormatter(logging.Formatter):

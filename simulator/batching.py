@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from simulator.perf import ModelDoesNotFitError, PerfModel
+from catalogue.perf import ModelDoesNotFitError, PerfModel
 
 RequestId = str | int
 Role = Literal["both", "prefill", "decode"]

@@ -228,7 +228,7 @@ def setup_lines(cals: dict[str, Calibration], quick: bool, jobs: int) -> list[st
         f"**Hardware profile.** {MODEL} (dense, 70.6 B parameters) on {GPU} 80GB, tensor parallel "
         f"{TENSOR_PARALLEL} (one replica = {TENSOR_PARALLEL} GPUs), max 256 sequences and 8192 batched tokens "
         "per step, KV cache from 90% of HBM. Step times come from the roofline PerfModel "
-        "(simulator/perf.py; calibration constants and their sources in docs/simulator.md).",
+        "(catalogue/perf.py; calibration constants and their sources in docs/simulator.md).",
         "",
         f"**Cold start.** {IMAGE_PULL_S:.0f} s image pull + 141 GB of weights at {LOAD_GBPS:g} GB/s + 20 s "
         f"engine start-up = {cold_start_s():.0f} s from binding to serving; GPUs are paid from binding. "

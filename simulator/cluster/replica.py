@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from catalogue.perf import PerfModel
 from simulator.cluster.records import RequestLog
-from simulator.perf import PerfModel
 
 
 class StepCost(Protocol):

@@ -29,14 +29,14 @@ from typing import Literal
 import numpy as np
 
 from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
-from crds.gpus import lookup_gpu
+from catalogue.gpus import lookup_gpu
+from catalogue.models import lookup_model
+from catalogue.perf import PerfModel
 from simulator.cluster.records import OutcomeAccumulator, RequestLog
 from simulator.cluster.replica import CachedStepCost, FastReplica, IntervalStats, ReplicaModel, StepCost
 from simulator.cluster.seams import PackingPolicy, PowerPolicy, ReplicaRequest, ReplicaView
 from simulator.cluster.stepped import SteppedReplica
 from simulator.loadgen.summary import LatencySummary
-from simulator.models import lookup_model
-from simulator.perf import PerfModel
 from simulator.traces import Trace
 
 EngineKind = Literal["fast", "stepped"]
@@ -49,8 +49,8 @@ class ClusterConfig:
     """One simulated service: model, hardware, engine limits, lifecycle timings, bounds and SLO."""
 
     service: str = "llm"
-    model: str = "llama-3.1-70b"  # catalogue name (simulator.models)
-    gpu: str = "H100"  # GPU short name or product label (crds.gpus)
+    model: str = "llama-3.1-70b"  # catalogue name (catalogue.models)
+    gpu: str = "H100"  # GPU short name or product label (catalogue.gpus)
     tensor_parallel: int = 4  # GPUs per replica
     max_num_batched_tokens: int = 8192  # vLLM token budget per engine step
     max_num_seqs: int = 256  # vLLM running-sequence cap

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from catalogue.perf import PerfModel
 from simulator.batching import BatchScheduler, RequestId, SimRequest, StepResult
 from simulator.cluster.records import RequestLog
 from simulator.cluster.replica import CachedStepCost, IntervalStats, ReplicaModel, Scheduler, StepCost
-from simulator.perf import PerfModel
 
 
 def _perf_of(cost: StepCost | PerfModel) -> PerfModel:

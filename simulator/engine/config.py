@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, NoReturn
 
-from crds.gpus import GPUProfile, known_gpu_names, lookup_gpu
+from catalogue.gpus import GPUProfile, known_gpu_names, lookup_gpu
+from catalogue.models import ModelSpec, generic_model, known_model_names, lookup_model
+from catalogue.perf import DEFAULT_CALIBRATION, Calibration, PerfModel
+from catalogue.power import PowerLimitError, validate_power_limit
 from simulator.batching import Role
-from simulator.models import ModelSpec, generic_model, known_model_names, lookup_model
-from simulator.perf import DEFAULT_CALIBRATION, Calibration, PerfModel
-from simulator.power import PowerLimitError, validate_power_limit
 
 Mode = Literal["serve", "trainer"]
 

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from catalogue.power import PowerLimitError
 from simulator.engine.clock import Clock
 from simulator.engine.config import EngineConfig
 from simulator.engine.core import (
@@ -31,7 +32,6 @@ from simulator.engine.core import (
 )
 from simulator.engine.text import count_chat_tokens, count_text_tokens, derive_seed, natural_length
 from simulator.engine.trainer import CheckpointError, Trainer
-from simulator.power import PowerLimitError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A simulated LoRA fine-tuning worker: steps on a virtual clock, checkpoints on request, resumes from one.
 
 Training is compute-bound, so a power limit stretches each step by the compute slowdown of the cap
-curve (simulator/power.py); a new limit takes effect from the next step.
+curve (catalogue/power.py); a new limit takes effect from the next step.
 """
 
 from __future__ import annotations

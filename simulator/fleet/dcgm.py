@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crds.gpus import GPU_PROFILES
+from catalogue.gpus import GPU_PROFILES
 
 # Exported families: name -> (type, help), in dcgm-exporter's default-counters order.
 FAMILIES: dict[str, tuple[str, str]] = {

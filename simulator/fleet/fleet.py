@@ -15,9 +15,9 @@ import httpx
 from aiohttp import web
 from kubernetes import client, watch
 
-from controllers import labels as L
-from controllers.kube import load_config
-from crds.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from adapters.kube import load_config
+from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from crds import labels as L
 from simulator.engine.config import EngineConfigError, parse_args
 from simulator.engine.server import create_app
 from simulator.fleet import dcgm

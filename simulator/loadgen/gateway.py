@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from controllers import labels as L
+from crds import labels as L
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from controllers import labels as L
-from controllers.snapshot import PodView
+from controllers.planners.snapshot import PodView
+from crds import labels as L
 from crds.finetunejob import FineTuneJob
 from crds.llmservice import LLMService
 

@@ -8,12 +8,12 @@ from collections.abc import Mapping
 import pytest
 from pydantic import ValidationError
 
+from adapters.engine_metrics import ServiceMetricsCollector
+from adapters.store import MemoryStore
 from autoscaler.forecast import EbbtideForecaster
-from autoscaler.metrics import ServiceMetricsCollector
 from autoscaler.policies import EbbtideForecast, ReactiveTargetTracking
-from autoscaler.store import MemoryStore
 from autoscaler.types import SLO, ScalingBounds, ServiceObservation
-from controllers.autoscaling import CLUSTER, Autoscaler, policy_knobs
+from controllers.shells.autoscaling import CLUSTER, Autoscaler, policy_knobs
 from tests.unit.controllers.builders import service
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controllers.engines import PodRole, serving_command
-from controllers.gangs import pod_roles
+from controllers.planners.engines import PodRole, serving_command
+from controllers.planners.gangs import pod_roles
 from crds.llmservice import LLMService
 from simulator.engine.config import parse_args
 

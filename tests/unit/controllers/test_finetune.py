@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controllers import labels as L
-from controllers.finetune import TrainerReport, checkpoint_due, plan_job
+from controllers.planners.finetune import TrainerReport, checkpoint_due, plan_job
+from crds import labels as L
 from tests.unit.controllers.builders import job, worker
 
 NOW = 10_000.0

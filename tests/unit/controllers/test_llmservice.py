@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from controllers import labels as L
-from controllers.gangs import Owner, pod_roles, replica_pods
-from controllers.llmservice import plan_service
+from controllers.planners.gangs import Owner, pod_roles, replica_pods
+from controllers.planners.llmservice import plan_service
+from crds import labels as L
 from tests.unit.controllers.builders import pod, service
 
 NOW = 1_000.0

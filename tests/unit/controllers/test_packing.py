@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from controllers import labels as L
-from controllers.packing import GPU_INDICES, JobInfo, build_snapshot, cpu_milli, mem_mib
+from controllers.planners.packing import GPU_INDICES, JobInfo, build_snapshot, cpu_milli, mem_mib
+from crds import labels as L
 from packer.snapshot import GangKind
 
 SCHED = "ebbtide-packer"

@@ -58,7 +58,7 @@ def controller_vocabulary() -> tuple[set[str], set[str]]:
         if text is not None:
             into.add(text)
 
-    for path in CONTROLLERS.glob("*.py"):
+    for path in CONTROLLERS.rglob("*.py"):
         tree = ast.parse(path.read_text())
         funcs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
         for func in funcs:

@@ -15,9 +15,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters import operator_metrics as M  # registers the operator's metrics in the default registry
 from autoscaler.cluster import ClusterForecast
-from controllers import metrics as M  # registers the operator's metrics in the default registry
-from controllers.handlers import CLUSTER_SERIES, FORECAST_QUANTILES, publish_cluster_forecast
+from controllers.shells.handlers import CLUSTER_SERIES, FORECAST_QUANTILES, publish_cluster_forecast
 from simulator.engine.config import parse_args
 from simulator.engine.server import create_app
 from simulator.fleet import dcgm

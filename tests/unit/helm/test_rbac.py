@@ -1,4 +1,4 @@
-"""Least privilege: the chart's ClusterRole grants exactly controllers/rbac.py, which covers every API call the
+"""Least privilege: the chart's ClusterRole grants exactly adapters/rbac.py, which covers every API call the
 controllers make (read from the source) and what kopf needs."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import ast
 import re
 from pathlib import Path
 
-from controllers.rbac import CUSTOM_RESOURCES, REQUIRED_RULES, required_triples
+from adapters.rbac import CUSTOM_RESOURCES, REQUIRED_RULES, required_triples
 from crds.base import GROUP
 from crds.generate import CRDS
 from tests.helmchart import find, render
@@ -65,7 +65,8 @@ def client_call_triples(method: str, group: str) -> set[tuple[str, str, str]]:
 def controller_calls() -> dict[str, set[tuple[str, str, str]]]:
     """Every client call in controllers/: `self.<api>.<method>` in the module that binds `self.<api>` to a client
     API class (kube.py), and `<...>.kube.<api>.<method>` in the shells that borrow the Kube facade's API objects."""
-    trees = {path: ast.parse(path.read_text()) for path in sorted(CONTROLLERS.glob("*.py"))}
+    paths = [*CONTROLLERS.rglob("*.py"), *(ROOT / "adapters").rglob("*.py")]
+    trees = {path: ast.parse(path.read_text()) for path in sorted(paths)}
     own: dict[Path, dict[str, str]] = {}
     for path, tree in trees.items():
         for node in ast.walk(tree):
@@ -126,13 +127,13 @@ def test_every_api_call_in_controllers_is_covered_by_required_rules() -> None:
     assert {"list_namespaced_pod", "create_namespaced_pod", "patch_namespaced_custom_object_status"} <= set(calls)
     required = required_triples()
     missing = {m: sorted(t - required) for m, t in calls.items() if t - required}
-    assert not missing, f"add these to controllers/rbac.py REQUIRED_RULES (and the chart's ClusterRole): {missing}"
+    assert not missing, f"add these to adapters/rbac.py REQUIRED_RULES (and the chart's ClusterRole): {missing}"
 
 
 def test_controller_rules_grant_nothing_the_controllers_do_not_call() -> None:
     called = {t for triples in controller_calls().values() for t in triples}
     granted = {t for rule in REQUIRED_RULES if rule.needed_by == "controllers" for t in rule.triples()}
-    assert granted - called == set(), "controllers/rbac.py grants permissions no call in controllers/ needs"
+    assert granted - called == set(), "adapters/rbac.py grants permissions no call in controllers/ needs"
 
 
 def test_kopf_rules_watch_every_kind_the_operator_handles_and_elect_through_peering() -> None:

@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from crds.gpus import lookup_gpu
+from catalogue.gpus import lookup_gpu
+from catalogue.models import MODEL_CATALOG
+from catalogue.perf import PerfModel
 from simulator.batching import BatchScheduler, RequestId, Role, SimRequest, StepResult
-from simulator.models import MODEL_CATALOG
-from simulator.perf import PerfModel
 
 
 def make(

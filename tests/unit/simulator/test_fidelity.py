@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from crds.gpus import lookup_gpu
+from catalogue.gpus import lookup_gpu
+from catalogue.models import lookup_model
+from catalogue.perf import PerfModel
 from simulator.batching import BatchScheduler, SimRequest
-from simulator.models import lookup_model
-from simulator.perf import PerfModel
 
 TOLERANCE = 0.20
 

@@ -11,27 +11,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from autoscaler.metrics import (
-    Histogram,
+from adapters.engine_metrics import (
     MetricsParseError,
-    PodSample,
     PodScraper,
     PodTarget,
     PrometheusQuerySource,
-    ScrapeResult,
     ServiceMetricsCollector,
+    parse_promql_scalar,
+    parse_vllm_metrics,
+    target_url,
+)
+from autoscaler.observation import (
+    Histogram,
+    PodSample,
+    ScrapeResult,
     aggregate_scrapes,
     build_promql_queries,
     counter_delta,
     histogram_delta,
     histogram_quantile,
     merge_histograms,
-    parse_promql_scalar,
-    parse_vllm_metrics,
-    target_url,
 )
-
-from .vllm_text import MODEL, exposition
+from tests.unit.autoscaler.vllm_text import MODEL, exposition
 
 INF = math.inf
 

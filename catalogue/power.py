@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crds.gpus import GPUProfile
+from catalogue.gpus import GPUProfile
 
 
 class PowerLimitError(ValueError):

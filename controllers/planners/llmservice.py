@@ -7,11 +7,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controllers import labels as L
-from controllers.conditions import report_problem, set_condition
-from controllers.gangs import Owner, gangs_gpus, pod_roles, replica_pods
-from controllers.snapshot import PodView
-from controllers.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
+from controllers.planners.conditions import report_problem, set_condition
+from controllers.planners.gangs import Owner, gangs_gpus, pod_roles, replica_pods
+from controllers.planners.snapshot import PodView
+from controllers.planners.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
+from crds import labels as L
 from crds.llmservice import LLMService
 
 

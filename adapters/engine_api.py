@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from controllers import labels as L
-from controllers.snapshot import PodView
+from controllers.planners.snapshot import PodView
+from crds import labels as L
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,10 @@ from crds.base import GROUP, VERSION
 
 log = logging.getLogger(__name__)
 
+# The facade's error: the API server's answer (status, reason, body). Shells catch this name, never the
+# client library's, so only this module depends on the library.
+ApiError = ApiException
+
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """An ApiClient from the given kubeconfig, $KUBECONFIG, or the in-cluster service account."""

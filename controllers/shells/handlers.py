@@ -10,25 +10,24 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import kopf
-from kubernetes.client.rest import ApiException
 from pydantic import BaseModel, ValidationError
 
+from adapters import operator_metrics as M
+from adapters.engine_api import EngineClient, engine_url
+from adapters.kube import ApiError, Kube
 from autoscaler.cluster import ClusterForecast
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE
-from controllers import labels as L
-from controllers import metrics as M
-from controllers.autoscaling import Autoscaler, decision_status
-from controllers.engine_api import EngineClient, engine_url
-from controllers.finetune import TrainerReport, checkpoint_due, plan_job
-from controllers.gangs import Owner, pdb_manifest, service_manifests
-from controllers.kube import Kube
-from controllers.llmservice import plan_service
-from controllers.powerbudget import NodeView
-from controllers.powerbudget import report as power_report
-from controllers.snapshot import PodView, pod_view
+from catalogue.gpus import GPU_RESOURCE
+from controllers.planners.finetune import TrainerReport, checkpoint_due, plan_job
+from controllers.planners.gangs import Owner, pdb_manifest, service_manifests
+from controllers.planners.llmservice import plan_service
+from controllers.planners.powerbudget import NodeView
+from controllers.planners.powerbudget import report as power_report
+from controllers.planners.snapshot import PodView, pod_view
+from controllers.shells.autoscaling import Autoscaler, decision_status
+from crds import labels as L
 from crds.base import GROUP, VERSION
 from crds.finetunejob import FineTuneJob
-from crds.gpus import GPU_RESOURCE
 from crds.llmservice import LLMService
 from crds.powerbudget import PowerBudget
 
@@ -62,7 +61,7 @@ _pending: set[tuple[str, str, str]] = set()
 
 def rt() -> Runtime:
     if RUNTIME is None:
-        raise RuntimeError("controllers.handlers.RUNTIME is not configured")
+        raise RuntimeError("controllers.shells.handlers.RUNTIME is not configured")
     return RUNTIME
 
 
@@ -113,7 +112,7 @@ def trigger(kind: str, namespace: str, name: str, delay: float = 0.2) -> None:
         fn = RECONCILERS[kind]
         try:
             await fn(namespace, name, False)
-        except (ApiException, kopf.TemporaryError) as e:
+        except (ApiError, kopf.TemporaryError) as e:
             log.info("reconcile of %s %s/%s will be retried: %s", kind, namespace, name, e)
 
     asyncio.get_running_loop().create_task(later())
@@ -127,7 +126,7 @@ def _timed(kind: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[...
             try:
                 async with _lock((kind, namespace, name)):
                     await fn(namespace, name, full)
-            except ApiException as e:
+            except ApiError as e:
                 result = "error"
                 raise kopf.TemporaryError(f"API error {e.status}: {e.reason}", delay=5) from e
             except Exception:
@@ -374,7 +373,7 @@ def register() -> None:
         async def on_autoscale(namespace: str | None, name: str, **_: Any) -> None:
             try:
                 await autoscale(namespace or "", name)
-            except ApiException as e:
+            except ApiError as e:
                 log.info("autoscaler tick of %s/%s failed: %s", namespace, name, e.reason)
 
         interval = rt().autoscaler.interval_s  # type: ignore[union-attr]

@@ -6,8 +6,8 @@ import csv
 
 import pytest
 
-from crds.gpus import lookup_gpu
-from simulator.power import CAP_CURVE, PowerLimitError, fit_cap_curve, speed_factor, validate_power_limit, zeus_points
+from catalogue.gpus import lookup_gpu
+from catalogue.power import CAP_CURVE, PowerLimitError, fit_cap_curve, speed_factor, validate_power_limit, zeus_points
 from simulator.traces import data_dir
 
 

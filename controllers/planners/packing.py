@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controllers import labels as L
-from controllers.conditions import parse_rfc3339
-from crds.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from controllers.planners.conditions import parse_rfc3339
+from crds import labels as L
 from packer.snapshot import (
     GPU_MILLI,
     ClusterSnapshot,

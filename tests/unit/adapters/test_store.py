@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis import asyncio as aioredis
 
-from autoscaler.store import HistoryStore, MemoryStore, RedisStore, Retention, StoreUnavailable
+from adapters.store import HistoryStore, MemoryStore, RedisStore, Retention, StoreUnavailable
 
 from .conftest import RedisServer
 

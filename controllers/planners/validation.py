@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from crds.gpus import GPU_PROFILES, GPUProfile, known_gpu_names, lookup_gpu
+from catalogue.gpus import GPU_PROFILES, GPUProfile, known_gpu_names, lookup_gpu
 
 BYTES_PER_PARAM = 2.0  # BF16 weights
 USABLE_MEMORY = 0.9  # what engines may use by default (vLLM's gpu_memory_utilization)

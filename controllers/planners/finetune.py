@@ -6,14 +6,14 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from controllers import labels as L
-from controllers.conditions import parse_rfc3339, report_problem, rfc3339, set_condition
-from controllers.engines import DEFAULT_IMAGES, trainer_command
-from controllers.gangs import Owner, gpu_pod
-from controllers.snapshot import PodView
-from controllers.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
+from catalogue.gpus import GPU_RESOURCE
+from controllers.planners.conditions import parse_rfc3339, report_problem, rfc3339, set_condition
+from controllers.planners.engines import DEFAULT_IMAGES, trainer_command
+from controllers.planners.gangs import Owner, gpu_pod
+from controllers.planners.snapshot import PodView
+from controllers.planners.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
+from crds import labels as L
 from crds.finetunejob import FineTuneJob
-from crds.gpus import GPU_RESOURCE
 
 # LoRA keeps frozen BF16 weights plus small adapters and optimizer state: budget 1.2x the weights.
 LORA_MEMORY_FACTOR = 1.2

@@ -11,20 +11,20 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from adapters.engine_metrics import PodTarget, ServiceMetricsCollector
+from adapters.store import HistoryStore, StoreUnavailable
 from autoscaler.capacity import EngineProfile
 from autoscaler.cluster import ClusterDemand, ClusterForecast
 from autoscaler.forecast import EbbtideConfig, EbbtideForecaster
-from autoscaler.metrics import PodTarget, ServiceMetricsCollector
 from autoscaler.policies import make_policy
 from autoscaler.profile import engine_profile
-from autoscaler.store import HistoryStore, StoreUnavailable
 from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
-from controllers import labels as L
-from controllers.conditions import parse_rfc3339, set_condition
-from controllers.snapshot import PodView
-from crds.gpus import lookup_gpu
+from catalogue.gpus import lookup_gpu
+from catalogue.models import generic_model, lookup_model
+from controllers.planners.conditions import parse_rfc3339, set_condition
+from controllers.planners.snapshot import PodView
+from crds import labels as L
 from crds.llmservice import LLMService
-from simulator.models import generic_model, lookup_model
 
 log = logging.getLogger("ebbtide.autoscaler")
 STATE_EVERY_TICKS = 10

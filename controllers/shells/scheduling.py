@@ -1,7 +1,7 @@
 """The packer's shell: a secondary scheduler for `schedulerName: ebbtide-packer` pods.
 
-Each pass lists nodes and pods, builds a snapshot (controllers/packing.py), asks the pure packer core for a plan
-(in a worker thread: CP-SAT may take its whole budget) and applies it: binds whole gangs, asks preemptible
+Each pass lists nodes and pods, builds a snapshot (controllers/planners/packing.py), asks the pure packer core
+for a plan (in a worker thread: CP-SAT may take its whole budget) and applies it: binds whole gangs, asks preemptible
 FineTuneJobs to checkpoint before their pods go (the FineTuneJob controller does the handshake), evicts serving
 gangs the PodDisruptionBudget allows, and resumes preempted jobs once they fit again.
 """
@@ -15,14 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
-from controllers import labels as L
-from controllers import metrics as M
-from controllers.conditions import parse_rfc3339, rfc3339
-from controllers.kube import Kube
-from controllers.packing import GPU_INDICES, JobInfo, build_snapshot, gang_key
-from crds.gpus import GPU_RESOURCE, lookup_gpu
+from adapters import operator_metrics as M
+from adapters.kube import ApiError, Kube
+from catalogue.gpus import GPU_RESOURCE, lookup_gpu
+from controllers.planners.conditions import parse_rfc3339, rfc3339
+from controllers.planners.packing import GPU_INDICES, JobInfo, build_snapshot, gang_key
+from crds import labels as L
 from packer import Packer, PackerConfig
 from packer.plan import Plan, Verdict
 from packer.snapshot import GPU_MILLI, ClusterSnapshot, Gang, GangKind, PodRequest, ServiceBudget, Toleration
@@ -47,7 +45,7 @@ class Scheduler:
         while True:
             try:
                 await self.pass_once()
-            except ApiException as e:
+            except ApiError as e:
                 log.warning("packer pass failed: %s %s", e.status, e.reason)
             except Exception:
                 log.exception("packer pass failed")

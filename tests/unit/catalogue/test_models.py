@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.models import MODEL_CATALOG, generic_model, lookup_model
+from catalogue.models import MODEL_CATALOG, generic_model, lookup_model
 
 REQUIRED = (
     "llama-2-7b", "llama-2-13b", "llama-3-8b", "llama-3-70b", "llama-2-70b", "opt-13b", "opt-66b",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from crds.gpus import GPU_PROFILES, GPUProfile, lookup_gpu
-from simulator.models import MODEL_CATALOG, ModelSpec
-from simulator.perf import DEFAULT_CALIBRATION, Calibration, ModelDoesNotFitError, PerfModel
-from simulator.power import PowerLimitError
+from catalogue.gpus import GPU_PROFILES, GPUProfile, lookup_gpu
+from catalogue.models import MODEL_CATALOG, ModelSpec
+from catalogue.perf import DEFAULT_CALIBRATION, Calibration, ModelDoesNotFitError, PerfModel
+from catalogue.power import PowerLimitError
 
 
 def gpu(name: str) -> GPUProfile:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controllers.conditions import set_condition
-from crds.gpus import GPU_PRODUCT_LABEL, GPU_PROFILES
+from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_PROFILES
+from controllers.planners.conditions import set_condition
 from crds.powerbudget import PowerBudget
 
 

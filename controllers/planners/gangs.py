@@ -7,11 +7,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from controllers import labels as L
-from controllers.engines import DEFAULT_IMAGES, PodRole, serving_command
-from controllers.validation import allowed_gpus
+from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from controllers.planners.engines import DEFAULT_IMAGES, PodRole, serving_command
+from controllers.planners.validation import allowed_gpus
+from crds import labels as L
 from crds.base import API_VERSION
-from crds.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from crds.llmservice import LLMServiceSpec
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from crds.gpus import GPUProfile
-from simulator.models import ModelSpec
-from simulator.power import power_draw_w, speed_factor, validate_power_limit
+from catalogue.gpus import GPUProfile
+from catalogue.models import ModelSpec
+from catalogue.power import power_draw_w, speed_factor, validate_power_limit
 
 
 class ModelDoesNotFitError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controllers import labels as L
+from crds import labels as L
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,275 @@
+"""Engine metrics over HTTP: parse a pod's Prometheus text, scrape pods, or query a Prometheus server.
+
+The I/O half of observation; what the numbers mean (deltas, quantiles, aggregation) is `autoscaler.observation`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from autoscaler.observation import (
+    GENERATION_TOKENS,
+    ITL,
+    KV_CACHE,
+    PROMPT_TOKENS,
+    REQUEST_SUCCESS,
+    RUNNING,
+    TTFT,
+    WAITING,
+    Histogram,
+    PodSample,
+    ScrapeResult,
+    aggregate_scrapes,
+    build_promql_queries,
+    observation_from_promql,
+    parse_promql_scalar,
+)
+from autoscaler.types import ServiceObservation
+
+DEFAULT_URL_TEMPLATE = "http://{podIP}:{port}/metrics"
+
+
+class MetricsParseError(ValueError):
+    """The exposition text could not be parsed, or holds none of the vLLM engine metrics."""
+
+
+def _bound(le: str) -> float:
+    return math.inf if le in ("+Inf", "Inf", "inf") else float(le)
+
+
+def _histogram(buckets: Mapping[float, float], total_sum: float) -> Histogram | None:
+    if not buckets:
+        return None
+    bounds = tuple(sorted(buckets))
+    if not math.isinf(bounds[-1]):
+        return None  # a histogram without +Inf is malformed; ignore it rather than guess its count
+    return Histogram(bounds, tuple(buckets[b] for b in bounds), total_sum)
+
+
+def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) -> PodSample:
+    """Parse one pod's /metrics text into a PodSample, summing series over engines (and over models unless
+    `model` names one). Raises MetricsParseError on malformed text or when no vLLM metric is present."""
+    gauges: dict[str, float] = {}
+    kv: dict[str, list[float]] = {name: [] for name in KV_CACHE}
+    hist: dict[str, dict[float, float]] = {}
+    hist_sum: dict[str, float] = {}
+    seen = False
+    try:
+        families = list(text_string_to_metric_families(text))
+    except (ValueError, TypeError, IndexError) as err:
+        raise MetricsParseError(f"pod {pod}: unparseable exposition text: {err}") from err
+    for family in families:
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, float(sample.value)
+            if not name.startswith("vllm:"):
+                continue
+            if model is not None and labels.get("model_name", model) != model:
+                continue
+            if not math.isfinite(value):
+                continue
+            seen = True
+            if name in KV_CACHE:
+                kv[name].append(value)
+            elif name.endswith("_bucket") and "le" in labels:
+                base = name[: -len("_bucket")]
+                le = _bound(labels["le"])
+                per = hist.setdefault(base, {})
+                per[le] = per.get(le, 0.0) + value
+            elif name.endswith("_sum"):
+                base = name[: -len("_sum")]
+                hist_sum[base] = hist_sum.get(base, 0.0) + value
+            else:
+                gauges[name] = gauges.get(name, 0.0) + value
+    if not seen:
+        raise MetricsParseError(f"pod {pod}: no vllm: metrics in the exposition text")
+    kv_values = kv[KV_CACHE[0]] or kv[KV_CACHE[1]]
+    itl_name = ITL[0] if ITL[0] in hist else ITL[1]
+    return PodSample(
+        pod=pod,
+        t=t,
+        running=gauges.get(RUNNING, 0.0),
+        waiting=gauges.get(WAITING, 0.0),
+        kv_cache_usage=sum(kv_values) / len(kv_values) if kv_values else None,
+        prompt_tokens=gauges.get(PROMPT_TOKENS, 0.0),
+        generation_tokens=gauges.get(GENERATION_TOKENS, 0.0),
+        request_success=gauges.get(REQUEST_SUCCESS, 0.0),
+        ttft=_histogram(hist.get(TTFT, {}), hist_sum.get(TTFT, 0.0)),
+        itl=_histogram(hist.get(itl_name, {}), hist_sum.get(itl_name, 0.0)),
+    )
+
+
+# --- fetching -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    """Where to scrape one engine pod: its IP and port, or an engine URL taken from an address annotation."""
+
+    name: str
+    pod_ip: str | None = None
+    port: int = 8000
+    engine_url: str | None = None
+
+
+def target_url(template: str, target: PodTarget) -> str:
+    """The metrics URL of a pod; `{podIP}`, `{port}`, `{name}` and `{engineURL}` are substituted."""
+    needs_ip = "{podIP}" in template
+    needs_engine = "{engineURL}" in template
+    if needs_ip and not target.pod_ip:
+        raise ValueError(f"pod {target.name} has no IP yet")
+    if needs_engine and not target.engine_url:
+        raise ValueError(f"pod {target.name} has no engine URL annotation")
+    engine = (target.engine_url or "").rstrip("/")
+    return template.format(podIP=target.pod_ip or "", port=target.port, name=target.name, engineURL=engine)
+
+
+@dataclass
+class ScrapeStats:
+    """Running totals a shell can export as its own metrics."""
+
+    scrapes: int = 0
+    failures: int = 0
+
+
+class PodScraper:
+    """Scrapes engine pods over HTTP with bounded concurrency and a per-pod timeout; failures are recorded."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        clock: Callable[[], float],
+        *,
+        url_template: str = DEFAULT_URL_TEMPLATE,
+        concurrency: int = 16,
+        timeout_s: float = 2.0,
+        model: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self._client = client
+        self._clock = clock
+        self._template = url_template
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._timeout = timeout_s
+        self._model = model
+        self.stats = ScrapeStats()
+
+    async def _one(self, target: PodTarget) -> PodSample | str:
+        try:
+            url = target_url(self._template, target)
+        except ValueError as err:
+            return str(err)
+        async with self._semaphore:
+            try:
+                response = await self._client.get(url, timeout=self._timeout)
+                response.raise_for_status()
+            except httpx.HTTPError as err:
+                return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            t = self._clock()
+        try:
+            return parse_vllm_metrics(response.text, target.name, t, self._model)
+        except MetricsParseError as err:
+            return str(err)
+
+    async def scrape(self, targets: Sequence[PodTarget]) -> ScrapeResult:
+        """Scrape every target concurrently; never raises for a single pod's failure."""
+        results = await asyncio.gather(*(self._one(t) for t in targets))
+        samples: dict[str, PodSample] = {}
+        failures: dict[str, str] = {}
+        for target, result in zip(targets, results, strict=True):
+            if isinstance(result, PodSample):
+                samples[target.name] = result
+            else:
+                failures[target.name] = result
+        self.stats.scrapes += len(targets)
+        self.stats.failures += len(failures)
+        return ScrapeResult(self._clock(), samples, failures)
+
+
+class ServiceMetricsCollector:
+    """Keeps each service's previous scrape so that every call yields rates over the last interval."""
+
+    def __init__(self, scraper: PodScraper, *, min_coverage: float = 0.5) -> None:
+        self._scraper = scraper
+        self._min_coverage = min_coverage
+        self._last: dict[str, ScrapeResult] = {}
+
+    async def observe(
+        self, service: str, targets: Sequence[PodTarget], *, replicas: int, ready_replicas: int
+    ) -> ServiceObservation:
+        """Scrape the service's pods and aggregate against the previous good scrape."""
+        cur = await self._scraper.scrape(targets)
+        obs = aggregate_scrapes(
+            service,
+            self._last.get(service),
+            cur,
+            replicas=replicas,
+            ready_replicas=ready_replicas,
+            min_coverage=self._min_coverage,
+        )
+        if cur.samples or not targets:
+            self._last[service] = cur  # keep the last scrape that saw pods, so the next rate spans the outage
+        return obs
+
+    def forget(self, service: str) -> None:
+        """Drop a deleted service's previous scrape."""
+        self._last.pop(service, None)
+
+
+# --- Prometheus HTTP API mode ----------------------------------------------------------------------------
+
+DEFAULT_SELECTOR = 'namespace="{namespace}",ebbtide_dev_service="{service}"'
+
+
+class PrometheusQuerySource:
+    """Reads a service's observation from a Prometheus server's /api/v1/query instead of scraping pods."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        clock: Callable[[], float],
+        *,
+        selector_template: str = DEFAULT_SELECTOR,
+        window: str = "1m",
+        timeout_s: float = 5.0,
+        concurrency: int = 8,
+    ) -> None:
+        self._client = client
+        self._base = base_url.rstrip("/")
+        self._clock = clock
+        self._selector = selector_template
+        self._window = window
+        self._timeout = timeout_s
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self.stats = ScrapeStats()
+
+    async def _query(self, promql: str) -> float | None:
+        async with self._semaphore:
+            try:
+                response = await self._client.get(
+                    f"{self._base}/api/v1/query", params={"query": promql}, timeout=self._timeout
+                )
+                response.raise_for_status()
+                payload = response.json()
+            except (httpx.HTTPError, ValueError):
+                self.stats.failures += 1
+                return None
+        self.stats.scrapes += 1
+        return parse_promql_scalar(payload)
+
+    async def observe(self, namespace: str, service: str, *, replicas: int, ready_replicas: int) -> ServiceObservation:
+        """Run the queries concurrently and build the observation (stale if Prometheus did not answer)."""
+        selector = self._selector.format(namespace=namespace, service=service)
+        queries = build_promql_queries(selector, self._window)
+        answers = await asyncio.gather(*(self._query(q) for q in queries.values()))
+        values = dict(zip(queries, answers, strict=True))
+        return observation_from_promql(
+            f"{namespace}/{service}", self._clock(), values, replicas=replicas, ready_replicas=ready_replicas
+        )
