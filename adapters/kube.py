@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -19,9 +20,10 @@ from crds.base import GROUP, VERSION
 
 log = logging.getLogger(__name__)
 
-# The facade's error: the API server's answer (status, reason, body). Shells catch this name, never the
-# client library's, so only this module depends on the library.
+# The facade's errors. Shells catch these names, never the client library's, so only this module depends on
+# it: ApiError is the API server's answer (status, reason, body); NetworkError is no answer at all.
 ApiError = ApiException
+NetworkError = (urllib3.exceptions.HTTPError, OSError)
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:

@@ -20,6 +20,7 @@ import numpy as np
 from autoscaler.capacity import CapacityEstimate
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE, Forecast, sorted_quantiles
 from autoscaler.types import ScalingBounds, ScalingDecision, ServiceObservation
+from crds.reasons import Reason
 
 
 @dataclass(frozen=True)
@@ -228,12 +229,13 @@ def hold_decision(
     bounds: ScalingBounds,
     reason: str,
     *,
+    cause: Reason,
     floor: int = 0,
     capacity_rps: float | None = None,
     slo_attainable: bool | None = None,
 ) -> ScalingDecision:
     """Keep the current replicas (within max, never down to zero) because an input is missing; `floor` still
-    adds replicas when fresh metrics show the current ones overloaded."""
+    adds replicas when fresh metrics show the current ones overloaded. `cause` is the condition reason users see."""
     current = obs.replicas
     n = min(max(current, floor, bounds.min_replicas), bounds.max_replicas)
     if n > current:
@@ -247,5 +249,6 @@ def hold_decision(
         reason=f"degraded: {reason}; {action}",
         capacity_rps=capacity_rps,
         degraded=reason,
+        degraded_reason=cause,
         slo_attainable=slo_attainable,
     )

@@ -37,6 +37,7 @@ from autoscaler.forecast import (
     make_forecaster,
 )
 from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
+from crds.reasons import Reason
 
 LoadFunction = Callable[[float], Mapping[str, float]]  # time -> rate of each indicator (the oracle's future)
 
@@ -160,7 +161,7 @@ class ReactiveTargetTracking:
         """One HPA evaluation."""
         if obs.stale:
             self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
-            return hold_decision(obs, bounds, STALE)
+            return hold_decision(obs, bounds, STALE, cause=Reason.METRICS_UNAVAILABLE)
         load = _current_need(obs, self._capacity, 0.0)  # in replicas at 100% utilisation
         if obs.ready_replicas > 0:
             utilization = load / obs.ready_replicas
@@ -217,7 +218,7 @@ class KPALike:
         """One KPA evaluation on in-flight requests (running + waiting)."""
         if obs.stale:
             self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
-            return hold_decision(obs, bounds, STALE)
+            return hold_decision(obs, bounds, STALE, cause=Reason.METRICS_UNAVAILABLE)
         self._window.append((obs.now, obs.running + obs.queue_length))
         while self._window[0][0] <= obs.now - self.stable_window_s:
             self._window.popleft()
@@ -264,7 +265,7 @@ class PointForecast:
         """ceil((1 + headroom) x replicas for the forecast point), worst over the lead time."""
         if obs.stale:
             self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
-            return hold_decision(obs, bounds, STALE)
+            return hold_decision(obs, bounds, STALE, cause=Reason.METRICS_UNAVAILABLE)
         self._forecaster.observe(obs.now, observed_rates(obs))
         forecasts = [self._forecaster.forecast(h) for h in _horizons(bounds)]
         points = [
@@ -272,7 +273,7 @@ class PointForecast:
         ]
         if not all(math.isfinite(v) for p in points for v in p.values()):
             self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
-            return hold_decision(obs, bounds, "forecast failed: non-finite values")
+            return hold_decision(obs, bounds, "forecast failed: non-finite values", cause=Reason.FORECAST_FAILED)
         need = max(
             self._capacity.replicas_for(p[REQUEST_RATE], p[PROMPT_TOKEN_RATE], p[GENERATION_TOKEN_RATE]) for p in points
         )
@@ -338,16 +339,29 @@ class EbbtideForecast:
         if obs.stale:
             self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
             cap = self._capacity.estimate(slo)
-            return hold_decision(obs, bounds, STALE, capacity_rps=cap.request_rate, slo_attainable=cap.slo_attainable)
+            return hold_decision(
+                obs,
+                bounds,
+                STALE,
+                cause=Reason.METRICS_UNAVAILABLE,
+                capacity_rps=cap.request_rate,
+                slo_attainable=cap.slo_attainable,
+            )
         self._capacity.observe(obs, slo)
         cap = self._capacity.estimate(slo)
         lead = _lead_time(bounds)
         now_need = math.ceil(_current_need(obs, cap, lead) - 1e-9)
 
-        def degraded(reason: str) -> ScalingDecision:
+        def degraded(reason: str, cause: Reason = Reason.FORECAST_FAILED) -> ScalingDecision:
             self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
             return hold_decision(
-                obs, bounds, reason, floor=now_need, capacity_rps=cap.request_rate, slo_attainable=cap.slo_attainable
+                obs,
+                bounds,
+                reason,
+                cause=cause,
+                floor=now_need,
+                capacity_rps=cap.request_rate,
+                slo_attainable=cap.slo_attainable,
             )
 
         try:
@@ -358,7 +372,7 @@ class EbbtideForecast:
             # crash the operator's reconcile loop or the simulator's run.
             return degraded(f"forecast failed: {type(err).__name__}: {err}")
         if not obs.history_available:
-            return degraded(STORE_DOWN)
+            return degraded(STORE_DOWN, Reason.HISTORY_UNAVAILABLE)
         if any(fc.fallback == NO_DATA for fc in forecasts):
             return degraded(f"forecast failed: {NO_DATA}")
         if not all(math.isfinite(v) for fc in forecasts for q in fc.quantiles.values() for v in q.values()):

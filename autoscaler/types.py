@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from crds.reasons import Reason
+
 
 @dataclass(frozen=True)
 class SLO:
@@ -63,6 +65,7 @@ class ScalingDecision:
     capacity_rps: float | None = None  # requests/s one replica sustains within the SLO
     risk: float | None = None  # predicted probability of missing the SLO at the chosen count
     degraded: str | None = None  # non-empty when the policy held replicas because of missing data
+    degraded_reason: Reason | None = None  # why, as the AutoscalerDegraded condition's reason
     slo_attainable: bool | None = None  # False when even the best observed latency misses the SLO
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from crds.reasons import ConditionType, EventType
+
 
 def rfc3339(epoch: float) -> str:
     """Epoch seconds as the API server writes timestamps."""
@@ -49,9 +51,10 @@ def report_problem(
     conditions: list[dict[str, Any]], reason: str, message: str, now: float, generation: int | None
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
     """Ready=False with the problem's reason, and a Warning Event only when the reason is new (no Event storms)."""
-    previous = get_condition(conditions, "Ready")
-    events = [] if previous is not None and previous.get("reason") == reason else [("Warning", reason, message)]
-    return set_condition(conditions, "Ready", False, reason, message, now, generation), events
+    previous = get_condition(conditions, ConditionType.READY)
+    new = previous is None or previous.get("reason") != reason
+    events: list[tuple[str, str, str]] = [(EventType.WARNING, reason, message)] if new else []
+    return set_condition(conditions, ConditionType.READY, False, reason, message, now, generation), events
 
 
 def parse_rfc3339(raw: str | None) -> float | None:

@@ -14,6 +14,7 @@ from controllers.planners.snapshot import PodView
 from controllers.planners.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
 from crds import labels as L
 from crds.finetunejob import FineTuneJob
+from crds.reasons import ConditionType, EventType, Reason
 
 # LoRA keeps frozen BF16 weights plus small adapters and optimizer state: budget 1.2x the weights.
 LORA_MEMORY_FACTOR = 1.2
@@ -145,7 +146,9 @@ def plan_job(
 
     if report.checkpoint_path is not None and report.checkpoint_step is not None:
         st["lastCheckpoint"] = {"path": report.checkpoint_path, "step": report.checkpoint_step, "time": rfc3339(now)}
-        plan.events.append(("Normal", "Checkpointed", f"step {report.checkpoint_step} at {report.checkpoint_path}"))
+        plan.events.append(
+            (EventType.NORMAL, Reason.CHECKPOINTED, f"step {report.checkpoint_step} at {report.checkpoint_path}")
+        )
     if report.step is not None:
         st["step"] = max(report.step, int(st.get("step", 0)))
 
@@ -179,12 +182,18 @@ def plan_job(
             plan.delete = [p.name for p in current]
             st["preemptions"] = int(st.get("preemptions", 0)) + 1
             lost = "" if confirmed or not running else " without a fresh checkpoint (deadline passed)"
-            plan.events.append(("Warning", "Preempted", f"{reason}; workers evicted{lost}"))
-            conditions = set_condition(conditions, "Preempted", True, "Preempted", reason, now, gen)
-            conditions = set_condition(conditions, "Ready", False, "Preempted", reason, now, gen)
+            plan.events.append((EventType.WARNING, Reason.PREEMPTED, f"{reason}; workers evicted{lost}"))
+            conditions = set_condition(conditions, ConditionType.PREEMPTED, True, Reason.PREEMPTED, reason, now, gen)
+            conditions = set_condition(conditions, ConditionType.READY, False, Reason.PREEMPTED, reason, now, gen)
             return finish("Preempted")
         conditions = set_condition(
-            conditions, "Ready", True, "Checkpointing", f"checkpoint before preemption: {reason}", now, gen
+            conditions,
+            ConditionType.READY,
+            True,
+            Reason.CHECKPOINTING,
+            f"checkpoint before preemption: {reason}",
+            now,
+            gen,
         )
         return finish("Checkpointing")
 
@@ -192,31 +201,39 @@ def plan_job(
         if L.PREEMPT in job.metadata.annotations or any(not p.deleting for p in pods if p.attempt == attempt):
             return finish("Preempted")
         attempt = next_attempt()
-        plan.events.append(("Normal", "Resuming", f"attempt {attempt} resumes from {resume or 'the start'}"))
-        conditions = set_condition(conditions, "Preempted", False, "Resumed", f"attempt {attempt}", now, gen)
-        conditions = set_condition(conditions, "Ready", False, "Pending", "workers starting", now, gen)
+        plan.events.append(
+            (EventType.NORMAL, Reason.RESUMING, f"attempt {attempt} resumes from {resume or 'the start'}")
+        )
+        conditions = set_condition(
+            conditions, ConditionType.PREEMPTED, False, Reason.RESUMED, f"attempt {attempt}", now, gen
+        )
+        conditions = set_condition(conditions, ConditionType.READY, False, Reason.PENDING, "workers starting", now, gen)
         return finish("Pending")
 
     if attempt == 0 or (not current and phase == "Pending"):
         attempt = max(attempt, 1)
         st["attempt"] = attempt
         plan.create = worker_pods(job, uid, attempt, resume, scheduler_name)
-        plan.events.append(("Normal", "Created", f"created {len(plan.create)} worker(s), attempt {attempt}"))
-        conditions = set_condition(conditions, "Ready", False, "Pending", "workers starting", now, gen)
+        plan.events.append(
+            (EventType.NORMAL, Reason.CREATED, f"created {len(plan.create)} worker(s), attempt {attempt}")
+        )
+        conditions = set_condition(conditions, ConditionType.READY, False, Reason.PENDING, "workers starting", now, gen)
         return finish("Pending")
 
     if any(p.phase == "Failed" for p in current):
         st["failures"] = int(st.get("failures", 0)) + 1
         plan.delete = [p.name for p in current]
         if st["failures"] > s.backoff_limit:
-            plan.events.append(("Warning", "BackoffLimitExceeded", f"{st['failures']} worker failures"))
+            plan.events.append((EventType.WARNING, Reason.BACKOFF_LIMIT_EXCEEDED, f"{st['failures']} worker failures"))
             conditions = set_condition(
-                conditions, "Ready", False, "BackoffLimitExceeded", "too many failures", now, gen
+                conditions, ConditionType.READY, False, Reason.BACKOFF_LIMIT_EXCEEDED, "too many failures", now, gen
             )
             st["completionTime"] = rfc3339(now)
             return finish("Failed")
         attempt = next_attempt()
-        plan.events.append(("Warning", "WorkerFailed", f"restarting as attempt {attempt} from {resume or 'the start'}"))
+        plan.events.append(
+            (EventType.WARNING, Reason.WORKER_FAILED, f"restarting as attempt {attempt} from {resume or 'the start'}")
+        )
         return finish("Pending")
 
     rank0 = next((p for p in current if p.rank == 0), None)
@@ -224,8 +241,10 @@ def plan_job(
         st["step"] = s.hyperparameters.total_steps
         st["completionTime"] = rfc3339(now)
         st["workers"] = 0
-        plan.events.append(("Normal", "Succeeded", f"trained {s.hyperparameters.total_steps} steps"))
-        conditions = set_condition(conditions, "Ready", True, "Succeeded", "training finished", now, gen)
+        plan.events.append((EventType.NORMAL, Reason.SUCCEEDED, f"trained {s.hyperparameters.total_steps} steps"))
+        conditions = set_condition(
+            conditions, ConditionType.READY, True, Reason.SUCCEEDED, "training finished", now, gen
+        )
         return finish("Succeeded")
 
     missing = {p["metadata"]["name"] for p in worker_pods(job, uid, attempt, resume, scheduler_name)} - {
@@ -240,14 +259,14 @@ def plan_job(
     if current and len(running_pods) == len(current) and not missing:
         st.setdefault("startTime", rfc3339(now))
         conditions = set_condition(
-            conditions, "Ready", True, "Running", f"{len(running_pods)} worker(s) training", now, gen
+            conditions, ConditionType.READY, True, Reason.RUNNING, f"{len(running_pods)} worker(s) training", now, gen
         )
         return finish("Running")
     unsched = next((p.unschedulable for p in current if p.unschedulable), None)
     if unsched:
-        conditions = set_condition(conditions, "Ready", False, "Unschedulable", unsched, now, gen)
+        conditions = set_condition(conditions, ConditionType.READY, False, Reason.UNSCHEDULABLE, unsched, now, gen)
     else:
-        conditions = set_condition(conditions, "Ready", False, "Pending", "workers starting", now, gen)
+        conditions = set_condition(conditions, ConditionType.READY, False, Reason.PENDING, "workers starting", now, gen)
     return finish("Pending")
 
 

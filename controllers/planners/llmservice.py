@@ -13,6 +13,7 @@ from controllers.planners.snapshot import PodView
 from controllers.planners.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
 from crds import labels as L
 from crds.llmservice import LLMService
+from crds.reasons import ConditionType, EventType, Reason
 
 
 @dataclass
@@ -70,7 +71,7 @@ def plan_service(
         conditions, events = report_problem(conditions, problem.reason, problem.message, now, gen)
         plan.events += events
         conditions = set_condition(
-            conditions, "Progressing", False, problem.reason, "waiting for a valid spec", now, gen
+            conditions, ConditionType.PROGRESSING, False, problem.reason, "waiting for a valid spec", now, gen
         )
         status.update(phase="Failed", conditions=conditions, observedGeneration=gen)
         status["selector"] = f"{L.SERVICE}={name}"
@@ -83,7 +84,9 @@ def plan_service(
     for r in list(active):
         if any(p.phase == "Failed" for p in by_replica[r]):
             plan.delete += [p.name for p in by_replica[r]]
-            plan.events.append(("Warning", "GangRestarted", f"replica {r}: a pod failed; restarting the whole gang"))
+            plan.events.append(
+                (EventType.WARNING, Reason.GANG_RESTARTED, f"replica {r}: a pod failed; restarting the whole gang")
+            )
             active.remove(r)
 
     desired = spec.replicas
@@ -92,7 +95,9 @@ def plan_service(
         plan.start_drain = excess
         for r in excess:
             active.remove(r)
-        plan.events.append(("Normal", "ScalingDown", f"draining replica(s) {', '.join(map(str, excess))}"))
+        plan.events.append(
+            (EventType.NORMAL, Reason.SCALING_DOWN, f"draining replica(s) {', '.join(map(str, excess))}")
+        )
     elif len(active) < desired:
         occupied = set(by_replica)
         nxt = max(occupied, default=-1) + 1
@@ -100,7 +105,7 @@ def plan_service(
         for r in new:
             plan.create += replica_pods(owner, spec, r, scheduler_name)
         active += new
-        plan.events.append(("Normal", "ScalingUp", f"creating replica(s) {', '.join(map(str, new))}"))
+        plan.events.append((EventType.NORMAL, Reason.SCALING_UP, f"creating replica(s) {', '.join(map(str, new))}"))
 
     # Complete gangs a crashed operator left half-created (names are deterministic, so this is idempotent).
     for r in active:
@@ -120,29 +125,43 @@ def plan_service(
     converged = ready == desired and not draining and not plan.start_drain and not plan.create
 
     if desired == 0:
-        conditions = set_condition(conditions, "Ready", True, "ScaledToZero", "no replicas requested", now, gen)
+        conditions = set_condition(
+            conditions, ConditionType.READY, True, Reason.SCALED_TO_ZERO, "no replicas requested", now, gen
+        )
     elif ready >= desired:
-        conditions = set_condition(conditions, "Ready", True, "AllReplicasReady", f"{ready}/{desired} ready", now, gen)
+        conditions = set_condition(
+            conditions, ConditionType.READY, True, Reason.ALL_REPLICAS_READY, f"{ready}/{desired} ready", now, gen
+        )
     else:
         conditions = set_condition(
-            conditions, "Ready", False, "ReplicasNotReady", f"{ready}/{desired} replicas ready", now, gen
+            conditions,
+            ConditionType.READY,
+            False,
+            Reason.REPLICAS_NOT_READY,
+            f"{ready}/{desired} replicas ready",
+            now,
+            gen,
         )
     if converged:
-        conditions = set_condition(conditions, "Progressing", False, "Converged", "replicas match spec", now, gen)
-    else:
-        reason = "ScalingDown" if (draining or plan.start_drain) else "ScalingUp"
         conditions = set_condition(
-            conditions, "Progressing", True, reason, f"{len(active)} replicas, want {desired}", now, gen
+            conditions, ConditionType.PROGRESSING, False, Reason.CONVERGED, "replicas match spec", now, gen
+        )
+    else:
+        reason = Reason.SCALING_DOWN if (draining or plan.start_drain) else Reason.SCALING_UP
+        conditions = set_condition(
+            conditions, ConditionType.PROGRESSING, True, reason, f"{len(active)} replicas, want {desired}", now, gen
         )
     if unsched:
-        previous = next((c for c in conditions if c["type"] == "Degraded"), None)
+        previous = next((c for c in conditions if c["type"] == ConditionType.DEGRADED), None)
         if previous is None or previous.get("status") != "True":
-            plan.events.append(("Warning", "Unschedulable", unsched))
-        conditions = set_condition(conditions, "Degraded", True, "Unschedulable", unsched, now, gen)
-    elif plan.delete and any(e[1] == "GangRestarted" for e in plan.events):
-        conditions = set_condition(conditions, "Degraded", True, "GangRestarted", "a pod failed", now, gen)
+            plan.events.append((EventType.WARNING, Reason.UNSCHEDULABLE, unsched))
+        conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.UNSCHEDULABLE, unsched, now, gen)
+    elif plan.delete and any(e[1] == Reason.GANG_RESTARTED for e in plan.events):
+        conditions = set_condition(
+            conditions, ConditionType.DEGRADED, True, Reason.GANG_RESTARTED, "a pod failed", now, gen
+        )
     else:
-        conditions = set_condition(conditions, "Degraded", False, "Healthy", "", now, gen)
+        conditions = set_condition(conditions, ConditionType.DEGRADED, False, Reason.HEALTHY, "", now, gen)
 
     if desired > 0 and ready == 0:
         phase = "Pending"

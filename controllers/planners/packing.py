@@ -15,6 +15,7 @@ from typing import Any
 from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from controllers.planners.conditions import parse_rfc3339
 from crds import labels as L
+from crds.reasons import ConditionType
 from packer.snapshot import (
     GPU_MILLI,
     ClusterSnapshot,
@@ -154,7 +155,9 @@ def build_snapshot(
     for n in nodes:
         meta, status = n["metadata"], n.get("status") or {}
         alloc = status.get("allocatable") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+        ready = any(
+            c.get("type") == ConditionType.READY and c.get("status") == "True" for c in status.get("conditions", [])
+        )
         if not ready or (n.get("spec") or {}).get("unschedulable"):
             continue
         gpus = int(alloc.get(GPU_RESOURCE, 0))

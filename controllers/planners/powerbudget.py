@@ -8,6 +8,7 @@ from typing import Any
 from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_PROFILES
 from controllers.planners.conditions import set_condition
 from crds.powerbudget import PowerBudget
+from crds.reasons import ConditionType, EventType, Reason
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,17 @@ def report(pb: PowerBudget, nodes: list[NodeView], now: float) -> tuple[dict[str
         if n.labels.get(GPU_PRODUCT_LABEL) in GPU_PROFILES
     )
     gpus = sum(n.gpus for n in matched)
-    previous = next((c for c in conditions if c["type"] == "Ready"), None)
+    previous = next((c for c in conditions if c["type"] == ConditionType.READY), None)
     if not matched:
-        reason, ok, msg = "NoNodesMatched", False, f"spec.nodeSelector {sel} matches no GPU node"
+        reason, ok, msg = Reason.NO_NODES_MATCHED, False, f"spec.nodeSelector {sel} matches no GPU node"
     elif unknown:
-        reason, ok, msg = "UnknownGPUType", False, f"nodes carry unknown GPU product(s) {', '.join(unknown)}"
+        reason, ok, msg = Reason.UNKNOWN_GPU_TYPE, False, f"nodes carry unknown GPU product(s) {', '.join(unknown)}"
     else:
-        reason, ok = "Reported", True
+        reason, ok = Reason.REPORTED, True
         msg = f"{len(matched)} nodes, {gpus} GPUs, peak {peak:.0f} W for a budget of {pb.spec.budget_watts:.0f} W"
     if previous is None or previous.get("reason") != reason:
-        events.append(("Normal" if ok else "Warning", reason, msg))
-    conditions = set_condition(conditions, "Ready", ok, reason, msg, now, gen)
+        events.append((EventType.NORMAL if ok else EventType.WARNING, reason, msg))
+    conditions = set_condition(conditions, ConditionType.READY, ok, reason, msg, now, gen)
     st.update(
         nodes=len(matched),
         gpus=gpus,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crds import labels as L
+from crds.reasons import ConditionType, Reason
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,14 @@ def pod_view(obj: dict[str, Any]) -> PodView:
     """Build a PodView from a pod as returned by the API (camelCase dict)."""
     meta, status = obj.get("metadata", {}), obj.get("status") or {}
     conditions = status.get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    ready = any(c.get("type") == ConditionType.READY and c.get("status") == "True" for c in conditions)
     unsched = next(
         (
             c.get("message") or "unschedulable"
             for c in conditions
-            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+            if c.get("type") == ConditionType.POD_SCHEDULED
+            and c.get("status") == "False"
+            and c.get("reason") == Reason.UNSCHEDULABLE
         ),
         None,
     )

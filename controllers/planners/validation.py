@@ -6,6 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from catalogue.gpus import GPU_PROFILES, GPUProfile, known_gpu_names, lookup_gpu
+from crds.reasons import Reason
 
 BYTES_PER_PARAM = 2.0  # BF16 weights
 USABLE_MEMORY = 0.9  # what engines may use by default (vLLM's gpu_memory_utilization)
@@ -39,7 +40,7 @@ def check_gpu_types(field: str, types: list[str]) -> Problem | None:
     _, unknown = allowed_gpus(types)
     if unknown:
         return Problem(
-            "UnknownGPUType",
+            Reason.UNKNOWN_GPU_TYPE,
             f"{field}: unknown GPU type(s) {', '.join(unknown)}; known: {', '.join(known_gpu_names())}",
         )
     return None
@@ -61,7 +62,7 @@ def check_fits(field: str, parameters_b: float, gpus: int, types: list[str]) -> 
         return None
     best = max(profiles, key=lambda p: p.memory_gb)
     return Problem(
-        "ModelDoesNotFit",
+        Reason.MODEL_DOES_NOT_FIT,
         f"{field}: {parameters_b:g}B parameters need {need:.0f} GB of BF16 weights, but {gpus} x "
         f"{best.short_name} ({best.memory_gb:g} GB each) leave {gpus * best.memory_gb * USABLE_MEMORY:.0f} GB usable; "
         f"raise the GPU count or allow larger GPUs",
@@ -71,7 +72,7 @@ def check_fits(field: str, parameters_b: float, gpus: int, types: list[str]) -> 
 def check_priority_class(field: str, name: str | None, existing: Collection[str]) -> Problem | None:
     """PriorityClassNotFound when the named PriorityClass does not exist."""
     if name and name not in existing:
-        return Problem("PriorityClassNotFound", f"{field}: PriorityClass {name!r} does not exist")
+        return Problem(Reason.PRIORITY_CLASS_NOT_FOUND, f"{field}: PriorityClass {name!r} does not exist")
     return None
 
 

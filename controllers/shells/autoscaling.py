@@ -25,6 +25,7 @@ from controllers.planners.conditions import parse_rfc3339, set_condition
 from controllers.planners.snapshot import PodView
 from crds import labels as L
 from crds.llmservice import LLMService
+from crds.reasons import ConditionType, Reason
 
 log = logging.getLogger("ebbtide.autoscaler")
 STATE_EVERY_TICKS = 10
@@ -55,7 +56,7 @@ def cold_start_of(pods: list[dict[str, Any]]) -> float | None:
             (
                 parse_rfc3339(c.get("lastTransitionTime"))
                 for c in (p.get("status") or {}).get("conditions", [])
-                if c.get("type") == "Ready" and c.get("status") == "True"
+                if c.get("type") == ConditionType.READY and c.get("status") == "True"
             ),
             None,
         )
@@ -260,30 +261,34 @@ def decision_status(
     conditions = list(status.get("conditions", []))
     if decision.degraded:
         conditions = set_condition(
-            conditions, "AutoscalerDegraded", True, _reason(decision.degraded), decision.degraded, now, generation
+            conditions,
+            ConditionType.AUTOSCALER_DEGRADED,
+            True,
+            decision.degraded_reason or Reason.DEGRADED,
+            decision.degraded,
+            now,
+            generation,
         )
     else:
-        conditions = set_condition(conditions, "AutoscalerDegraded", False, "MetricsFresh", "", now, generation)
+        conditions = set_condition(
+            conditions, ConditionType.AUTOSCALER_DEGRADED, False, Reason.METRICS_FRESH, "", now, generation
+        )
     if decision.slo_attainable is False:
         conditions = set_condition(
-            conditions, "SLOAttainable", False, "SLOUnattainable", decision.reason[:500], now, generation
+            conditions,
+            ConditionType.SLO_ATTAINABLE,
+            False,
+            Reason.SLO_UNATTAINABLE,
+            decision.reason[:500],
+            now,
+            generation,
         )
     elif decision.slo_attainable is True:
-        conditions = set_condition(conditions, "SLOAttainable", True, "Attainable", "", now, generation)
+        conditions = set_condition(
+            conditions, ConditionType.SLO_ATTAINABLE, True, Reason.ATTAINABLE, "", now, generation
+        )
     return {"desiredReplicas": decision.replicas, "forecast": forecast, "conditions": conditions}
 
 
 def _finite(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and not math.isfinite(v))
-
-
-def _reason(text: str) -> str:
-    """A CamelCase condition reason from a degraded-mode explanation."""
-    lowered = text.lower()
-    if "stale" in lowered or "missing" in lowered or "metrics" in lowered:
-        return "MetricsUnavailable"
-    if "store" in lowered or "redis" in lowered or "history" in lowered:
-        return "HistoryUnavailable"
-    if "forecast" in lowered:
-        return "ForecastFailed"
-    return "Degraded"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from adapters import operator_metrics as M
 from adapters.engine_api import EngineClient, engine_url
-from adapters.kube import ApiError, Kube
+from adapters.kube import ApiError, Kube, NetworkError
 from autoscaler.cluster import ClusterForecast
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE
 from catalogue.gpus import GPU_RESOURCE
@@ -30,6 +30,7 @@ from crds.base import GROUP, VERSION
 from crds.finetunejob import FineTuneJob
 from crds.llmservice import LLMService
 from crds.powerbudget import PowerBudget
+from crds.reasons import ConditionType, EventType, Reason
 
 log = logging.getLogger("ebbtide")
 M_ = TypeVar("M_", bound=BaseModel)
@@ -57,6 +58,15 @@ class Runtime:
 RUNTIME: Runtime | None = None
 _locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 _pending: set[tuple[str, str, str]] = set()
+
+
+RETRY_DELAY_S = 5.0
+MAX_RETRY_DELAY_S = 120.0
+
+
+def backoff_s(retry: int) -> float:
+    """Delay before kopf's next try of a failed handler: doubling from RETRY_DELAY_S, capped."""
+    return min(RETRY_DELAY_S * 2 ** min(retry, 10), MAX_RETRY_DELAY_S)
 
 
 def rt() -> Runtime:
@@ -112,8 +122,10 @@ def trigger(kind: str, namespace: str, name: str, delay: float = 0.2) -> None:
         fn = RECONCILERS[kind]
         try:
             await fn(namespace, name, False)
-        except (ApiError, kopf.TemporaryError) as e:
+        except kopf.TemporaryError as e:
             log.info("reconcile of %s %s/%s will be retried: %s", kind, namespace, name, e)
+        except kopf.PermanentError as e:
+            log.debug("%s %s/%s stays as reported until its spec changes: %s", kind, namespace, name, e)
 
     asyncio.get_running_loop().create_task(later())
 
@@ -128,7 +140,14 @@ def _timed(kind: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[...
                     await fn(namespace, name, full)
             except ApiError as e:
                 result = "error"
-                raise kopf.TemporaryError(f"API error {e.status}: {e.reason}", delay=5) from e
+                # Conflicts and API faults pass; kopf retries with the backoff of the handler that called.
+                raise kopf.TemporaryError(f"API error {e.status}: {e.reason}", delay=RETRY_DELAY_S) from e
+            except NetworkError as e:
+                result = "error"
+                raise kopf.TemporaryError(f"API server unreachable: {e}", delay=RETRY_DELAY_S) from e
+            except kopf.PermanentError:
+                result = "invalid"
+                raise
             except Exception:
                 result = "error"
                 raise
@@ -146,18 +165,19 @@ def _invalid(body: dict[str, Any], kind: str, err: ValidationError) -> dict[str,
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"])
     msg = f"{field}: {first['msg']}"
-    M.SEMANTIC_ERRORS.labels(kind, "InvalidSpec").inc()
-    conditions = [c for c in (body.get("status") or {}).get("conditions", []) if c.get("type") != "Ready"]
-    if not any(c.get("reason") == "InvalidSpec" for c in (body.get("status") or {}).get("conditions", [])):
-        _event(body, type="Warning", reason="InvalidSpec", message=msg)
-    conditions.append({"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": msg})
+    M.SEMANTIC_ERRORS.labels(kind, Reason.INVALID_SPEC).inc()
+    conditions = [c for c in (body.get("status") or {}).get("conditions", []) if c.get("type") != ConditionType.READY]
+    if not any(c.get("reason") == Reason.INVALID_SPEC for c in (body.get("status") or {}).get("conditions", [])):
+        _event(body, type=EventType.WARNING, reason=Reason.INVALID_SPEC, message=msg)
+    conditions.append({"type": ConditionType.READY, "status": "False", "reason": Reason.INVALID_SPEC, "message": msg})
     return {"phase": "Failed", "conditions": conditions}
 
 
 async def _fetch(
     plural: str, kind: str, model: type[M_], namespace: str | None, name: str
 ) -> tuple[dict[str, Any], M_] | None:
-    """The live object and its typed view; None when it is gone, being deleted, or invalid (then reported)."""
+    """The live object and its typed view; None when it is gone or being deleted. An invalid one is reported
+    (condition and Event) and raises kopf.PermanentError."""
     r = rt()
     body = await r.kube.get_object(plural, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
@@ -165,8 +185,10 @@ async def _fetch(
     try:
         return body, model.model_validate(body)
     except ValidationError as e:
-        await r.kube.patch_status(plural, namespace, name, _invalid(body, kind, e))
-        return None
+        status = _invalid(body, kind, e)
+        await r.kube.patch_status(plural, namespace, name, status)
+        # Retrying cannot help until the user changes the object (an update runs the handlers again).
+        raise kopf.PermanentError(status["conditions"][-1]["message"]) from e
 
 
 @_timed("LLMService")
@@ -222,6 +244,8 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
             await r.kube.delete_pod(namespace, pod)
             M.PODS_DELETED.labels("LLMService", "scale-in-or-restart").inc()
     await _write_back("llmservices", namespace, name, body, plan.events, plan.status)
+    if plan.problem is not None:
+        raise kopf.PermanentError(f"{plan.problem.reason}: {plan.problem.message}")
     M.DESIRED_REPLICAS.labels(namespace, name).set(svc.spec.replicas)
     M.SLO_TTFT.labels(namespace, name).set(svc.spec.scaling.slo.ttft_seconds)
     M.SLO_ITL.labels(namespace, name).set(svc.spec.scaling.slo.inter_token_latency_seconds)
@@ -316,12 +340,17 @@ async def autoscale(namespace: str, name: str) -> None:
     publish_cluster_forecast(r.autoscaler.cluster.last)
     if decision.replicas != svc.spec.replicas:
         await r.kube.scale("llmservices", namespace, name, decision.replicas)
-        _event(body, "Normal", "Autoscaled", f"{svc.spec.replicas} -> {decision.replicas} replicas: {decision.reason}")
+        _event(
+            body,
+            EventType.NORMAL,
+            Reason.AUTOSCALED,
+            f"{svc.spec.replicas} -> {decision.replicas} replicas: {decision.reason}",
+        )
     if decision.degraded and not any(
-        c.get("type") == "AutoscalerDegraded" and c.get("status") == "True"
+        c.get("type") == ConditionType.AUTOSCALER_DEGRADED and c.get("status") == "True"
         for c in (body.get("status") or {}).get("conditions", [])
     ):
-        _event(body, type="Warning", reason="AutoscalerDegraded", message=decision.degraded[:1000])
+        _event(body, type=EventType.WARNING, reason=Reason.AUTOSCALER_DEGRADED, message=decision.degraded[:1000])
     patch = decision_status(body.get("status") or {}, decision, now, svc.metadata.generation)
     await r.kube.patch_status("llmservices", namespace, name, patch)
 
@@ -351,14 +380,20 @@ def register() -> None:
         reconcile = RECONCILERS[kind]
 
         def make(kind: str = kind, reconcile: Callable[[str, str, bool], Awaitable[None]] = reconcile) -> None:
-            async def on_change(namespace: str | None, name: str, **_: Any) -> None:
-                await reconcile(namespace or "", name, True)
+            async def on_change(namespace: str | None, name: str, retry: int = 0, **_: Any) -> None:
+                try:
+                    await reconcile(namespace or "", name, True)
+                except kopf.TemporaryError as e:
+                    raise kopf.TemporaryError(str(e), delay=backoff_s(retry)) from e
 
             async def on_timer(namespace: str | None, name: str, **_: Any) -> None:
+                # The periodic resync also notices what a spec change cannot (a PriorityClass created later).
                 try:
                     await reconcile(namespace or "", name, True)
                 except kopf.TemporaryError as e:
                     log.info("periodic reconcile of %s %s: %s", kind, name, e)
+                except kopf.PermanentError as e:
+                    log.debug("periodic reconcile of %s %s: still invalid: %s", kind, name, e)
 
             res = (GROUP, VERSION, _PLURALS[kind])
             kopf.on.create(*res, id=f"{kind}-create")(on_change)

@@ -21,6 +21,7 @@ from catalogue.gpus import GPU_RESOURCE, lookup_gpu
 from controllers.planners.conditions import parse_rfc3339, rfc3339
 from controllers.planners.packing import GPU_INDICES, JobInfo, build_snapshot, gang_key
 from crds import labels as L
+from crds.reasons import ConditionType, EventType, Reason
 from packer import Packer, PackerConfig
 from packer.plan import Plan, Verdict
 from packer.snapshot import GPU_MILLI, ClusterSnapshot, Gang, GangKind, PodRequest, ServiceBudget, Toleration
@@ -108,7 +109,7 @@ class Scheduler:
                     "bound gang %s (%s path): %s", d.gang, d.path, ", ".join(f"{b.pod}->{b.node}" for b in d.bindings)
                 )
                 continue
-            reason = "Preempting" if d.verdict == Verdict.NOMINATED else "Unschedulable"
+            reason = Reason.PREEMPTING if d.verdict == Verdict.NOMINATED else Reason.UNSCHEDULABLE
             message = d.reason if d.verdict != Verdict.NOMINATED else f"{d.reason}: {', '.join(d.victims)}"
             for m in members:
                 await self._mark_unschedulable(m, reason, f"ebbtide-packer: {message}")
@@ -132,17 +133,23 @@ class Scheduler:
                     job["metadata"]["name"],
                     {L.PREEMPT: note[:250], L.PREEMPT_DEADLINE: f"{now + self.checkpoint_deadline_s:.0f}"},
                 )
-                await self._event(job, "Warning", "PreemptionRequested", f"checkpoint, then yield to {e.preemptor}")
+                await self._event(
+                    job, EventType.WARNING, Reason.PREEMPTION_REQUESTED, f"checkpoint, then yield to {e.preemptor}"
+                )
             else:
                 for p in victim_pods:
                     await self.kube.delete_pod(vns, p["metadata"]["name"])
                 if victim_pods:
-                    await self._event(victim_pods[0], "Warning", "Preempted", f"evicted for {e.preemptor}: {e.reason}")
+                    await self._event(
+                        victim_pods[0], EventType.WARNING, Reason.PREEMPTED, f"evicted for {e.preemptor}: {e.reason}"
+                    )
             M.PREEMPTIONS.labels(vns, victim.kind.value).inc()
             M.PREEMPTIONS_BY_REASON.labels("checkpoint-first" if e.checkpoint_first else "evict").inc()
             preemptor_pods = [p for p in by_name.values() if gang_key(p) == e.preemptor]
             if preemptor_pods:
-                await self._event(preemptor_pods[0], "Normal", "Preempting", f"evicting {e.gang}: {e.reason}")
+                await self._event(
+                    preemptor_pods[0], EventType.NORMAL, Reason.PREEMPTING, f"evicting {e.gang}: {e.reason}"
+                )
 
     async def _resume(self, waiting_jobs: list[dict[str, Any]], snapshot: ClusterSnapshot, now: float) -> None:
         """Lift the preemption of jobs whose worker gang fits on free capacity again (no higher work waiting)."""
@@ -160,7 +167,7 @@ class Scheduler:
                 await self.kube.patch_object_metadata(
                     "finetunejobs", ns, name, {L.PREEMPT: None, L.PREEMPT_DEADLINE: None}
                 )
-                await self._event(job, "Normal", "CapacityReturned", "GPUs are free again; resuming")
+                await self._event(job, EventType.NORMAL, Reason.CAPACITY_RETURNED, "GPUs are free again; resuming")
 
     # ---- API plumbing -----------------------------------------------------------------------------------
 
@@ -197,16 +204,18 @@ class Scheduler:
             return
         self._conditions[key] = message
         condition = {
-            "type": "PodScheduled",
+            "type": ConditionType.POD_SCHEDULED,
             "status": "False",
-            "reason": "Unschedulable",
+            "reason": Reason.UNSCHEDULABLE,
             "message": message[:1000],
             "lastTransitionTime": rfc3339(self.clock()),
         }
         await self.kube.patch_pod_status(
             pod["metadata"]["namespace"], pod["metadata"]["name"], {"conditions": [condition]}
         )
-        await self._event(pod, "Warning", "FailedScheduling" if reason == "Unschedulable" else reason, message)
+        await self._event(
+            pod, EventType.WARNING, Reason.FAILED_SCHEDULING if reason == Reason.UNSCHEDULABLE else reason, message
+        )
 
     async def _event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         await self.kube.create_event(obj, type_, reason, message, self.scheduler_name)

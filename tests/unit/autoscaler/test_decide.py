@@ -18,6 +18,7 @@ from autoscaler.decide import (
     need_samples,
 )
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, QUANTILE_LEVELS, REQUEST_RATE, Forecast
+from crds.reasons import Reason
 
 from .builders import PROFILE, SLO_DEFAULT, bounds, obs
 
@@ -132,17 +133,25 @@ class TestGovernor:
 class TestHold:
     def test_holds_current_and_never_drops_to_zero(self) -> None:
         b = bounds(min_replicas=0, scale_to_zero=True)
-        d = hold_decision(obs(replicas=3, stale=True), b, "metrics stale or missing")
+        d = hold_decision(obs(replicas=3, stale=True), b, "metrics stale or missing", cause=Reason.METRICS_UNAVAILABLE)
         assert d.replicas == 3 and d.degraded == "metrics stale or missing"
         assert d.reason.startswith("degraded: metrics stale")
 
     def test_raises_for_load_already_seen_and_respects_max(self) -> None:
-        assert hold_decision(obs(replicas=3), bounds(), "x", floor=5).replicas == 5
-        assert hold_decision(obs(replicas=30), bounds(max_replicas=20), "x").replicas == 20
+        assert hold_decision(obs(replicas=3), bounds(), "x", cause=Reason.METRICS_UNAVAILABLE, floor=5).replicas == 5
+        assert (
+            hold_decision(obs(replicas=30), bounds(max_replicas=20), "x", cause=Reason.METRICS_UNAVAILABLE).replicas
+            == 20
+        )
 
     def test_zero_stays_zero(self) -> None:
         b = bounds(min_replicas=0, scale_to_zero=True)
-        assert hold_decision(obs(replicas=0, ready_replicas=0, rate=0.0), b, "x").replicas == 0
+        assert (
+            hold_decision(
+                obs(replicas=0, ready_replicas=0, rate=0.0), b, "x", cause=Reason.METRICS_UNAVAILABLE
+            ).replicas
+            == 0
+        )
 
 
 def test_matches_brute_force_on_a_skewed_distribution() -> None:
