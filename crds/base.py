@@ -11,6 +11,10 @@ GROUP = "ebbtide.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+# Appended to the description of an API field that is accepted and stored but nothing acts on yet, so users
+# reading `kubectl explain` or docs/api.md know (a unit test holds docs/api.md to it).
+RESERVED = " Reserved, not yet acted on."
+
 
 class ApiModel(BaseModel):
     """Base of every API type: camelCase on the wire, unknown fields rejected like a structural schema."""

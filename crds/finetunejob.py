@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import ApiModel, Condition, ObjectMeta
+from crds.base import RESERVED, ApiModel, Condition, ObjectMeta
 
 FineTunePhase = Literal["Pending", "Running", "Checkpointing", "Preempted", "Succeeded", "Failed"]
 
@@ -65,7 +65,7 @@ class WorkersSpec(ApiModel):
         }
     }
 
-    min: int = Field(default=1, ge=1, le=1024, description="Fewest workers the job runs with.")
+    min: int = Field(default=1, ge=1, le=1024, description="Fewest workers the job runs with." + RESERVED)
     max: int = Field(default=1, ge=1, le=1024, description="Most workers the job runs with.")
 
 
@@ -101,7 +101,7 @@ class OutputSpec(ApiModel):
 
     adapter_name: str = Field(min_length=1, max_length=253, description="Name of the produced adapter.")
     publish_to: str | None = Field(
-        default=None, max_length=253, description="LLMService (same namespace) that should load the adapter."
+        default=None, max_length=253, description="LLMService (same namespace) that should load the adapter." + RESERVED
     )
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import ApiModel, Condition, ObjectMeta
+from crds.base import RESERVED, ApiModel, Condition, ObjectMeta
 
 
 class ModelSpec(ApiModel):
@@ -279,9 +279,9 @@ class LLMServiceStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="The generation this status reflects.")
     forecast: ForecastStatus | None = Field(default=None, description="The autoscaler's explanation.")
     expert_layout: dict[str, list[int]] | None = Field(
-        default=None, description="MoE: expert ids held by each expert-parallel rank."
+        default=None, description="MoE: expert ids held by each expert-parallel rank." + RESERVED
     )
-    power_cap_watts: float | None = Field(default=None, description="Per-GPU power cap in force, if any.")
+    power_cap_watts: float | None = Field(default=None, description="Per-GPU power cap in force, if any." + RESERVED)
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, ...")
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import ApiModel, Condition, ObjectMeta
+from crds.base import RESERVED, ApiModel, Condition, ObjectMeta
 
 
 class CappingPolicy(ApiModel):
@@ -14,16 +14,17 @@ class CappingPolicy(ApiModel):
 
     order: Literal["LowestPriorityFirst", "Proportional"] = Field(
         default="LowestPriorityFirst",
-        description="LowestPriorityFirst caps the lowest-priority pods' GPUs first; Proportional caps all alike.",
+        description="LowestPriorityFirst caps the lowest-priority pods' GPUs first; Proportional caps all alike."
+        + RESERVED,
     )
     floor_watts_per_gpu: float = Field(
-        default=0, ge=0, le=2000, description="Never cap a GPU below this (0 = the GPU's own minimum)."
+        default=0, ge=0, le=2000, description="Never cap a GPU below this (0 = the GPU's own minimum)." + RESERVED
     )
     hysteresis_percent: float = Field(
-        default=5, ge=0, le=50, description="Lift caps only once draw is this far below the budget."
+        default=5, ge=0, le=50, description="Lift caps only once draw is this far below the budget." + RESERVED
     )
     exempt_priority_above: int | None = Field(
-        default=None, description="Pods with priority above this value are never capped."
+        default=None, description="Pods with priority above this value are never capped." + RESERVED
     )
 
 
@@ -45,11 +46,13 @@ class PowerBudgetStatus(ApiModel):
     nodes: int | None = Field(default=None, description="Nodes in the domain.")
     gpus: int | None = Field(default=None, description="GPUs in the domain.")
     peak_watts: float | None = Field(default=None, description="Sum of the domain GPUs' TDP.")
-    drawn_watts: float | None = Field(default=None, description="Measured draw.")
-    forecast_watts: float | None = Field(default=None, description="Forecast draw over the control horizon.")
-    headroom_watts: float | None = Field(default=None, description="Budget minus drawn watts.")
+    drawn_watts: float | None = Field(default=None, description="Measured draw." + RESERVED)
+    forecast_watts: float | None = Field(default=None, description="Forecast draw over the control horizon." + RESERVED)
+    headroom_watts: float | None = Field(default=None, description="Budget minus drawn watts." + RESERVED)
     oversubscription: float | None = Field(default=None, description="peakWatts / budgetWatts.")
-    caps: dict[str, float] = Field(default_factory=dict, description="Per-GPU cap in force, per node (watts).")
+    caps: dict[str, float] = Field(
+        default_factory=dict, description="Per-GPU cap in force, per node (watts)." + RESERVED
+    )
     observed_generation: int | None = Field(default=None, description="The generation this status reflects.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Degraded, ...")
 
