@@ -192,3 +192,27 @@ def generic_model(
         experts_per_token=experts_per_token if architecture == "moe" else 0,
         max_context=8192,
     )
+
+
+def resolve_model(
+    name: str,
+    params_b: float,
+    architecture: Architecture = "dense",
+    experts: int = 0,
+    active_params_b: float | None = None,
+    *,
+    experts_per_token: int = 2,
+) -> ModelSpec:
+    """The catalogue's model of that name, else a generic shape of that size: what validation, the capacity seed
+    and the simulator all reason about, so they agree on whether it fits. Raises ValueError on an impossible shape."""
+    known = lookup_model(name)
+    if known is not None:
+        return known
+    return generic_model(
+        params_b,
+        architecture,
+        experts if architecture == "moe" else 0,
+        active_params_b,
+        experts_per_token=experts_per_token,
+        name=name,
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from catalogue.gpus import GPU_RESOURCE
+from catalogue.models import generic_model
 from controllers.planners.conditions import parse_rfc3339, report_problem, rfc3339, set_condition
 from controllers.planners.engines import DEFAULT_IMAGES, trainer_command
 from controllers.planners.gangs import Owner, gpu_pod
@@ -48,7 +49,13 @@ def semantic_problem(job: FineTuneJob, priority_classes: Collection[str]) -> Pro
     factor = QLORA_MEMORY_FACTOR if s.method == "qlora" else LORA_MEMORY_FACTOR
     return first_problem(
         check_gpu_types("spec.gpu.types", s.gpu.types),
-        check_fits("spec.baseModel.parametersB", s.base_model.parameters_b * factor, s.gpu.count, s.gpu.types),
+        # Training holds more than the weights (LoRA) or quantised weights (QLoRA): a model of the scaled size.
+        check_fits(
+            "spec.baseModel.parametersB",
+            generic_model(s.base_model.parameters_b * factor, name=s.base_model.name),
+            s.gpu.count,
+            s.gpu.types,
+        ),
         check_priority_class("spec.priorityClassName", s.priority_class_name, priority_classes),
     )
 

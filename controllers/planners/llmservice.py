@@ -7,12 +7,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from catalogue.models import ModelSpec as CatalogueModel
+from catalogue.models import resolve_model
 from controllers.planners.conditions import report_problem, set_condition
 from controllers.planners.gangs import Owner, gangs_gpus, pod_roles, replica_pods
 from controllers.planners.snapshot import PodView
 from controllers.planners.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
 from crds import labels as L
-from crds.llmservice import LLMService
+from crds.llmservice import LLMService, ModelSpec
 from crds.reasons import ConditionType, EventType, Reason
 
 
@@ -28,14 +30,30 @@ class ServicePlan:
     problem: Problem | None = None
 
 
+def model_of(m: ModelSpec) -> CatalogueModel:
+    """The catalogue's view of the served model (known by name, else a generic shape of its size)."""
+    return resolve_model(
+        m.name,
+        m.parameters_b,
+        m.architecture,
+        m.experts or 0,
+        m.active_parameters_b,
+        experts_per_token=m.experts_per_token or 2,
+    )
+
+
 def semantic_problem(svc: LLMService, priority_classes: Collection[str]) -> Problem | None:
     """The first reason this service cannot run as written, if any."""
     s = svc.spec
     # With prefill/decode roles each role pod holds the whole model on gpu.count GPUs; otherwise the
     # replica's gpu.count GPUs hold it together.
+    try:
+        model = model_of(s.model)
+    except ValueError as err:
+        return Problem(Reason.INVALID_SPEC, f"spec.model: {err}")
     return first_problem(
         check_gpu_types("spec.gpu.types", s.gpu.types),
-        check_fits("spec.model.parametersB", s.model.parameters_b, s.gpu.count, s.gpu.types),
+        check_fits("spec.model.parametersB", model, s.gpu.count, s.gpu.types),
         check_priority_class("spec.priorityClassName", s.priority_class_name, priority_classes),
     )
 

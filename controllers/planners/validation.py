@@ -6,11 +6,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from catalogue.gpus import GPU_PROFILES, GPUProfile, known_gpu_names, lookup_gpu
+from catalogue.models import ModelSpec
+from catalogue.perf import PerfModel
 from crds.reasons import Reason
-
-BYTES_PER_PARAM = 2.0  # BF16 weights
-USABLE_MEMORY = 0.9  # what engines may use by default (vLLM's gpu_memory_utilization)
-MIN_KV_SHARE = 0.05  # keep at least this share of usable memory for the KV cache
 
 
 @dataclass(frozen=True)
@@ -46,27 +44,17 @@ def check_gpu_types(field: str, types: list[str]) -> Problem | None:
     return None
 
 
-def weights_gb(parameters_b: float) -> float:
-    """BF16 weight bytes of a model, in GB."""
-    return parameters_b * BYTES_PER_PARAM
-
-
-def check_fits(field: str, parameters_b: float, gpus: int, types: list[str]) -> Problem | None:
-    """ModelDoesNotFit when on no allowed product do `gpus` GPUs hold the weights plus a KV-cache share."""
+def check_fits(field: str, model: ModelSpec, gpus: int, types: list[str]) -> Problem | None:
+    """ModelDoesNotFit when on no allowed product do `gpus` GPUs hold the weights plus a KV-cache block: the
+    catalogue's performance model decides, the same one the capacity seed and the simulated engines use."""
     profiles, _ = allowed_gpus(types)
     if not profiles:
         return None  # nothing known to check against; check_gpu_types reports the unknown names
-    need = weights_gb(parameters_b)
-    fitting = [p for p in profiles if gpus * p.memory_gb * USABLE_MEMORY * (1 - MIN_KV_SHARE) >= need]
-    if fitting:
+    models = [PerfModel(model, p, tensor_parallel=gpus) for p in profiles]
+    if any(m.fits for m in models):
         return None
-    best = max(profiles, key=lambda p: p.memory_gb)
-    return Problem(
-        Reason.MODEL_DOES_NOT_FIT,
-        f"{field}: {parameters_b:g}B parameters need {need:.0f} GB of BF16 weights, but {gpus} x "
-        f"{best.short_name} ({best.memory_gb:g} GB each) leave {gpus * best.memory_gb * USABLE_MEMORY:.0f} GB usable; "
-        f"raise the GPU count or allow larger GPUs",
-    )
+    best = max(models, key=lambda m: m.gpu.memory_gb)
+    return Problem(Reason.MODEL_DOES_NOT_FIT, f"{field}: {best.fit_problem()}")
 
 
 def check_priority_class(field: str, name: str | None, existing: Collection[str]) -> Problem | None:

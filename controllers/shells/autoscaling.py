@@ -20,8 +20,8 @@ from autoscaler.policies import make_policy
 from autoscaler.profile import engine_profile
 from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
 from catalogue.gpus import lookup_gpu
-from catalogue.models import generic_model, lookup_model
 from controllers.planners.conditions import parse_rfc3339, set_condition
+from controllers.planners.llmservice import model_of
 from controllers.planners.snapshot import PodView
 from crds import labels as L
 from crds.llmservice import LLMService
@@ -39,8 +39,7 @@ def slo_of(svc: LLMService) -> SLO:
 
 def profile_of(svc: LLMService) -> EngineProfile:
     """Seed capacity from the calibrated performance model of the service's model on its GPU."""
-    m = svc.spec.model
-    model = lookup_model(m.name) or generic_model(m.parameters_b, m.architecture, m.experts or 0, m.active_parameters_b)
+    model = model_of(svc.spec.model)
     # The first allowed GPU product (H100 when any is allowed); the capacity learner corrects the seed online.
     names = list(svc.spec.gpu.types)
     gpu = next(g for g in (lookup_gpu(n) for n in [*names, "H100"]) if g is not None)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal, NoReturn
 
 from catalogue.gpus import GPUProfile, known_gpu_names, lookup_gpu
-from catalogue.models import ModelSpec, generic_model, known_model_names, lookup_model
+from catalogue.models import ModelSpec, known_model_names, lookup_model, resolve_model
 from catalogue.perf import DEFAULT_CALIBRATION, Calibration, PerfModel
 from catalogue.power import PowerLimitError, validate_power_limit
 from simulator.batching import Role
@@ -125,22 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_model(ns: argparse.Namespace) -> ModelSpec:
-    spec = lookup_model(ns.model)
-    if spec is not None:
-        return spec
-    if ns.params_b is None:
+    if ns.params_b is None and lookup_model(ns.model) is None:
         raise EngineConfigError(
             f"--model: unknown model {ns.model!r}; pass --params-b (and --architecture moe --experts N for "
             f"a mixture of experts) to simulate it, or use one of: {', '.join(known_model_names())}"
         )
     try:
-        return generic_model(
+        # The operator's validation and capacity seed resolve the model the same way (catalogue.models).
+        return resolve_model(
+            ns.model,
             ns.params_b,
             ns.architecture,
-            ns.experts if ns.architecture == "moe" else 0,
+            ns.experts or 0,
             ns.active_params_b,
             experts_per_token=ns.experts_per_token,
-            name=ns.model,
         )
     except ValueError as exc:
         flag = "--experts" if "expert" in str(exc) else "--params-b"
