@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controllers.planners.conditions import report_problem, set_condition
+from controllers.planners.drain import DrainTiming, draining_gangs, may_delete
 from controllers.planners.gangs import Owner, gangs_gpus, pod_roles, replica_pods
 from controllers.planners.snapshot import PodView
 from controllers.planners.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
@@ -48,8 +49,10 @@ def plan_service(
     drained: Mapping[int, bool],
     now: float,
     scheduler_name: str = "default-scheduler",
+    deregistration_s: float = 0.0,
 ) -> ServicePlan:
-    """Decide one reconcile pass. `drained` says which draining replicas' engines report no in-flight work."""
+    """Decide one reconcile pass. `drained` says which draining replicas' engines, asked to stop, report no
+    in-flight work (controllers/planners/drain.py decides when to ask and when a gang may go)."""
     spec, name = svc.spec, svc.metadata.name
     owner = Owner("LLMService", name, svc.metadata.namespace or "default", uid)
     plan = ServicePlan()
@@ -115,10 +118,9 @@ def plan_service(
                 m for m in replica_pods(owner, spec, r, scheduler_name) if m["metadata"]["name"] not in have
             ]
 
-    for r in draining:
-        started = min(p.draining_since or now for p in by_replica[r])
-        if drained.get(r) or now - started >= spec.drain_grace_period_seconds:
-            plan.delete += [p.name for p in by_replica[r] if not p.deleting]
+    for gang in draining_gangs(pods, now, DrainTiming(deregistration_s, spec.drain_grace_period_seconds)):
+        if may_delete(gang.stage, drained.get(gang.replica, False)):
+            plan.delete += [p.name for p in by_replica[gang.replica] if not p.deleting]
 
     ready = sum(1 for r in active if len(by_replica.get(r, [])) == members and all(p.ready for p in by_replica[r]))
     unsched = next((p.unschedulable for r in active for p in by_replica.get(r, []) if p.unschedulable), None)

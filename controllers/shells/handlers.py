@@ -18,6 +18,7 @@ from adapters.kube import ApiError, Kube, NetworkError
 from autoscaler.cluster import ClusterForecast
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE
 from catalogue.gpus import GPU_RESOURCE
+from controllers.planners.drain import DrainingGang, DrainStage, DrainTiming, draining_gangs
 from controllers.planners.finetune import TrainerReport, checkpoint_due, plan_job
 from controllers.planners.gangs import Owner, pdb_manifest, service_manifests
 from controllers.planners.llmservice import plan_service
@@ -191,6 +192,14 @@ async def _fetch(
         raise kopf.PermanentError(status["conditions"][-1]["message"]) from e
 
 
+async def _engines_idle(gang: DrainingGang, port: int) -> bool:
+    """Ask a draining gang's engines to stop admitting; True when none of them has work in flight."""
+    r = rt()
+    urls = [u for u in (engine_url(p, port) for p in gang.entry_pods) if u]
+    await asyncio.gather(*(r.engines.start_drain(u) for u in urls))
+    return all(await asyncio.gather(*(r.engines.drained(u) for u in urls)))
+
+
 @_timed("LLMService")
 async def reconcile_service(namespace: str, name: str, full: bool) -> None:
     r = rt()
@@ -199,27 +208,20 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         return
     body, svc = fetched
     pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")]
-    draining: dict[int, list[PodView]] = {}
-    for p in pods:
-        if p.draining_since is not None and not p.deleting:
-            draining.setdefault(p.replica, []).append(p)
     now = r.clock()
-    drained: dict[int, bool] = {}
-    for replica, members in draining.items():
-        started = min(p.draining_since or now for p in members)
-        if now - started < r.deregistration_seconds:
-            # Routers (Service endpoints, gateways) first stop sending new requests to the gang; only then
-            # does its engine stop admitting, so no request is refused mid-flight.
-            drained[replica] = False
-            continue
-        urls = [
-            u for u in (engine_url(p, svc.spec.engine.port) for p in members if p.labels.get(L.ROLE) != "worker") if u
-        ]
-        await asyncio.gather(*(r.engines.start_drain(u) for u in urls))
-        results = await asyncio.gather(*(r.engines.drained(u) for u in urls))
-        drained[replica] = all(results)
+    draining = draining_gangs(pods, now, DrainTiming(r.deregistration_seconds, svc.spec.drain_grace_period_seconds))
+    drained = {
+        g.replica: await _engines_idle(g, svc.spec.engine.port) for g in draining if g.stage == DrainStage.STOPPING
+    }
     plan = plan_service(
-        svc, body["metadata"]["uid"], pods, await r.kube.priority_classes(), drained, now, r.scheduler_name
+        svc,
+        body["metadata"]["uid"],
+        pods,
+        await r.kube.priority_classes(),
+        drained,
+        now,
+        r.scheduler_name,
+        r.deregistration_seconds,
     )
     if plan.problem is not None:
         M.SEMANTIC_ERRORS.labels("LLMService", plan.problem.reason).inc()

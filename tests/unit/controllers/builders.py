@@ -24,10 +24,11 @@ def service(replicas: int = 2, **spec: Any) -> LLMService:
 
 
 def pod(replica: int, role: str = "server", ready: bool = True, phase: str = "Running", **ann: str) -> PodView:
+    """A pod of replica `replica`; a role with a rank (`worker-0`) is labelled with the role alone, as gangs are."""
     name = f"svc-r{replica}" if role == "server" else f"svc-r{replica}-{role}"
     return PodView(
         name=name,
-        labels={L.SERVICE: "svc", L.REPLICA: str(replica), L.ROLE: role},
+        labels={L.SERVICE: "svc", L.REPLICA: str(replica), L.ROLE: role.split("-")[0]},
         annotations=dict(ann),
         phase=phase,
         ready=ready,
