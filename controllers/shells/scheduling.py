@@ -19,10 +19,12 @@ from adapters import operator_metrics as M
 from adapters.kube import ApiError, Kube
 from catalogue.gpus import GPU_RESOURCE, lookup_gpu
 from controllers.planners.conditions import parse_rfc3339, rfc3339
+from controllers.planners.finetune import preemption_request
 from controllers.planners.packing import GPU_INDICES, JobInfo, build_snapshot, gang_key
 from crds import labels as L
 from crds.reasons import ConditionType, EventType, Reason
 from packer import Packer, PackerConfig
+from packer.checkpoint import CheckpointAction, CheckpointState, checkpoint_step
 from packer.plan import Plan, Verdict
 from packer.snapshot import GPU_MILLI, ClusterSnapshot, Gang, GangKind, PodRequest, ServiceBudget, Toleration
 
@@ -121,17 +123,20 @@ class Scheduler:
                 continue
             vns = e.gang.split("/", 1)[0]
             victim_pods = [p for key, p in by_name.items() if gang_key(p) == e.gang and p["spec"].get("nodeName")]
-            if victim.kind == GangKind.FINETUNE and e.checkpoint_first:
-                job_name = (victim_pods[0]["metadata"].get("labels") or {}).get(L.FINETUNE) if victim_pods else None
-                job = job_by_key.get(f"{vns}/{job_name}")
-                if job is None or L.PREEMPT in (job["metadata"].get("annotations") or {}):
-                    continue
+            job_name = (victim_pods[0]["metadata"].get("labels") or {}).get(L.FINETUNE) if victim_pods else None
+            job = job_by_key.get(f"{vns}/{job_name}") if victim.kind == GangKind.FINETUNE else None
+            requested, deadline = preemption_request((job["metadata"].get("annotations") or {}) if job else {})
+            handshake = CheckpointState(e.checkpoint_first and job is not None, requested, deadline)
+            decision = checkpoint_step(handshake, now, self.checkpoint_deadline_s)
+            if decision.action == CheckpointAction.WAIT:
+                continue
+            if decision.action == CheckpointAction.REQUEST_CHECKPOINT and job is not None:
                 note = f"{PREEMPT_PREFIX}{e.preemptor} (priority above {e.priority}) needs the GPUs; {e.reason}"
                 await self.kube.patch_object_metadata(
                     "finetunejobs",
                     vns,
                     job["metadata"]["name"],
-                    {L.PREEMPT: note[:250], L.PREEMPT_DEADLINE: f"{now + self.checkpoint_deadline_s:.0f}"},
+                    {L.PREEMPT: note[:250], L.PREEMPT_DEADLINE: f"{decision.deadline:.0f}"},
                 )
                 await self._event(
                     job, EventType.WARNING, Reason.PREEMPTION_REQUESTED, f"checkpoint, then yield to {e.preemptor}"
@@ -141,8 +146,13 @@ class Scheduler:
                     await self.kube.delete_pod(vns, p["metadata"]["name"])
                 if victim_pods:
                     await self._event(
-                        victim_pods[0], EventType.WARNING, Reason.PREEMPTED, f"evicted for {e.preemptor}: {e.reason}"
+                        victim_pods[0],
+                        EventType.WARNING,
+                        Reason.PREEMPTED,
+                        f"evicted for {e.preemptor} ({decision.reason}): {e.reason}",
                     )
+            if requested:
+                continue  # counted when the checkpoint was requested
             M.PREEMPTIONS.labels(vns, victim.kind.value).inc()
             M.PREEMPTIONS_BY_REASON.labels("checkpoint-first" if e.checkpoint_first else "evict").inc()
             preemptor_pods = [p for p in by_name.values() if gang_key(p) == e.preemptor]
