@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import ApiModel, Condition, ObjectMeta
+from crds.base import ApiModel, Condition, ObjectMeta, conditions_field
 
 
 class ModelSpec(ApiModel):
@@ -282,7 +282,7 @@ class LLMServiceStatus(ApiModel):
         default=None, description="MoE: expert ids held by each expert-parallel rank."
     )
     power_cap_watts: float | None = Field(default=None, description="Per-GPU power cap in force, if any.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, ...")
+    conditions: list[Condition] = conditions_field("Ready, Progressing, Degraded, ...")
 
 
 class LLMService(ApiModel):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import ApiModel, Condition, ObjectMeta
+from crds.base import ApiModel, Condition, ObjectMeta, conditions_field
 
 
 class CappingPolicy(ApiModel):
@@ -51,7 +51,7 @@ class PowerBudgetStatus(ApiModel):
     oversubscription: float | None = Field(default=None, description="peakWatts / budgetWatts.")
     caps: dict[str, float] = Field(default_factory=dict, description="Per-GPU cap in force, per node (watts).")
     observed_generation: int | None = Field(default=None, description="The generation this status reflects.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Degraded, ...")
+    conditions: list[Condition] = conditions_field("Ready, Degraded, ...")
 
 
 class PowerBudget(ApiModel):

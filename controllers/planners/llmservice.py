@@ -16,6 +16,13 @@ from crds import labels as L
 from crds.llmservice import LLMService
 from crds.reasons import ConditionType, EventType, Reason
 
+# What the reconciler writes of an LLMService's status; the autoscaler writes the rest (desiredReplicas, forecast
+# and its own conditions, controllers/shells/autoscaling.py). Each applies only its own fields: one writer per field.
+OWNED_FIELDS = frozenset(
+    {"replicas", "readyReplicas", "ready", "selector", "gpus", "podsPerReplica", "phase", "observedGeneration"}
+)
+OWNED_CONDITIONS = frozenset({ConditionType.READY, ConditionType.PROGRESSING, ConditionType.DEGRADED})
+
 
 @dataclass
 class ServicePlan:
@@ -24,7 +31,7 @@ class ServicePlan:
     create: list[dict[str, Any]] = field(default_factory=list)
     start_drain: list[int] = field(default_factory=list)  # replica indices to drain, newest first
     delete: list[str] = field(default_factory=list)  # pod names
-    status: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)  # the reconciler's fields only (OWNED_FIELDS, conditions)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     problem: Problem | None = None
 
@@ -56,8 +63,9 @@ def plan_service(
     spec, name = svc.spec, svc.metadata.name
     owner = Owner("LLMService", name, svc.metadata.namespace or "default", uid)
     plan = ServicePlan()
-    status = svc.status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    conditions: list[dict[str, Any]] = list(status.get("conditions", []))
+    current = svc.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    status = {k: v for k, v in current.items() if k in OWNED_FIELDS}
+    conditions = [c for c in current.get("conditions", []) if c["type"] in OWNED_CONDITIONS]
     gen = svc.metadata.generation
 
     by_replica: dict[int, list[PodView]] = defaultdict(list)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.kube import FieldManager, Kube, load_config
+from autoscaler.types import ScalingDecision
+from controllers.planners.llmservice import plan_service
+from controllers.planners.snapshot import pod_view
+from controllers.shells.autoscaling import decision_status
+from crds.llmservice import LLMService
 from tests.integration.conftest import Proc
 from tests.kube import (
     ROOT,
@@ -156,3 +163,50 @@ def test_operator_serves_metrics_and_health(operator: Proc, ns: str) -> None:
     health = httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz")  # type: ignore[attr-defined]
     assert health.status_code == 200
     json.loads(health.text or "{}")
+
+
+def owned_conditions(obj: dict[str, Any], manager: str) -> set[str]:
+    """The condition types a field manager owns in the object's status (from metadata.managedFields)."""
+    owned: set[str] = set()
+    for entry in obj["metadata"].get("managedFields", []):
+        if entry["manager"] == manager and entry.get("subresource") == "status":
+            conditions = ((entry.get("fieldsV1") or {}).get("f:status") or {}).get("f:conditions") or {}
+            owned |= {json.loads(k[2:])["type"] for k in conditions if k.startswith("k:")}
+    return owned
+
+
+def test_the_autoscalers_and_the_reconcilers_conditions_survive_each_other(cluster: Cluster, ns: str) -> None:
+    manifest = (EXAMPLES / "dense-service.yaml").read_text()
+    manifest = manifest.replace("replicas: 2 ", "replicas: 1 ").replace("maxReplicas: 4", "maxReplicas: 1")
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=manifest.replace("policy: none ", "policy: forecast "))
+    reconciler = {"Ready", "Progressing", "Degraded"}
+    autoscaler = {"AutoscalerDegraded"}
+
+    def both_written() -> dict[str, Any] | None:
+        obj: dict[str, Any] = cluster.get("llms", "llama3-8b", "-n", ns)
+        have = {c["type"] for c in (obj.get("status") or {}).get("conditions", [])}
+        return obj if reconciler | autoscaler <= have else None
+
+    wait_until("both writers' conditions", both_written, 90)
+    obj = cluster.get("llms", "llama3-8b", "-n", ns, "--show-managed-fields")
+    assert reconciler <= owned_conditions(obj, FieldManager.RECONCILER)
+    assert autoscaler <= owned_conditions(obj, FieldManager.AUTOSCALER)
+    assert not owned_conditions(obj, FieldManager.RECONCILER) & owned_conditions(obj, FieldManager.AUTOSCALER)
+
+    # Each writer now applies what it would compute from a stale read that never saw the other's conditions:
+    # with one merge-patched list this erased the other's; with one field manager each, it cannot.
+    stale = LLMService.model_validate({**obj, "status": {}})
+    pods = [pod_view(p) for p in service_pods(cluster, ns, "llama3-8b")]
+    kube = Kube(load_config(str(cluster.kubeconfig)))
+    asyncio.run(
+        kube.apply_status(
+            "llmservices", ns, "llama3-8b", decision_status({}, ScalingDecision(1, "stale"), 0.0, 1),
+            FieldManager.AUTOSCALER,
+        )
+    )  # fmt: skip
+    after = {c["type"] for c in cluster.get("llms", "llama3-8b", "-n", ns)["status"]["conditions"]}
+    assert reconciler <= after, f"the autoscaler's write erased the reconciler's conditions: {after}"
+    status = plan_service(stale, obj["metadata"]["uid"], pods, set(), {}, 0.0).status
+    asyncio.run(kube.apply_status("llmservices", ns, "llama3-8b", status, FieldManager.RECONCILER))
+    after = {c["type"] for c in cluster.get("llms", "llama3-8b", "-n", ns)["status"]["conditions"]}
+    assert autoscaler <= after, f"the reconciler's write erased the autoscaler's conditions: {after}"
