@@ -271,6 +271,9 @@ class LLMServiceStatus(ApiModel):
 
     replicas: int = Field(default=0, description="Replica gangs that exist (scale subresource).")
     ready_replicas: int = Field(default=0, description="Replica gangs whose pods are all Ready.")
+    updated_replicas: int | None = Field(
+        default=None, description="Replica gangs built from the current pod template; the others are being replaced."
+    )
     ready: str | None = Field(default=None, description="ready/desired, for kubectl get.")
     desired_replicas: int | None = Field(default=None, description="What the autoscaler last asked for.")
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
