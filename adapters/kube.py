@@ -10,15 +10,25 @@ import asyncio
 import json
 import logging
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, cast
 
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from crds.base import GROUP, VERSION
+from crds.base import API_VERSION, GROUP, VERSION
 
 log = logging.getLogger(__name__)
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (JSON is YAML)
+KINDS = {"llmservices": "LLMService", "finetunejobs": "FineTuneJob", "powerbudgets": "PowerBudget"}
+
+
+class FieldManager(StrEnum):
+    """Who writes a status field. One writer per field: each applies only the fields it owns."""
+
+    RECONCILER = "ebbtide-reconciler"  # the reconcilers: gangs, replicas, phase, Ready/Progressing/Degraded, ...
+    AUTOSCALER = "ebbtide-autoscaler"  # the autoscaler: desiredReplicas, forecast, AutoscalerDegraded, SLOAttainable
 
 # The facade's errors. Shells catch these names, never the client library's, so only this module depends on
 # it: ApiError is the API server's answer (status, reason, body); NetworkError is no answer at all.
@@ -66,13 +76,23 @@ class Kube:
                 return None
             raise
 
-    async def patch_status(self, plural: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
-        body = {"status": status}
+    async def apply_status(
+        self, plural: str, namespace: str | None, name: str, status: dict[str, Any], manager: FieldManager
+    ) -> None:
+        """Server-side apply of `status` as `manager`: it owns exactly the fields it sends (each condition by its
+        type), a field it sent before and leaves out now is removed, and other managers' fields are untouched."""
+        metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+        body = {"apiVersion": API_VERSION, "kind": KINDS[plural], "metadata": metadata, "status": status}
+        # force: Ebbtide's writers never share a field, so a conflict can only be with a field an older operator
+        # wrote by merge patch; the writer that owns it now takes it over.
+        options: dict[str, Any] = {"field_manager": manager, "force": True, "_content_type": APPLY_PATCH}
 
         def call() -> Any:
             if namespace is None:
-                return self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body)
-            return self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)
+                return self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body, **options)
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, body, **options
+            )
 
         try:
             await asyncio.to_thread(call)

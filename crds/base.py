@@ -39,6 +39,16 @@ class Condition(ApiModel):
     )
 
 
+def conditions_field(description: str) -> Any:
+    """`status.conditions` as a list-map keyed by `type`: under server-side apply each writer (field manager) owns
+    the conditions it sends, so two writers never erase each other's conditions."""
+    return Field(
+        default_factory=list,
+        description=description,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
 class ObjectMeta(BaseModel):
     """The part of metadata the pure cores read; everything else passes through untouched."""
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import RESERVED, ApiModel, Condition, ObjectMeta
+from crds.base import RESERVED, ApiModel, Condition, ObjectMeta, conditions_field
 
 FineTunePhase = Literal["Pending", "Running", "Checkpointing", "Preempted", "Succeeded", "Failed"]
 
@@ -150,7 +150,7 @@ class FineTuneJobStatus(ApiModel):
     start_time: str | None = Field(default=None, description="When the first worker started.")
     completion_time: str | None = Field(default=None, description="When the job finished.")
     observed_generation: int | None = Field(default=None, description="The generation this status reflects.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Preempted, Degraded, ...")
+    conditions: list[Condition] = conditions_field("Ready, Preempted, Degraded, ...")
 
 
 class FineTuneJob(ApiModel):

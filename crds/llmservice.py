@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import RESERVED, ApiModel, Condition, ObjectMeta
+from crds.base import RESERVED, ApiModel, Condition, ObjectMeta, conditions_field
 
 
 class ModelSpec(ApiModel):
@@ -271,6 +271,9 @@ class LLMServiceStatus(ApiModel):
 
     replicas: int = Field(default=0, description="Replica gangs that exist (scale subresource).")
     ready_replicas: int = Field(default=0, description="Replica gangs whose pods are all Ready.")
+    updated_replicas: int | None = Field(
+        default=None, description="Replica gangs built from the current pod template; the others are being replaced."
+    )
     ready: str | None = Field(default=None, description="ready/desired, for kubectl get.")
     desired_replicas: int | None = Field(default=None, description="What the autoscaler last asked for.")
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
@@ -282,7 +285,7 @@ class LLMServiceStatus(ApiModel):
         default=None, description="MoE: expert ids held by each expert-parallel rank." + RESERVED
     )
     power_cap_watts: float | None = Field(default=None, description="Per-GPU power cap in force, if any." + RESERVED)
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, ...")
+    conditions: list[Condition] = conditions_field("Ready, Progressing, Degraded, ...")
 
 
 class LLMService(ApiModel):

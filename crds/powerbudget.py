@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import RESERVED, ApiModel, Condition, ObjectMeta
+from crds.base import RESERVED, ApiModel, Condition, ObjectMeta, conditions_field
 
 
 class CappingPolicy(ApiModel):
@@ -54,7 +54,7 @@ class PowerBudgetStatus(ApiModel):
         default_factory=dict, description="Per-GPU cap in force, per node (watts)." + RESERVED
     )
     observed_generation: int | None = Field(default=None, description="The generation this status reflects.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Degraded, ...")
+    conditions: list[Condition] = conditions_field("Ready, Degraded, ...")
 
 
 class PowerBudget(ApiModel):

@@ -50,6 +50,7 @@ class Reason(StrEnum):
     HEALTHY = "Healthy"
     DEGRADED = "Degraded"
     GANG_RESTARTED = "GangRestarted"
+    ROLLING_UPDATE = "RollingUpdate"
     # Autoscaling.
     AUTOSCALED = "Autoscaled"
     AUTOSCALER_DEGRADED = "AutoscalerDegraded"

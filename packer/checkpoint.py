@@ -1,7 +1,11 @@
-"""The checkpoint-before-evict handshake for preempted fine-tuning gangs, as a pure state machine.
+"""Checkpoint or delete: the one handshake before a preempted fine-tuning gang gives up its GPUs.
 
-The shell calls `checkpoint_step` each time it looks at a victim: first it asks the trainer for a checkpoint, then
-waits, and evicts once the checkpoint is confirmed or the deadline has passed. Time is the caller's `now`.
+Two shells walk the same state machine. The packer's shell calls `checkpoint_step` for each eviction its plan
+makes: a preemptible FineTuneJob is asked to checkpoint (a request with a deadline, written on the job), anything
+else is evicted at once. The FineTuneJob controller calls it on every pass while a request stands: it keeps asking
+the trainer for a checkpoint and evicts the workers once one is confirmed, once none can come (the workers are not
+all running), or once the deadline has passed. Whichever shell looks first after the deadline evicts, so the
+preemptor's wait is bounded even when the job's reconcile is behind. Time is the caller's `now`.
 """
 
 from __future__ import annotations
@@ -13,43 +17,45 @@ from enum import StrEnum
 class CheckpointAction(StrEnum):
     """What the shell should do with a victim now."""
 
-    REQUEST_CHECKPOINT = "request_checkpoint"  # annotate the gang / call the trainer endpoint, record the time
-    WAIT = "wait"  # look again after `wait_s`
-    EVICT = "evict"  # delete the gang's pods
+    REQUEST_CHECKPOINT = "request_checkpoint"  # ask the job to checkpoint before it goes, with `deadline`
+    WAIT = "wait"  # the request stands: the job's controller asks the trainer and looks again
+    EVICT = "evict"  # delete the gang's pods now
 
 
 @dataclass(frozen=True)
 class CheckpointState:
-    """What the shell knows about one victim's handshake."""
+    """What the calling shell knows of one victim's handshake."""
 
-    gang: str
-    checkpoint_first: bool  # the plan marked it (preemptible fine-tuning)
-    requested_at: float | None = None  # when the checkpoint was requested
-    confirmed_at: float | None = None  # time of the latest checkpoint the trainer confirmed
+    checkpoint_first: bool  # a preemptible fine-tuning gang (the plan's Eviction.checkpoint_first)
+    requested: bool = False  # a checkpoint has been asked for
+    deadline: float | None = None  # when eviction proceeds without a checkpoint; None waits for one
+    trainer_running: bool = True  # every worker of the attempt runs, so a checkpoint can still come
+    confirmed: bool = False  # the trainer confirmed a checkpoint since the request
 
 
 @dataclass(frozen=True)
 class CheckpointDecision:
-    """The action, why, and how long to wait before asking again (WAIT only)."""
+    """The action and why; a request carries the deadline to write with it."""
 
     action: CheckpointAction
     reason: str
-    wait_s: float = 0.0
+    deadline: float | None = None
 
 
-def checkpoint_step(state: CheckpointState, now: float, deadline_s: float) -> CheckpointDecision:
-    """Next step of the handshake: request a checkpoint, wait for it, or evict."""
-    if deadline_s <= 0:
+def checkpoint_step(state: CheckpointState, now: float, deadline_s: float | None = None) -> CheckpointDecision:
+    """Next step of the handshake: request a checkpoint (due `deadline_s` from now; None: no deadline, as a
+    user's own request has), wait for it, or evict."""
+    if deadline_s is not None and deadline_s <= 0:
         raise ValueError("the checkpoint deadline must be positive")
     if not state.checkpoint_first:
-        return CheckpointDecision(CheckpointAction.EVICT, "no checkpoint handshake for this gang")
-    if state.requested_at is None:
-        return CheckpointDecision(CheckpointAction.REQUEST_CHECKPOINT, "checkpoint requested before eviction")
-    if state.confirmed_at is not None and state.confirmed_at >= state.requested_at:
-        return CheckpointDecision(CheckpointAction.EVICT, f"checkpoint confirmed at {state.confirmed_at:g}")
-    elapsed = max(0.0, now - state.requested_at)
-    if elapsed >= deadline_s:
-        return CheckpointDecision(
-            CheckpointAction.EVICT, f"no checkpoint confirmed within the {deadline_s:g}s deadline"
-        )
-    return CheckpointDecision(CheckpointAction.WAIT, "waiting for the checkpoint", wait_s=deadline_s - elapsed)
+        return CheckpointDecision(CheckpointAction.EVICT, "not preemptible with a checkpoint")
+    if not state.requested:
+        deadline = now + deadline_s if deadline_s is not None else None
+        return CheckpointDecision(CheckpointAction.REQUEST_CHECKPOINT, "checkpoint requested before eviction", deadline)
+    if state.confirmed:
+        return CheckpointDecision(CheckpointAction.EVICT, "checkpoint confirmed")
+    if not state.trainer_running:
+        return CheckpointDecision(CheckpointAction.EVICT, "no running trainer to checkpoint")
+    if state.deadline is not None and now >= state.deadline:
+        return CheckpointDecision(CheckpointAction.EVICT, "no checkpoint confirmed before the deadline")
+    return CheckpointDecision(CheckpointAction.WAIT, "waiting for the checkpoint")

@@ -1,11 +1,13 @@
-"""Kubernetes-style conditions: set one, keeping lastTransitionTime unless the status really changed."""
+"""Kubernetes-style conditions and status writes: set a condition (keeping lastTransitionTime unless the status
+really changed), the status of an object the API types reject, and whether a writer's status is already in place."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from crds.reasons import ConditionType, EventType
+from crds.reasons import ConditionType, EventType, Reason
 
 
 def rfc3339(epoch: float) -> str:
@@ -65,3 +67,27 @@ def parse_rfc3339(raw: str | None) -> float | None:
         return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def invalid_spec_status(
+    conditions: list[dict[str, Any]], message: str, now: float, generation: int | None
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """(status, events) of an object the API types reject (e.g. stored before a schema change): phase Failed and
+    Ready=False InvalidSpec, with a Warning only when the reason is new. Only Ready is written, so the writer's
+    other conditions go: nothing else it said of the object holds while the spec cannot be read."""
+    ready = [c for c in conditions if c.get("type") == ConditionType.READY]
+    conds, events = report_problem(ready, Reason.INVALID_SPEC, message, now, generation)
+    return {"phase": "Failed", "conditions": conds}, events
+
+
+def already_applied(current: Mapping[str, Any], owned: Mapping[str, Any]) -> bool:
+    """Whether `current` status already holds every field a writer would apply (its conditions compared by type),
+    so the write can be skipped. A field the writer stops sending is not detected: writers send all they own."""
+    have = {c.get("type"): c for c in current.get("conditions") or []}
+    for key, value in owned.items():
+        if key == "conditions":
+            if any(have.get(c.get("type")) != c for c in value):
+                return False
+        elif current.get(key) != value:
+            return False
+    return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ from controllers.planners.validation import Problem, check_fits, check_gpu_types
 from crds import labels as L
 from crds.finetunejob import FineTuneJob
 from crds.reasons import ConditionType, EventType, Reason
+from packer.checkpoint import CheckpointAction, CheckpointState, checkpoint_step
 
 # LoRA keeps frozen BF16 weights plus small adapters and optimizer state: budget 1.2x the weights.
 LORA_MEMORY_FACTOR = 1.2
@@ -180,16 +181,21 @@ def plan_job(
         plan.create = worker_pods(job, uid, new, resume, scheduler_name)
         return new
 
-    if L.PREEMPT in job.metadata.annotations and phase not in ("Preempted",):
+    requested, deadline = preemption_request(job.metadata.annotations)
+    if requested and phase not in ("Preempted",):
         reason = job.metadata.annotations[L.PREEMPT] or "preempted"
-        deadline = _float(job.metadata.annotations.get(L.PREEMPT_DEADLINE))
-        running = bool(current) and all(p.phase == "Running" for p in current)
-        confirmed = report.checkpoint_path is not None
-        if not current or not running or confirmed or (deadline is not None and now >= deadline):
+        handshake = CheckpointState(
+            checkpoint_first=True,
+            requested=True,
+            deadline=deadline,
+            trainer_running=bool(current) and all(p.phase == "Running" for p in current),
+            confirmed=report.checkpoint_path is not None,
+        )
+        decision = checkpoint_step(handshake, now)
+        if decision.action == CheckpointAction.EVICT:
             plan.delete = [p.name for p in current]
             st["preemptions"] = int(st.get("preemptions", 0)) + 1
-            lost = "" if confirmed or not running else " without a fresh checkpoint (deadline passed)"
-            plan.events.append((EventType.WARNING, Reason.PREEMPTED, f"{reason}; workers evicted{lost}"))
+            plan.events.append((EventType.WARNING, Reason.PREEMPTED, f"{reason}; workers evicted: {decision.reason}"))
             conditions = set_condition(conditions, ConditionType.PREEMPTED, True, Reason.PREEMPTED, reason, now, gen)
             conditions = set_condition(conditions, ConditionType.READY, False, Reason.PREEMPTED, reason, now, gen)
             return finish("Preempted")
@@ -277,8 +283,11 @@ def plan_job(
     return finish("Pending")
 
 
-def _float(raw: str | None) -> float | None:
+def preemption_request(annotations: Mapping[str, str]) -> tuple[bool, float | None]:
+    """Whether a checkpoint-then-yield request stands on the job, and its deadline (epoch seconds), if any."""
+    raw = annotations.get(L.PREEMPT_DEADLINE)
     try:
-        return float(raw) if raw is not None else None
+        deadline = float(raw) if raw is not None else None
     except ValueError:
-        return None
+        deadline = None
+    return L.PREEMPT in annotations, deadline

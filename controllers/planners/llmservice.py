@@ -9,13 +9,32 @@ from typing import Any
 
 from catalogue.models import ModelSpec as CatalogueModel
 from catalogue.models import resolve_model
-from controllers.planners.conditions import report_problem, set_condition
-from controllers.planners.gangs import Owner, gangs_gpus, pod_roles, replica_pods
+from controllers.planners.conditions import get_condition, report_problem, set_condition
+from controllers.planners.drain import DrainTiming, draining_gangs, may_delete
+from controllers.planners.gangs import Owner, gangs_gpus, pod_roles, replica_pods, template_hash
+from controllers.planners.rollout import next_to_replace, outdated, scale_in_order
 from controllers.planners.snapshot import PodView
 from controllers.planners.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
 from crds import labels as L
 from crds.llmservice import LLMService, ModelSpec
 from crds.reasons import ConditionType, EventType, Reason
+
+# What the reconciler writes of an LLMService's status; the autoscaler writes the rest (desiredReplicas, forecast
+# and its own conditions, controllers/shells/autoscaling.py). Each applies only its own fields: one writer per field.
+OWNED_FIELDS = frozenset(
+    {
+        "replicas",
+        "readyReplicas",
+        "updatedReplicas",
+        "ready",
+        "selector",
+        "gpus",
+        "podsPerReplica",
+        "phase",
+        "observedGeneration",
+    }
+)
+OWNED_CONDITIONS = frozenset({ConditionType.READY, ConditionType.PROGRESSING, ConditionType.DEGRADED})
 
 
 @dataclass
@@ -25,7 +44,7 @@ class ServicePlan:
     create: list[dict[str, Any]] = field(default_factory=list)
     start_drain: list[int] = field(default_factory=list)  # replica indices to drain, newest first
     delete: list[str] = field(default_factory=list)  # pod names
-    status: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)  # the reconciler's fields only (OWNED_FIELDS, conditions)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     problem: Problem | None = None
 
@@ -66,13 +85,16 @@ def plan_service(
     drained: Mapping[int, bool],
     now: float,
     scheduler_name: str = "default-scheduler",
+    deregistration_s: float = 0.0,
 ) -> ServicePlan:
-    """Decide one reconcile pass. `drained` says which draining replicas' engines report no in-flight work."""
+    """Decide one reconcile pass. `drained` says which draining replicas' engines, asked to stop, report no
+    in-flight work (controllers/planners/drain.py decides when to ask and when a gang may go)."""
     spec, name = svc.spec, svc.metadata.name
     owner = Owner("LLMService", name, svc.metadata.namespace or "default", uid)
     plan = ServicePlan()
-    status = svc.status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    conditions: list[dict[str, Any]] = list(status.get("conditions", []))
+    current = svc.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    status = {k: v for k, v in current.items() if k in OWNED_FIELDS}
+    conditions = [c for c in current.get("conditions", []) if c["type"] in OWNED_CONDITIONS]
     gen = svc.metadata.generation
 
     by_replica: dict[int, list[PodView]] = defaultdict(list)
@@ -108,8 +130,10 @@ def plan_service(
             active.remove(r)
 
     desired = spec.replicas
+    template = template_hash(spec)
+    stale = outdated({r: by_replica[r] for r in active}, template)
     if len(active) > desired:
-        excess = sorted(active, reverse=True)[: len(active) - desired]
+        excess = scale_in_order(active, stale)[: len(active) - desired]
         plan.start_drain = excess
         for r in excess:
             active.remove(r)
@@ -125,22 +149,47 @@ def plan_service(
         active += new
         plan.events.append((EventType.NORMAL, Reason.SCALING_UP, f"creating replica(s) {', '.join(map(str, new))}"))
 
-    # Complete gangs a crashed operator left half-created (names are deterministic, so this is idempotent).
+    # Complete gangs a crashed operator left half-created (names are deterministic, so this is idempotent); a gang
+    # of an older template is never completed with pods of the current one: the roll replaces it.
     for r in active:
         have = {p.name for p in by_replica.get(r, [])}
-        if by_replica.get(r) and len(have) < members:
+        if by_replica.get(r) and len(have) < members and r not in stale:
             plan.create += [
                 m for m in replica_pods(owner, spec, r, scheduler_name) if m["metadata"]["name"] not in have
             ]
 
-    for r in draining:
-        started = min(p.draining_since or now for p in by_replica[r])
-        if drained.get(r) or now - started >= spec.drain_grace_period_seconds:
-            plan.delete += [p.name for p in by_replica[r] if not p.deleting]
+    for gang in draining_gangs(pods, now, DrainTiming(deregistration_s, spec.drain_grace_period_seconds)):
+        if may_delete(gang.stage, drained.get(gang.replica, False)):
+            plan.delete += [p.name for p in by_replica[gang.replica] if not p.deleting]
 
-    ready = sum(1 for r in active if len(by_replica.get(r, [])) == members and all(p.ready for p in by_replica[r]))
+    def gang_ready(r: int) -> bool:
+        ps = by_replica.get(r, [])
+        size = int(ps[0].annotations.get(L.GANG_SIZE, members)) if ps else members  # an older template's size
+        return len(ps) == size and all(p.ready for p in ps)
+
+    ready_gangs = {r for r in active if gang_ready(r)}
+    replacing = None
+    if not plan.start_drain and not plan.create:
+        replacing = next_to_replace(active, stale, ready_gangs, bool(draining), desired)
+        if replacing is not None:
+            plan.start_drain = [replacing]
+            active.remove(replacing)
+            ready_gangs.discard(replacing)
+            plan.events.append(
+                (
+                    EventType.NORMAL,
+                    Reason.ROLLING_UPDATE,
+                    f"draining replica {replacing} to replace it (template {template})",
+                )
+            )
+    stale &= set(active)
+    ready = len(ready_gangs)
     unsched = next((p.unschedulable for r in active for p in by_replica.get(r, []) if p.unschedulable), None)
-    converged = ready == desired and not draining and not plan.start_drain and not plan.create
+    converged = ready == desired and not draining and not plan.start_drain and not plan.create and not stale
+    # A roll lasts until the last replacement is Ready; the reason this writer set before carries it across the
+    # final step, when no outdated gang is left to tell.
+    before = get_condition(conditions, ConditionType.PROGRESSING) or {}
+    rolling = not converged and (bool(stale) or replacing is not None or before.get("reason") == Reason.ROLLING_UPDATE)
 
     if desired == 0:
         conditions = set_condition(
@@ -150,6 +199,10 @@ def plan_service(
         conditions = set_condition(
             conditions, ConditionType.READY, True, Reason.ALL_REPLICAS_READY, f"{ready}/{desired} ready", now, gen
         )
+    elif rolling and ready >= desired - 1:
+        # Like a Deployment's Available: the one gang a roll takes out at a time does not make the service unready.
+        message = f"{ready}/{desired} ready while one gang is replaced"
+        conditions = set_condition(conditions, ConditionType.READY, True, Reason.ROLLING_UPDATE, message, now, gen)
     else:
         conditions = set_condition(
             conditions,
@@ -163,6 +216,11 @@ def plan_service(
     if converged:
         conditions = set_condition(
             conditions, ConditionType.PROGRESSING, False, Reason.CONVERGED, "replicas match spec", now, gen
+        )
+    elif rolling:
+        message = f"{len(active) - len(stale)}/{desired} replicas on the current template"
+        conditions = set_condition(
+            conditions, ConditionType.PROGRESSING, True, Reason.ROLLING_UPDATE, message, now, gen
         )
     else:
         reason = Reason.SCALING_DOWN if (draining or plan.start_drain) else Reason.SCALING_UP
@@ -190,6 +248,7 @@ def plan_service(
     status.update(
         replicas=len(active),
         readyReplicas=ready,
+        updatedReplicas=len(active) - len(stale),
         ready=f"{ready}/{desired}",
         selector=f"{L.SERVICE}={name}",
         gpus=len(active) * gangs_gpus(spec),

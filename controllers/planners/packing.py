@@ -14,7 +14,9 @@ from typing import Any
 
 from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from controllers.planners.conditions import parse_rfc3339
+from controllers.planners.finetune import worker_pods
 from crds import labels as L
+from crds.finetunejob import FineTuneJob
 from crds.reasons import ConditionType
 from packer.snapshot import (
     GPU_MILLI,
@@ -224,24 +226,38 @@ def build_snapshot(
         size = int((first["metadata"].get("annotations") or {}).get(L.GANG_SIZE, len(members)))
         if len(members) < size or key in bound:
             continue  # wait until the controller has created every member (all or nothing)
-        products, affinity = _affinity(first)
-        kind = gang_kind(first)
-        gangs.append(
-            Gang(
-                key,
-                tuple(pod_request(m) for m in sorted(members, key=lambda m: m["metadata"]["name"])),
-                priority=int(first["spec"].get("priority") or 0),
-                kind=kind,
-                gpu_products=products,
-                affinity=affinity,
-                tolerations=_tolerations(first),
-                topology_key=(first["metadata"].get("annotations") or {}).get(TOPOLOGY_KEY, ""),
-                created_s=min(_ts(m["metadata"].get("creationTimestamp")) for m in members),
-                service=service_key(first) if kind == GangKind.SERVING else "",
-            )
-        )
+        gangs.append(pending_gang(key, members, int(first["spec"].get("priority") or 0)))
         ready_pending[key] = members
     return ClusterSnapshot(list(node_objs.values()), running, gangs, dict(services)), ready_pending
+
+
+def pending_gang(key: str, members: list[dict[str, Any]], priority: int) -> Gang:
+    """A gang of pods not yet bound, as the packer places it (`priority`: the PriorityClass value)."""
+    first = members[0]
+    products, affinity = _affinity(first)
+    kind = gang_kind(first)
+    return Gang(
+        key,
+        tuple(pod_request(m) for m in sorted(members, key=lambda m: m["metadata"]["name"])),
+        priority=priority,
+        kind=kind,
+        gpu_products=products,
+        affinity=affinity,
+        tolerations=_tolerations(first),
+        topology_key=(first["metadata"].get("annotations") or {}).get(TOPOLOGY_KEY, ""),
+        created_s=min(_ts(m["metadata"].get("creationTimestamp")) for m in members),
+        service=service_key(first) if kind == GangKind.SERVING else "",
+    )
+
+
+def job_gang(job: FineTuneJob, priority_values: Mapping[str, int], scheduler_name: str) -> Gang:
+    """The worker gang a preempted FineTuneJob's next attempt creates, for the resume what-if: built from the very
+    manifests the FineTuneJob planner creates (`worker_pods`), so the trial and the real gang cannot differ."""
+    last = job.status.last_checkpoint
+    attempt = job.status.attempt + 1
+    manifests = worker_pods(job, job.metadata.uid or "", attempt, last.path if last else None, scheduler_name)
+    priority = priority_values.get(job.spec.priority_class_name or "", 0)
+    return pending_gang(gang_key(manifests[0]), manifests, priority)
 
 
 def _take(node: Node, pod: Mapping[str, Any], req: PodRequest) -> tuple[int, ...]:

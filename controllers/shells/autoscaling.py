@@ -29,6 +29,7 @@ from crds.reasons import ConditionType, Reason
 
 log = logging.getLogger("ebbtide.autoscaler")
 STATE_EVERY_TICKS = 10
+AUTOSCALER_CONDITIONS = frozenset({ConditionType.AUTOSCALER_DEGRADED, ConditionType.SLO_ATTAINABLE})
 CLUSTER = "_cluster"  # the store's key for the whole cluster's history and forecaster (no "/": no service has it)
 
 
@@ -245,7 +246,8 @@ def policy_knobs(svc: LLMService) -> dict[str, float]:
 def decision_status(
     status: dict[str, Any], decision: ScalingDecision, now: float, generation: int | None
 ) -> dict[str, Any]:
-    """The status fields and conditions the autoscaler owns, merged into the current status."""
+    """The status fields and conditions the autoscaler owns, and only those: it applies them as its own field
+    manager, so the reconciler's fields and conditions are never in what it sends."""
     q = decision.forecast_quantiles
     forecast = {
         "horizonSeconds": q.get("horizon_s"),
@@ -257,7 +259,7 @@ def decision_status(
         "reason": decision.reason[:500],
     }
     forecast = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in forecast.items() if _finite(v)}
-    conditions = list(status.get("conditions", []))
+    conditions = [c for c in status.get("conditions", []) if c.get("type") in AUTOSCALER_CONDITIONS]
     if decision.degraded:
         conditions = set_condition(
             conditions,

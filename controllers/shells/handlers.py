@@ -14,10 +14,12 @@ from pydantic import BaseModel, ValidationError
 
 from adapters import operator_metrics as M
 from adapters.engine_api import EngineClient, engine_url
-from adapters.kube import ApiError, Kube, NetworkError
+from adapters.kube import ApiError, FieldManager, Kube, NetworkError
 from autoscaler.cluster import ClusterForecast
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE
 from catalogue.gpus import GPU_RESOURCE
+from controllers.planners.conditions import already_applied, invalid_spec_status
+from controllers.planners.drain import DrainingGang, DrainStage, DrainTiming, draining_gangs
 from controllers.planners.finetune import TrainerReport, checkpoint_due, plan_job
 from controllers.planners.gangs import Owner, pdb_manifest, service_manifests
 from controllers.planners.llmservice import plan_service
@@ -102,11 +104,12 @@ async def _write_back(
     body: dict[str, Any],
     events: list[tuple[str, str, str]],
     status: dict[str, Any],
+    manager: FieldManager = FieldManager.RECONCILER,
 ) -> None:
-    """Post the plan's Events and write its status when it changed."""
+    """Post the plan's Events and apply its status as `manager` unless the object already shows it."""
     _emit(body, events)
-    if status != (body.get("status") or {}):
-        await rt().kube.patch_status(plural, namespace, name, status)
+    if not already_applied(body.get("status") or {}, status):
+        await rt().kube.apply_status(plural, namespace, name, status, manager)
 
 
 def trigger(kind: str, namespace: str, name: str, delay: float = 0.2) -> None:
@@ -160,19 +163,6 @@ def _timed(kind: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[...
     return wrap
 
 
-def _invalid(body: dict[str, Any], kind: str, err: ValidationError) -> dict[str, Any]:
-    """Status for an object the API types reject (e.g. stored before a schema change): never a crash."""
-    first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"])
-    msg = f"{field}: {first['msg']}"
-    M.SEMANTIC_ERRORS.labels(kind, Reason.INVALID_SPEC).inc()
-    conditions = [c for c in (body.get("status") or {}).get("conditions", []) if c.get("type") != ConditionType.READY]
-    if not any(c.get("reason") == Reason.INVALID_SPEC for c in (body.get("status") or {}).get("conditions", [])):
-        _event(body, type=EventType.WARNING, reason=Reason.INVALID_SPEC, message=msg)
-    conditions.append({"type": ConditionType.READY, "status": "False", "reason": Reason.INVALID_SPEC, "message": msg})
-    return {"phase": "Failed", "conditions": conditions}
-
-
 async def _fetch(
     plural: str, kind: str, model: type[M_], namespace: str | None, name: str
 ) -> tuple[dict[str, Any], M_] | None:
@@ -185,10 +175,22 @@ async def _fetch(
     try:
         return body, model.model_validate(body)
     except ValidationError as e:
-        status = _invalid(body, kind, e)
-        await r.kube.patch_status(plural, namespace, name, status)
+        first = e.errors()[0]
+        message = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        M.SEMANTIC_ERRORS.labels(kind, Reason.INVALID_SPEC).inc()
+        conditions = (body.get("status") or {}).get("conditions") or []
+        status, events = invalid_spec_status(conditions, message, r.clock(), body["metadata"].get("generation"))
+        await _write_back(plural, namespace, name, body, events, status)
         # Retrying cannot help until the user changes the object (an update runs the handlers again).
-        raise kopf.PermanentError(status["conditions"][-1]["message"]) from e
+        raise kopf.PermanentError(message) from e
+
+
+async def _engines_idle(gang: DrainingGang, port: int) -> bool:
+    """Ask a draining gang's engines to stop admitting; True when none of them has work in flight."""
+    r = rt()
+    urls = [u for u in (engine_url(p, port) for p in gang.entry_pods) if u]
+    await asyncio.gather(*(r.engines.start_drain(u) for u in urls))
+    return all(await asyncio.gather(*(r.engines.drained(u) for u in urls)))
 
 
 @_timed("LLMService")
@@ -199,27 +201,20 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         return
     body, svc = fetched
     pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")]
-    draining: dict[int, list[PodView]] = {}
-    for p in pods:
-        if p.draining_since is not None and not p.deleting:
-            draining.setdefault(p.replica, []).append(p)
     now = r.clock()
-    drained: dict[int, bool] = {}
-    for replica, members in draining.items():
-        started = min(p.draining_since or now for p in members)
-        if now - started < r.deregistration_seconds:
-            # Routers (Service endpoints, gateways) first stop sending new requests to the gang; only then
-            # does its engine stop admitting, so no request is refused mid-flight.
-            drained[replica] = False
-            continue
-        urls = [
-            u for u in (engine_url(p, svc.spec.engine.port) for p in members if p.labels.get(L.ROLE) != "worker") if u
-        ]
-        await asyncio.gather(*(r.engines.start_drain(u) for u in urls))
-        results = await asyncio.gather(*(r.engines.drained(u) for u in urls))
-        drained[replica] = all(results)
+    draining = draining_gangs(pods, now, DrainTiming(r.deregistration_seconds, svc.spec.drain_grace_period_seconds))
+    drained = {
+        g.replica: await _engines_idle(g, svc.spec.engine.port) for g in draining if g.stage == DrainStage.STOPPING
+    }
     plan = plan_service(
-        svc, body["metadata"]["uid"], pods, await r.kube.priority_classes(), drained, now, r.scheduler_name
+        svc,
+        body["metadata"]["uid"],
+        pods,
+        await r.kube.priority_classes(),
+        drained,
+        now,
+        r.scheduler_name,
+        r.deregistration_seconds,
     )
     if plan.problem is not None:
         M.SEMANTIC_ERRORS.labels("LLMService", plan.problem.reason).inc()
@@ -351,8 +346,8 @@ async def autoscale(namespace: str, name: str) -> None:
         for c in (body.get("status") or {}).get("conditions", [])
     ):
         _event(body, type=EventType.WARNING, reason=Reason.AUTOSCALER_DEGRADED, message=decision.degraded[:1000])
-    patch = decision_status(body.get("status") or {}, decision, now, svc.metadata.generation)
-    await r.kube.patch_status("llmservices", namespace, name, patch)
+    own = decision_status(body.get("status") or {}, decision, now, svc.metadata.generation)
+    await r.kube.apply_status("llmservices", namespace, name, own, FieldManager.AUTOSCALER)
 
 
 def publish_cluster_forecast(fc: ClusterForecast | None) -> None:

@@ -2,8 +2,8 @@
 
 Each pass lists nodes and pods, builds a snapshot (controllers/planners/packing.py), asks the pure packer core
 for a plan (in a worker thread: CP-SAT may take its whole budget) and applies it: binds whole gangs, asks preemptible
-FineTuneJobs to checkpoint before their pods go (the FineTuneJob controller does the handshake), evicts serving
-gangs the PodDisruptionBudget allows, and resumes preempted jobs once they fit again.
+FineTuneJobs to checkpoint before their pods go or evicts (packer/checkpoint.py, the handshake the FineTuneJob
+controller walks too), and lifts the preemption of jobs the resume what-if (packer/resume.py) finds room for.
 """
 
 from __future__ import annotations
@@ -15,16 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from adapters import operator_metrics as M
 from adapters.kube import ApiError, Kube
-from catalogue.gpus import GPU_RESOURCE, lookup_gpu
 from controllers.planners.conditions import parse_rfc3339, rfc3339
-from controllers.planners.packing import GPU_INDICES, JobInfo, build_snapshot, gang_key
+from controllers.planners.finetune import preemption_request
+from controllers.planners.packing import GPU_INDICES, JobInfo, build_snapshot, gang_key, job_gang
 from crds import labels as L
+from crds.finetunejob import FineTuneJob
 from crds.reasons import ConditionType, EventType, Reason
 from packer import Packer, PackerConfig
+from packer.checkpoint import CheckpointAction, CheckpointState, checkpoint_step
 from packer.plan import Plan, Verdict
-from packer.snapshot import GPU_MILLI, ClusterSnapshot, Gang, GangKind, PodRequest, ServiceBudget, Toleration
+from packer.resume import resumable
+from packer.snapshot import ClusterSnapshot, Gang, GangKind, ServiceBudget
 
 log = logging.getLogger("ebbtide.packer")
 PREEMPT_PREFIX = "packer: "
@@ -121,17 +126,20 @@ class Scheduler:
                 continue
             vns = e.gang.split("/", 1)[0]
             victim_pods = [p for key, p in by_name.items() if gang_key(p) == e.gang and p["spec"].get("nodeName")]
-            if victim.kind == GangKind.FINETUNE and e.checkpoint_first:
-                job_name = (victim_pods[0]["metadata"].get("labels") or {}).get(L.FINETUNE) if victim_pods else None
-                job = job_by_key.get(f"{vns}/{job_name}")
-                if job is None or L.PREEMPT in (job["metadata"].get("annotations") or {}):
-                    continue
+            job_name = (victim_pods[0]["metadata"].get("labels") or {}).get(L.FINETUNE) if victim_pods else None
+            job = job_by_key.get(f"{vns}/{job_name}") if victim.kind == GangKind.FINETUNE else None
+            requested, deadline = preemption_request((job["metadata"].get("annotations") or {}) if job else {})
+            handshake = CheckpointState(e.checkpoint_first and job is not None, requested, deadline)
+            decision = checkpoint_step(handshake, now, self.checkpoint_deadline_s)
+            if decision.action == CheckpointAction.WAIT:
+                continue
+            if decision.action == CheckpointAction.REQUEST_CHECKPOINT and job is not None:
                 note = f"{PREEMPT_PREFIX}{e.preemptor} (priority above {e.priority}) needs the GPUs; {e.reason}"
                 await self.kube.patch_object_metadata(
                     "finetunejobs",
                     vns,
                     job["metadata"]["name"],
-                    {L.PREEMPT: note[:250], L.PREEMPT_DEADLINE: f"{now + self.checkpoint_deadline_s:.0f}"},
+                    {L.PREEMPT: note[:250], L.PREEMPT_DEADLINE: f"{decision.deadline:.0f}"},
                 )
                 await self._event(
                     job, EventType.WARNING, Reason.PREEMPTION_REQUESTED, f"checkpoint, then yield to {e.preemptor}"
@@ -141,8 +149,13 @@ class Scheduler:
                     await self.kube.delete_pod(vns, p["metadata"]["name"])
                 if victim_pods:
                     await self._event(
-                        victim_pods[0], EventType.WARNING, Reason.PREEMPTED, f"evicted for {e.preemptor}: {e.reason}"
+                        victim_pods[0],
+                        EventType.WARNING,
+                        Reason.PREEMPTED,
+                        f"evicted for {e.preemptor} ({decision.reason}): {e.reason}",
                     )
+            if requested:
+                continue  # counted when the checkpoint was requested
             M.PREEMPTIONS.labels(vns, victim.kind.value).inc()
             M.PREEMPTIONS_BY_REASON.labels("checkpoint-first" if e.checkpoint_first else "evict").inc()
             preemptor_pods = [p for p in by_name.values() if gang_key(p) == e.preemptor]
@@ -152,22 +165,24 @@ class Scheduler:
                 )
 
     async def _resume(self, waiting_jobs: list[dict[str, Any]], snapshot: ClusterSnapshot, now: float) -> None:
-        """Lift the preemption of jobs whose worker gang fits on free capacity again (no higher work waiting)."""
+        """Lift the preemption of the jobs the resume what-if (packer/resume.py) finds room for again."""
         if not waiting_jobs:
             return
         classes = await self.kube.priority_class_values()
-        what_if = Packer(PackerConfig(preemption=False, exact=False))
-        for job in waiting_jobs:
-            gang = job_gang(job, classes)
-            if any(g.priority > gang.priority for g in snapshot.pending):
-                continue
-            trial = ClusterSnapshot(snapshot.nodes, snapshot.running, [gang], snapshot.services)
-            if what_if.decide(trial, now).decision(gang.uid).verdict == Verdict.BOUND:
-                ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-                await self.kube.patch_object_metadata(
-                    "finetunejobs", ns, name, {L.PREEMPT: None, L.PREEMPT_DEADLINE: None}
-                )
-                await self._event(job, EventType.NORMAL, Reason.CAPACITY_RETURNED, "GPUs are free again; resuming")
+        waiting: list[Gang] = []
+        by_uid: dict[str, dict[str, Any]] = {}
+        for body in waiting_jobs:
+            try:
+                gang = job_gang(FineTuneJob.model_validate(body), classes, self.scheduler_name)
+            except ValidationError:
+                continue  # the FineTuneJob controller reports the invalid spec
+            waiting.append(gang)
+            by_uid[gang.uid] = body
+        for uid in resumable(snapshot, waiting, now):
+            job = by_uid[uid]
+            ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+            await self.kube.patch_object_metadata("finetunejobs", ns, name, {L.PREEMPT: None, L.PREEMPT_DEADLINE: None})
+            await self._event(job, EventType.NORMAL, Reason.CAPACITY_RETURNED, "GPUs are free again; resuming")
 
     # ---- API plumbing -----------------------------------------------------------------------------------
 
@@ -235,21 +250,3 @@ class Scheduler:
 
 def _checkpoint_time(job: dict[str, Any]) -> float | None:
     return parse_rfc3339((((job.get("status") or {}).get("lastCheckpoint")) or {}).get("time"))
-
-
-def job_gang(job: dict[str, Any], priority_values: dict[str, int]) -> Gang:
-    """The worker gang a FineTuneJob would create, for what-if placement before resuming it."""
-    spec = job["spec"]
-    gpus = int((spec.get("gpu") or {}).get("count", 1))
-    workers = int((spec.get("workers") or {}).get("max", 1))
-    products = frozenset(
-        p.product for p in (lookup_gpu(t) for t in (spec.get("gpu") or {}).get("types", [])) if p is not None
-    )
-    return Gang(
-        f"{job['metadata']['namespace']}/{job['metadata']['name']}-resume",
-        tuple(PodRequest(f"w{i}", 4000, 32 * 1024, gpus, GPU_MILLI) for i in range(workers)),
-        priority=priority_values.get(spec.get("priorityClassName") or "", 0),
-        kind=GangKind.FINETUNE,
-        gpu_products=products,
-        tolerations=(Toleration(GPU_RESOURCE, "Exists"),),
-    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controllers.planners.gangs import template_hash
 from controllers.planners.snapshot import PodView
 from crds import labels as L
 from crds.finetunejob import FineTuneJob
@@ -23,11 +24,27 @@ def service(replicas: int = 2, **spec: Any) -> LLMService:
     return LLMService.model_validate(body)
 
 
-def pod(replica: int, role: str = "server", ready: bool = True, phase: str = "Running", **ann: str) -> PodView:
+def pod(
+    replica: int,
+    role: str = "server",
+    ready: bool = True,
+    phase: str = "Running",
+    template: LLMService | None = None,
+    **ann: str,
+) -> PodView:
+    """A pod of replica `replica`, built from `template`'s spec (default: `service()`'s); a role with a rank
+    (`worker-0`) is labelled with the role alone, as gangs are."""
     name = f"svc-r{replica}" if role == "server" else f"svc-r{replica}-{role}"
+    spec = (template or service()).spec
+    labels = {
+        L.SERVICE: "svc",
+        L.REPLICA: str(replica),
+        L.ROLE: role.split("-")[0],
+        L.TEMPLATE_HASH: template_hash(spec),
+    }
     return PodView(
         name=name,
-        labels={L.SERVICE: "svc", L.REPLICA: str(replica), L.ROLE: role},
+        labels=labels,
         annotations=dict(ann),
         phase=phase,
         ready=ready,

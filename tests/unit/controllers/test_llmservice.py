@@ -52,7 +52,7 @@ def test_new_gangs_never_reuse_an_index_still_held_by_a_draining_gang() -> None:
 
 def test_a_failed_member_restarts_the_whole_gang() -> None:
     svc = service(replicas=1, gpu={"count": 16, "perNode": 8}, parallelism={"tensor": 8, "pipeline": 2})
-    pods = [pod(0, "leader"), pod(0, "worker-0", phase="Failed")]
+    pods = [pod(0, "leader", template=svc), pod(0, "worker-0", phase="Failed", template=svc)]
     plan = plan_service(svc, "uid", pods, set(), {}, NOW)
     assert sorted(plan.delete) == ["svc-r0-leader", "svc-r0-worker-0"]
     assert any(e[1] == "GangRestarted" for e in plan.events)
@@ -60,7 +60,7 @@ def test_a_failed_member_restarts_the_whole_gang() -> None:
 
 def test_half_created_gang_is_completed_not_duplicated() -> None:
     svc = service(replicas=1, gpu={"count": 16, "perNode": 8}, parallelism={"tensor": 8, "pipeline": 2})
-    plan = plan_service(svc, "uid", [pod(0, "leader", ready=False)], set(), {}, NOW)
+    plan = plan_service(svc, "uid", [pod(0, "leader", ready=False, template=svc)], set(), {}, NOW)
     assert names(plan.create) == ["svc-r0-worker-0"]
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from controllers.planners.packing import GPU_INDICES, JobInfo, build_snapshot, cpu_milli, mem_mib
+from controllers.planners.finetune import TrainerReport, plan_job
+from controllers.planners.packing import GPU_INDICES, JobInfo, build_snapshot, cpu_milli, job_gang, mem_mib
 from crds import labels as L
 from packer.snapshot import GangKind
+from tests.unit.controllers.builders import job
 
 SCHED = "ebbtide-packer"
 
@@ -88,3 +90,17 @@ def test_pods_of_other_schedulers_are_not_ours_to_place() -> None:
     other["spec"]["schedulerName"] = "default-scheduler"
     snap, _ = build_snapshot([node("n1")], [other], SCHED, {}, {})
     assert snap.pending == []
+
+
+def test_the_resume_what_if_places_the_very_gang_a_resume_creates() -> None:
+    preempted = job(
+        gpu={"count": 2, "types": ["L4"]},
+        workers={"min": 1, "max": 2},
+        priorityClassName="batch",
+        status={"phase": "Preempted", "attempt": 1, "lastCheckpoint": {"path": "/ck/41", "step": 41}},
+    )
+    created = plan_job(preempted, "", [], TrainerReport(), {"batch"}, 0.0, SCHED).create
+    for p in created:
+        p["spec"]["priority"] = 100  # what admission writes from the PriorityClass
+    snapshot, _ = build_snapshot([node("n1")], created, SCHED, {}, {})
+    assert job_gang(preempted, {"batch": 100}, SCHED) == snapshot.pending[0]

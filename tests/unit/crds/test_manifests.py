@@ -48,3 +48,12 @@ def test_nested_defaults_are_complete_so_cel_sees_every_field() -> None:
     assert spec["properties"]["parallelism"]["default"] == {"tensor": 1, "pipeline": 1, "data": 1, "expert": 1}
     assert "exclusiveMinimum" not in str(spec["properties"]["model"]["properties"]["parametersB"].get("minimum", ""))
     assert spec["properties"]["model"]["properties"]["parametersB"]["exclusiveMinimum"] is True
+
+
+@pytest.mark.parametrize("info", CRDS, ids=lambda i: i.kind)
+def test_conditions_are_a_map_by_type_so_each_writer_owns_its_own(info: Any) -> None:
+    status = crd_manifest(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    conditions = status["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"], "a list-map key must be required"

@@ -1,4 +1,5 @@
-"""The checkpoint-before-evict handshake as a state machine: request, wait, then evict on confirmation or deadline."""
+"""Checkpoint or delete: a preemptible job is asked first and evicted once its checkpoint is confirmed, once none
+can come, or at the deadline; any other victim is evicted at once."""
 
 from __future__ import annotations
 
@@ -9,49 +10,56 @@ from packer import CheckpointAction, CheckpointState, checkpoint_step
 DEADLINE = 300.0
 
 
-def test_first_step_requests_a_checkpoint() -> None:
-    d = checkpoint_step(CheckpointState("ft", checkpoint_first=True), now=100.0, deadline_s=DEADLINE)
+def test_first_look_at_a_preemptible_job_requests_a_checkpoint_with_its_deadline() -> None:
+    d = checkpoint_step(CheckpointState(checkpoint_first=True), now=100.0, deadline_s=DEADLINE)
     assert d.action == CheckpointAction.REQUEST_CHECKPOINT
+    assert d.deadline == 100.0 + DEADLINE
 
 
-def test_waits_until_the_checkpoint_is_confirmed() -> None:
-    s = CheckpointState("ft", checkpoint_first=True, requested_at=100.0)
-    d = checkpoint_step(s, now=160.0, deadline_s=DEADLINE)
-    assert d.action == CheckpointAction.WAIT
-    assert d.wait_s == pytest.approx(240.0)
+def test_a_request_without_a_deadline_waits_for_the_checkpoint() -> None:
+    d = checkpoint_step(CheckpointState(checkpoint_first=True), now=100.0)
+    assert d.action == CheckpointAction.REQUEST_CHECKPOINT and d.deadline is None
+    standing = CheckpointState(True, requested=True, deadline=None)
+    assert checkpoint_step(standing, now=1e9).action == CheckpointAction.WAIT
 
 
-def test_evicts_once_confirmed() -> None:
-    s = CheckpointState("ft", checkpoint_first=True, requested_at=100.0, confirmed_at=150.0)
-    assert checkpoint_step(s, now=151.0, deadline_s=DEADLINE).action == CheckpointAction.EVICT
+def test_waits_for_the_checkpoint_before_the_deadline() -> None:
+    s = CheckpointState(True, requested=True, deadline=400.0)
+    assert checkpoint_step(s, now=160.0).action == CheckpointAction.WAIT
 
 
-def test_a_checkpoint_older_than_the_request_does_not_count() -> None:
-    s = CheckpointState("ft", checkpoint_first=True, requested_at=100.0, confirmed_at=90.0)
-    assert checkpoint_step(s, now=120.0, deadline_s=DEADLINE).action == CheckpointAction.WAIT
+def test_confirmed_checkpoint_allows_eviction_before_the_deadline() -> None:
+    s = CheckpointState(True, requested=True, deadline=400.0, confirmed=True)
+    d = checkpoint_step(s, now=151.0)
+    assert d.action == CheckpointAction.EVICT and "confirmed" in d.reason
 
 
-def test_evicts_at_the_deadline_without_confirmation() -> None:
-    s = CheckpointState("ft", checkpoint_first=True, requested_at=100.0)
-    d = checkpoint_step(s, now=400.0, deadline_s=DEADLINE)
-    assert d.action == CheckpointAction.EVICT
-    assert "deadline" in d.reason
+def test_a_trainer_that_is_not_running_cannot_checkpoint_so_it_is_evicted() -> None:
+    s = CheckpointState(True, requested=True, deadline=400.0, trainer_running=False)
+    d = checkpoint_step(s, now=151.0)
+    assert d.action == CheckpointAction.EVICT and "no running trainer" in d.reason
+
+
+def test_deadline_forces_eviction_without_checkpoint() -> None:
+    s = CheckpointState(True, requested=True, deadline=400.0)
+    d = checkpoint_step(s, now=400.0)
+    assert d.action == CheckpointAction.EVICT and "deadline" in d.reason
 
 
 def test_gangs_without_handshake_are_evicted_directly() -> None:
-    s = CheckpointState("replica", checkpoint_first=False)
+    s = CheckpointState(checkpoint_first=False)
     assert checkpoint_step(s, now=0.0, deadline_s=DEADLINE).action == CheckpointAction.EVICT
 
 
 def test_never_evicts_before_requesting_and_never_waits_past_the_deadline() -> None:
-    # Walk the machine through time the way the shell would and check the order of actions.
-    state = CheckpointState("ft", checkpoint_first=True)
+    # Walk the machine through time the way the shells do and check the order of actions.
+    state = CheckpointState(checkpoint_first=True)
     actions = []
     for now in range(0, 1000, 50):
         d = checkpoint_step(state, now=float(now), deadline_s=DEADLINE)
         actions.append(d.action)
         if d.action == CheckpointAction.REQUEST_CHECKPOINT:
-            state = CheckpointState("ft", True, requested_at=float(now))
+            state = CheckpointState(True, requested=True, deadline=d.deadline)
         if d.action == CheckpointAction.EVICT:
             break
     waits = int(DEADLINE // 50) - 1  # requested at 0, evicted at the deadline
@@ -60,4 +68,4 @@ def test_never_evicts_before_requesting_and_never_waits_past_the_deadline() -> N
 
 def test_rejects_a_non_positive_deadline() -> None:
     with pytest.raises(ValueError):
-        checkpoint_step(CheckpointState("ft", True), now=0.0, deadline_s=0.0)
+        checkpoint_step(CheckpointState(True), now=0.0, deadline_s=0.0)
