@@ -1,4 +1,5 @@
-# Ebbtide. `make demo` and `make test` each do all of their own set-up on a fresh machine.
+# Ebbtide. `make demo` and `make test` each do all of their own set-up on a fresh machine: the venv, the pinned
+# control plane and Helm (built once into ~/.cache/ebbtide/bin), Redis; every long step prints progress.
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -7,27 +8,33 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-8)
 CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
-.PHONY: venv binaries redis test unit integration e2e lint manifests demo demo-down cluster-up cluster-down \
-        bench kind-up e2e-kind kind-down helm helm-crds helm-lint docs \
+.PHONY: venv binaries control-plane redis test unit integration e2e lint manifests demo demo-down cluster-up \
+        cluster-down bench kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
+	@echo "== venv: Ebbtide and its dev tools into $(VENV)"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	hack/heartbeat.sh venv "installing packages" $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-binaries:
+# Every binary a test runs, built before pytest starts: the tests never build (tests/conftest.py).
+binaries: control-plane helm
+
+# A first build takes about 10 minutes (Helm about 3 more) and prints a heartbeat; later runs reuse the cache.
+control-plane:
 	hack/build-control-plane.sh >/dev/null
 
 redis:
 	hack/ensure-redis.sh
 
+# -rs lists every skipped test with its reason (the full-trace tests name EBBTIDE_DATA).
 test: venv binaries redis
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
-unit: venv
+unit: venv helm
 	$(BIN)/python -m pytest -q tests/unit
 
 integration: venv binaries redis
@@ -42,13 +49,13 @@ lint: venv
 manifests: venv
 	$(BIN)/python -m crds.generate
 
-cluster-up: binaries
+cluster-up: control-plane
 	$(PY) hack/cluster.py up --dir $(CLUSTER_DIR) --nodes $(NODES)
 
 cluster-down:
 	$(PY) hack/cluster.py down --dir $(CLUSTER_DIR)
 
-demo: venv binaries
+demo: venv control-plane
 	hack/demo.sh
 
 demo-down:
@@ -83,8 +90,13 @@ docs: venv
 	$(BIN)/python -m crds.docs
 
 # A stand-in rendering of the Grafana dashboard from a local stack's real metrics into docs/dashboard.png (needs chromium).
-dashboard-screenshot: venv binaries
+dashboard-screenshot: venv control-plane
 	$(BIN)/python hack/render_dashboard.py --out docs/dashboard.png
+
+# The full public traces for the benchmarks (README, section Data), fetched outside the work tree; then
+# `export EBBTIDE_DATA=<the folder it prints>`. DATA_DIR defaults to $EBBTIDE_DATA, else ~/.cache/ebbtide/data.
+data:
+	hack/fetch-data.sh $(DATA_DIR)
 
 clean: cluster-down
 	rm -rf .run

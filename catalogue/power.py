@@ -1,7 +1,7 @@
 """GPU power: draw vs. utilisation, NVML-style power limits, and how a limit slows work down.
 
-Pure functions and constants; no I/O. The cap curve's shape is fitted to the Zeus measurements
-(`../shared/data/zeus-power`, see docs/simulator.md); `fit_cap_curve` re-derives the constants from those
+Pure functions and constants; no I/O. The cap curve's shape is fitted to the Zeus measurements (shipped in
+`simulator/data/zeus-power`, see docs/simulator.md); `fit_cap_curve` re-derives the constants from those
 rows and a unit test checks that it reproduces `CAP_CURVE`.
 
 Model: a GPU doing work that would draw `demand` watts unconstrained runs at `curve(limit / demand)` of its

@@ -1,6 +1,8 @@
 """Demo part 2: replay a slice of the Azure LLM 2023 conversation trace through the gateway to a
 forecast-autoscaled LLMService and print demand, forecast band and replicas as they evolve.
 
+The trace is the busiest ten minutes shipped in simulator/data (no download needed).
+
 Run by hack/demo.sh with the demo cluster's KUBECONFIG; needs the operator and simulated fleet running.
 """
 
@@ -26,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulator.loadgen.gateway import Gateway, KubernetesBackends  # noqa: E402
 from simulator.loadgen.replay import ReplayConfig, replay  # noqa: E402
-from simulator.traces import Trace, load_azure  # noqa: E402
+from simulator.traces import SLICES, Trace, load_azure  # noqa: E402
 
 SERVICE = """
 apiVersion: ebbtide.dev/v1alpha1
@@ -53,12 +55,13 @@ def kubectl(kubectl_bin: str, kubeconfig: str, *args: str, stdin: str | None = N
 
 
 def shaped_slice(compress: float, seconds: float, scale: float) -> Trace:
-    """The busiest stretch of the conv trace, compressed, with lengths scaled down for an L4."""
-    full = load_azure("conv")
+    """The busiest stretch of the shipped conv slice, compressed, with lengths scaled down for an L4."""
+    whole = load_azure("conv", SLICES)
     span = seconds * compress
-    counts = np.histogram(full.arrival_s, bins=np.arange(0, full.duration_s, span))[0]
-    start = float(np.argmax(counts) * span)
-    part = full.window(start, start + span)
+    # A replay longer than the slice plays all of it.
+    edges = np.arange(0, whole.duration_s, span)
+    start = float(np.argmax(np.histogram(whole.arrival_s, bins=edges)[0]) * span) if len(edges) > 1 else 0.0
+    part = whole.window(start, start + span)
     return Trace(
         "azure-conv-slice",
         part.arrival_s,

@@ -28,12 +28,27 @@ TRACE_NAMES = AZURE_TRACES + SERVEGEN_TRACES
 _DIST_CODES = {"": 0, "Gamma": 1, "Weibull": 2}
 
 
+# Small slices of the public traces that ship with the repository (simulator/data/README.md says which and
+# how they were cut): the tests and the demo read these, so a plain clone needs nothing beside it.
+SLICES = Path(__file__).resolve().parent / "data"
+
+
+class TraceDataMissing(FileNotFoundError):
+    """The full public traces were asked for but `$EBBTIDE_DATA` does not name a folder."""
+
+
 def data_dir() -> Path:
-    """The shared data folder: `$EBBTIDE_DATA`, else `<repo root>/../shared/data`."""
+    """The full public traces: the folder `$EBBTIDE_DATA` names (`make data` fetches them; README "Data")."""
     env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    if not env:
+        raise TraceDataMissing(
+            f"{DATA_ENV} is not set: the benchmarks read the full public traces from the folder it names. "
+            f"Run `make data` to fetch them, then `export {DATA_ENV}=<that folder>` (README, section Data)."
+        )
+    path = Path(env)
+    if not path.is_dir():
+        raise TraceDataMissing(f"{DATA_ENV}={env} is not a folder; `make data` fetches the traces into one")
+    return path
 
 
 @dataclass(frozen=True)

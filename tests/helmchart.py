@@ -1,4 +1,4 @@
-"""Helm for tests: the pinned helm binary (built once by hack/build-helm.sh, then cached) and chart rendering."""
+"""Helm for tests: the pinned helm binary (built by `make binaries` before the tests) and chart rendering."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.kube import ROOT
@@ -16,8 +17,10 @@ CHART = ROOT / "helm" / "ebbtide"
 
 @functools.cache
 def helm_binary() -> str:
-    """The pinned helm, building it on first use like the control plane's binaries."""
-    out = subprocess.run([str(ROOT / "hack" / "build-helm.sh")], check=True, stdout=subprocess.PIPE, text=True)
+    """The pinned helm from the binary cache; tests never build it (tests/conftest.py sets EBBTIDE_NO_BUILD)."""
+    out = subprocess.run([str(ROOT / "hack" / "build-helm.sh")], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.fail(out.stderr.strip(), pytrace=False)
     return out.stdout.strip().splitlines()[-1]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -167,7 +166,7 @@ def render(raw: dict[str, Any], out_dir: Path, prefix: str) -> str:
         "in this run (raw results: " + f"`{prefix}.json`).",
         "",
         f"- Hardware: {report.hardware()}. Timings are wall-clock on this shared machine.",
-        f"- Data: `alibaba-gpu-2023` (Alibaba cluster-trace-gpu-v2023, the FGD paper's trace) from `{_display()}`.",
+        "- Data: `alibaba-gpu-2023` (Alibaba cluster-trace-gpu-v2023, the FGD paper's trace) from `$EBBTIDE_DATA`.",
         "",
     ]
     checks: list[str] = []
@@ -181,11 +180,6 @@ def render(raw: dict[str, Any], out_dir: Path, prefix: str) -> str:
         lines += ["## Targets", "", *checks, ""]
     lines.append(f"Total benchmark wall time: {raw.get('wall_s', 0):.0f} s.")
     return "\n".join(lines) + "\n"
-
-
-def _display() -> str:
-    """The data location as the README names it, never this machine's absolute path."""
-    return "$EBBTIDE_DATA" if "EBBTIDE_DATA" in os.environ else "../shared/data"
 
 
 def _render_trace(trace: dict[str, Any], s: dict[str, Any], out_dir: Path, prefix: str, checks: list[str]) -> list[str]:

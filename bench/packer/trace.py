@@ -18,7 +18,7 @@ NODE_FILES = {"gpu": "openb_node_list_gpu_node.csv", "all": "openb_node_list_all
 
 
 def data_root() -> Path:
-    """Where the shared traces live (one rule for the whole project: `simulator.traces.data_dir`)."""
+    """The full public traces, `$EBBTIDE_DATA` (one rule for the whole project: `simulator.traces.data_dir`)."""
     return data_dir()
 
 

@@ -30,7 +30,7 @@ from simulator.loadgen import (
     summarize,
 )
 from simulator.loadgen.__main__ import parse_args
-from simulator.traces import Trace, data_dir, load_azure
+from simulator.traces import SLICES, Trace, load_azure
 from tests.unit.simulator.engine_support import engine_argv, serve_engine
 
 
@@ -220,9 +220,8 @@ class TestReplay:
         assert s.requests == 4 and s.failed == 1
         assert s.slo_attainment == pytest.approx(0.25)
 
-    @pytest.mark.skipif(not (data_dir() / "azure-llm-2023").is_dir(), reason="shared data not present")
     async def test_azure_slice_through_the_gateway_to_two_real_engines(self) -> None:
-        slice_ = load_azure("conv").window(600.0, 608.0)
+        slice_ = load_azure("conv", SLICES).window(60.0, 68.0)
         trace = Trace(
             "azure-conv",
             slice_.arrival_s,

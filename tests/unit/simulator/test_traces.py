@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from simulator.traces import (
+    DATA_ENV,
+    SLICES,
     LengthSampler,
     RateSeries,
     ServeGenTrace,
     Trace,
+    TraceDataMissing,
+    azure_length_sampler,
     data_dir,
     load_azure,
     load_servegen,
     load_trace,
 )
 
-needs_data = pytest.mark.skipif(
-    not (data_dir() / "servegen" / "m-mid").is_dir(), reason="shared benchmark data not present"
+# These check the full public traces (row counts, 14 days); the shipped slices cover the same code paths.
+needs_full_traces = pytest.mark.skipif(
+    not os.environ.get(DATA_ENV),
+    reason=f"needs the full public traces: {DATA_ENV} is not set (`make data` fetches them; README, section Data)",
 )
 
 
@@ -48,8 +56,40 @@ def m_mid() -> ServeGenTrace:
     return load_servegen("m-mid")
 
 
+def data_rows(path: str) -> int:
+    """Non-empty lines of a shipped slice, less its header (Azure files have one, ServeGen chunks none)."""
+    lines = [ln for ln in (SLICES / path).read_text().splitlines() if ln.strip()]
+    return len(lines) - (1 if lines[0].startswith("TIMESTAMP") else 0)
+
+
+class TestDataFolder:
+    def test_without_the_variable_the_full_traces_are_refused_by_name(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv(DATA_ENV, raising=False)
+        with pytest.raises(TraceDataMissing, match=DATA_ENV):
+            data_dir()
+        with pytest.raises(TraceDataMissing, match="make data"):
+            load_azure("conv")
+
+    def test_a_variable_naming_no_folder_is_refused(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv(DATA_ENV, str(tmp_path / "absent"))
+        with pytest.raises(TraceDataMissing, match="is not a folder"):
+            data_dir()
+        monkeypatch.setenv(DATA_ENV, str(tmp_path))
+        assert data_dir() == tmp_path
+
+
+class TestAzureSlice:
+    def test_conv_slice_parses_every_row_with_relative_sorted_arrivals(self) -> None:
+        trace = load_azure("conv", SLICES)
+        assert len(trace) == data_rows("azure-llm-2023/AzureLLMInferenceTrace_conv.csv")
+        assert trace.arrival_s[0] == 0.0
+        assert np.all(np.diff(trace.arrival_s) >= 0)
+        assert 540 < trace.duration_s <= 600  # the slice is the trace's busiest ten minutes
+        assert trace.prompt_tokens.min() >= 1 and trace.output_tokens.min() >= 1
+
+
 class TestAzure:
-    @needs_data
+    @needs_full_traces
     def test_conv_parses_every_row_with_relative_sorted_arrivals(self) -> None:
         trace = load_azure("conv")
         assert len(trace) == 19366
@@ -58,7 +98,7 @@ class TestAzure:
         assert 3000 < trace.duration_s < 3700  # one hour of production traffic
         assert trace.prompt_tokens.min() >= 1 and trace.output_tokens.min() >= 1
 
-    @needs_data
+    @needs_full_traces
     def test_code_trace_and_its_first_gap(self) -> None:
         trace = load_azure("code")
         assert len(trace) == 8819
@@ -158,7 +198,25 @@ class TestServeGenSynthesis:
         assert pairs <= {(100, 10), (200, 20), (300, 30)}
 
 
-@needs_data
+class TestServeGenSlice:
+    def test_one_client_over_two_days(self) -> None:
+        table = load_servegen("m-mid", SLICES)
+        assert table.clients == ("chunk-36",)
+        assert table.rate_rps.shape == (1, data_rows("servegen/m-mid/chunk-36-trace.csv"))
+        assert table.window_s == 600.0 and table.duration_s == 2 * 86400
+        assert set(np.unique(table.dist)) == {1, 2}  # this client's windows are fitted by both families
+
+    def test_synthesized_arrivals_follow_the_window_rates(self) -> None:
+        table = load_servegen("m-mid", SLICES)
+        start, end = 86400.0, 86400.0 + 3 * 600
+        trace = table.synthesize(start, end, seed=0, rate_scale=0.05, lengths=azure_length_sampler("conv", SLICES))
+        series = table.rate_series(0.05)
+        for w in range(3):
+            got = np.count_nonzero((trace.arrival_s >= w * 600) & (trace.arrival_s < (w + 1) * 600)) / 600
+            assert got == pytest.approx(series.at(start + w * 600), rel=0.02)
+
+
+@needs_full_traces
 class TestServeGenMMid:
     def test_table_has_every_client_and_fourteen_days(self, m_mid: ServeGenTrace) -> None:
         assert m_mid.rate_rps.shape == (109, 2016)
@@ -182,7 +240,15 @@ class TestServeGenMMid:
 
 
 class TestLoadTrace:
-    @needs_data
+    def test_cli_names_read_the_given_folder(self) -> None:
+        conv = load_trace("azure-conv", duration_s=60, root=SLICES)
+        assert len(conv) > 0 and conv.arrival_s.max() < 60
+        sg = load_trace("servegen-m-mid", start_s=0, duration_s=600, rate_scale=0.01, seed=1, root=SLICES)
+        assert sg.name == "servegen-m-mid" and sg.duration_s == 600 and len(sg) > 0
+        azure = load_azure("conv", SLICES)
+        assert set(sg.prompt_tokens.tolist()) <= set(azure.prompt_tokens.tolist())
+
+    @needs_full_traces
     def test_cli_names(self) -> None:
         assert len(load_trace("azure-code", duration_s=60)) > 0
         sg = load_trace("servegen-m-mid", start_s=0, duration_s=600, rate_scale=0.01, seed=1)
