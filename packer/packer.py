@@ -264,10 +264,13 @@ class Packer:
             release_gang(state, victim)
             rnd.ledger.take(victim)
             self._evict(rnd, victim, _preemptor(state, victim, newly, result) or failed[0])
-        for uid, placement in sorted(result.moved.items()):
+        moving = sorted(result.moved.items())
+        # Every mover leaves before any lands: the solver's answer may chain moves (a goes where b was).
+        for uid, _ in moving:
+            release_gang(state, item_of[uid])
+            rnd.ledger.take(item_of[uid])
+        for uid, placement in moving:
             gang = item_of[uid]
-            release_gang(state, gang)
-            rnd.ledger.take(gang)
             for pod, pl, row, gpus in zip(gang.pods, gang.placements, placement.rows, placement.gpus, strict=True):
                 disturbed.setdefault(state.row[pl.node], []).append(uid)
                 state.allocate(row, pod, gpus)
