@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bench.packer.baselines import baseline
 from bench.packer.trace import TraceNode, TracePod
 from packer.exact import ExactConfig, PendingItem, RunningItem, solve
 from packer.fragmentation import TargetWorkload
 from packer.greedy import place_gang
 from packer.plan import SolverStatus
-from packer.scoring import ScorerContext, make_scorer
+from packer.scoring import EbbtideScorer, ScorerContext
 from packer.snapshot import GPU_MILLI, Gang, Placement, PodRequest, RunningGang
 from packer.state import ClusterState
 
@@ -105,7 +106,8 @@ def replay(
     state = build_state(nodes, seed)
     scorer_name = policy.removesuffix("+cpsat")
     memory = scorer_name == "ebbtide"
-    scorer = make_scorer(scorer_name, ScorerContext.of(state, workloads[memory]))
+    factory = EbbtideScorer if memory else baseline(scorer_name)
+    scorer = factory(ScorerContext.of(state, workloads[memory]))
     repack = policy.endswith("+cpsat")
     exact_cfg = ExactConfig(
         time_budget_s=cfg.repack_budget_s, workers=cfg.repack_workers, move_cost=1, seed=seed, max_nodes=64

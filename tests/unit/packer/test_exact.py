@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from bench.packer.baselines import LeastAllocated
 from packer import GangKind, Packer, PackerConfig, SolverStatus, Verdict
 from packer.exact import ExactConfig, PendingItem, RunningItem, solve
 from packer.snapshot import ClusterSnapshot, Gang, Node, Placement, PodRequest, RunningGang
@@ -100,8 +101,8 @@ def test_exact_path_re_places_gangs_the_greedy_path_already_planned() -> None:
         .pend(gang("g1", pod("p1", 4), priority=10), gang("g2", pod("p2", 8), priority=10, created=1.0))
         .build()
     )
-    spread = PackerConfig(scorer="least-allocated", preemption=False)
-    greedy = Packer(PackerConfig(scorer="least-allocated", preemption=False, exact=False)).decide(snap, now=0.0)
+    spread = PackerConfig(scorer=LeastAllocated, preemption=False)
+    greedy = Packer(PackerConfig(scorer=LeastAllocated, preemption=False, exact=False)).decide(snap, now=0.0)
     assert greedy.decision("g2").verdict == Verdict.WAITING
     plan = Packer(spread).decide(snap, now=0.0)
     expect_applicable(snap, plan)
