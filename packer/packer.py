@@ -43,7 +43,7 @@ class PackerConfig:
     scorer: ScorerFactory = EbbtideScorer  # greedy scorer; always Ebbtide's in the operator
     exact: bool = True  # run CP-SAT for gangs the greedy path cannot place
     preemption: bool = True  # allow evicting strictly lower-priority gangs
-    allow_moves: bool = False  # let the exact path restart movable running gangs elsewhere
+    allow_moves: bool = False  # let the exact path restart movable running gangs elsewhere (the operator never does)
     exact_config: ExactConfig = field(default_factory=ExactConfig)
     costs: CostModel = field(default_factory=CostModel)
     max_domains: int = 32  # topology domains the greedy path tries per gang

@@ -236,6 +236,14 @@ def _render_trace(trace: dict[str, Any], s: dict[str, Any], out_dir: Path, prefi
         f"scope (with the operator's {op.exact_config.max_nodes}, every model would hold hundreds of movable pods) and "
         f"the operator's {op.exact_config.time_budget_s:g} s budget per solve. Solves, pods placed by CP-SAT and pods "
         "moved are counted. The 'Ebbtide ≤ FGD' column and the targets judge the operator's row only.",
+        *(
+            [
+                "- One seed: a difference of a few GPUs between two rows may be arrival noise; the full run's ± "
+                "columns show the spread across seeds."
+            ]
+            if len(s["seeds"]) == 1
+            else []
+        ),
         "",
         *report.trace_tables(results),
         "Reading it: the FGD paper reports its gradient well ahead of best fit on these pod lists; the 'FGD vs best "
