@@ -28,7 +28,7 @@ from packer.preemption import (
     release_gang,
     work_lost_s,
 )
-from packer.scoring import SCORERS, Scorer, ScorerContext, make_scorer
+from packer.scoring import EbbtideScorer, Scorer, ScorerContext, ScorerFactory
 from packer.snapshot import GPU_MILLI, ClusterSnapshot, Gang, GangKind, Placement, RunningGang
 from packer.state import ClusterState, Undo, undo_all
 
@@ -40,10 +40,10 @@ _FALLBACK_SHAPES = tuple(WorkloadShape(0, 0, n, GPU_MILLI) for n in (1, 2, 4, 8)
 class PackerConfig:
     """How the packer decides; one sentence per knob."""
 
-    scorer: str = "ebbtide"  # greedy scorer, a key of packer.scoring.SCORERS
+    scorer: ScorerFactory = EbbtideScorer  # greedy scorer; always Ebbtide's in the operator
     exact: bool = True  # run CP-SAT for gangs the greedy path cannot place
     preemption: bool = True  # allow evicting strictly lower-priority gangs
-    allow_moves: bool = False  # let the exact path restart movable running gangs elsewhere
+    allow_moves: bool = False  # let the exact path restart movable running gangs elsewhere (the operator never does)
     exact_config: ExactConfig = field(default_factory=ExactConfig)
     costs: CostModel = field(default_factory=CostModel)
     max_domains: int = 32  # topology domains the greedy path tries per gang
@@ -51,8 +51,6 @@ class PackerConfig:
     popularity: float = 0.99  # share of pods the learned target workload covers
 
     def __post_init__(self) -> None:
-        if self.scorer not in SCORERS:
-            raise ValueError(f"unknown scorer {self.scorer!r}; known: {', '.join(sorted(SCORERS))}")
         if self.max_domains < 1:
             raise ValueError("max_domains must be at least 1")
 
@@ -105,7 +103,7 @@ class Packer:
         workload = cfg.workload or learn_workload(snapshot, cfg.popularity)
         rnd = _Round(
             state=state,
-            scorer=make_scorer(cfg.scorer, ScorerContext.of(state, workload)),
+            scorer=cfg.scorer(ScorerContext.of(state, workload)),
             now=now,
             running={g.uid: g for g in snapshot.running},
             ledger=ServiceLedger(snapshot.services),
@@ -264,10 +262,13 @@ class Packer:
             release_gang(state, victim)
             rnd.ledger.take(victim)
             self._evict(rnd, victim, _preemptor(state, victim, newly, result) or failed[0])
-        for uid, placement in sorted(result.moved.items()):
+        moving = sorted(result.moved.items())
+        # Every mover leaves before any lands: the solver's answer may chain moves (a goes where b was).
+        for uid, _ in moving:
+            release_gang(state, item_of[uid])
+            rnd.ledger.take(item_of[uid])
+        for uid, placement in moving:
             gang = item_of[uid]
-            release_gang(state, gang)
-            rnd.ledger.take(gang)
             for pod, pl, row, gpus in zip(gang.pods, gang.placements, placement.rows, placement.gpus, strict=True):
                 disturbed.setdefault(state.row[pl.node], []).append(uid)
                 state.allocate(row, pod, gpus)

@@ -1,8 +1,9 @@
-"""Node scorers for the greedy path, interchangeable through one tiny interface and the `SCORERS` registry.
+"""Node scorers for the greedy path: Ebbtide's own and FGD's gradient it builds on, behind one tiny interface.
 
 A scorer sees the candidate nodes (those with room for the pod) as arrays and returns lexicographic keys, higher
 is better; the greedy path takes the best and breaks remaining ties on node name. For a GPU share it also names
 the GPU on each node. Scorers are pure and keep no state between calls except caches of their own inputs.
+The benchmark's baselines (LeastAllocated, MostAllocated) implement the same interface in bench/packer/baselines.py.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class Scorer(Protocol):
     def score(self, cand: Candidates, pod: PodRequest) -> Scored: ...
 
 
+ScorerFactory = Callable[["ScorerContext"], Scorer]
+
+
 @dataclass(frozen=True)
 class ScorerContext:
     """What scorers may know about the cluster as a whole."""
@@ -94,55 +98,15 @@ def best_index(scored: Scored) -> int:
     return int(order[0])
 
 
-def _best_fit_gpu(free: IntArray, milli: int) -> IntArray:
-    """For a share: the fullest GPU with room on each node (lowest index among equals)."""
-    masked = np.where(free >= milli, free, np.iinfo(np.int64).max)
-    return np.asarray(np.argmin(masked, axis=1), dtype=np.int64)
-
-
 def _no_gpu(n: int) -> IntArray:
     return np.full(n, -1, dtype=np.int64)
 
 
-class LeastAllocated:
-    """kube-scheduler's NodeResourcesLeastAllocated over CPU, memory and GPU: spread onto the emptiest node."""
-
-    name = "least-allocated"
-
-    def __init__(self, ctx: ScorerContext) -> None:
-        self.ctx = ctx
-
-    def score(self, cand: Candidates, pod: PodRequest) -> Scored:
-        """Mean free fraction after placement (higher is emptier); a share goes to the fullest GPU that fits."""
-        cpu = (cand.cpu_free - pod.cpu_milli) / np.maximum(cand.cpu_cap, 1)
-        mem = (cand.mem_free - pod.mem_mib) / np.maximum(cand.mem_cap, 1)
-        gcap = cand.gpu_count * GPU_MILLI
-        has_gpu = gcap > 0
-        gpu = np.where(has_gpu, (cand.free.sum(axis=1) - pod.gpu_total_milli) / np.maximum(gcap, 1), 0.0)
-        score = (cpu + mem + gpu) / (2.0 + has_gpu)
-        pick = _best_fit_gpu(cand.free, pod.gpu_milli) if pod.is_share else _no_gpu(len(cand.rows))
-        return Scored((np.asarray(score, dtype=np.float64),), pick)
-
-
-class MostAllocated:
-    """Best fit as in the FGD authors' simulator: least leftover CPU and GPU (weights 0.5/0.5) wins."""
-
-    name = "most-allocated"
-
-    def __init__(self, ctx: ScorerContext) -> None:
-        self.ctx = ctx
-
-    def score(self, cand: Candidates, pod: PodRequest) -> Scored:
-        """Negative normalized leftover after placement; a share goes to the fullest GPU that fits."""
-        cpu_left = (cand.cpu_free - pod.cpu_milli) / self.ctx.cpu_norm
-        gpu_left = (cand.free.sum(axis=1) - pod.gpu_total_milli) / self.ctx.gpu_norm
-        score = -(0.5 * cpu_left + 0.5 * gpu_left)
-        pick = _best_fit_gpu(cand.free, pod.gpu_milli) if pod.is_share else _no_gpu(len(cand.rows))
-        return Scored((np.asarray(score, dtype=np.float64),), pick)
-
-
 class FragmentationGradient:
-    """FGD: the node (and GPU) whose expected fragmentation w.r.t. the target workload grows least."""
+    """FGD: the node (and GPU) whose expected fragmentation w.r.t. the target workload grows least.
+
+    The base of `EbbtideScorer`; the benchmark also runs it on its own as the FGD paper's policy.
+    """
 
     name = "fgd"
     memory_aware = False  # the paper's measure tests CPU and GPU only
@@ -201,20 +165,3 @@ class EbbtideScorer(FragmentationGradient):
         gpu_left = (cand.free.sum(axis=1) - pod.gpu_total_milli) / self.ctx.gpu_norm
         cpu_left = (cand.cpu_free - pod.cpu_milli) / self.ctx.cpu_norm
         return Scored((-np.round(delta, 6), -gpu_left, -cpu_left), gpu)
-
-
-SCORERS: dict[str, Callable[[ScorerContext], Scorer]] = {
-    LeastAllocated.name: LeastAllocated,
-    MostAllocated.name: MostAllocated,
-    FragmentationGradient.name: FragmentationGradient,
-    EbbtideScorer.name: EbbtideScorer,
-}
-
-
-def make_scorer(name: str, ctx: ScorerContext) -> Scorer:
-    """The scorer registered as `name`; an unknown name is rejected with the known ones listed."""
-    try:
-        factory = SCORERS[name]
-    except KeyError:
-        raise ValueError(f"unknown scorer {name!r}; known: {', '.join(sorted(SCORERS))}") from None
-    return factory(ctx)

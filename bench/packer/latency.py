@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.packer.baselines import BASELINES, MostAllocated
 from bench.packer.replay import build_state
 from bench.packer.trace import TraceNode, TracePod, target_workload
 from packer import ClusterSnapshot, Gang, Node, Packer, PackerConfig, PodRequest
 from packer.greedy import place_gang
-from packer.scoring import SCORERS, ScorerContext, make_scorer
+from packer.scoring import EbbtideScorer, ScorerContext, ScorerFactory
 from packer.state import ClusterState, undo_all
 
 RACK = "topology.ebbtide.dev/rack"
@@ -32,7 +33,7 @@ class LatencyResult:
 
 def _fill(state: ClusterState, pods: list[TracePod], target: float, rng: random.Random) -> None:
     """Load the cluster to `target` of its GPUs with trace pods (best fit, to get there quickly)."""
-    scorer = make_scorer("most-allocated", ScorerContext.of(state, target_workload(pods, False)))
+    scorer = MostAllocated(ScorerContext.of(state, target_workload(pods, False)))
     capacity = int(state.gpu_count.sum()) * 1000
     misses = 0
     while capacity - int(state.gpu_free.sum()) < target * capacity and misses < 200:
@@ -58,7 +59,7 @@ def _gangs(pods: list[TracePod], n: int, rng: random.Random) -> list[Gang]:
 def measure(
     nodes: list[TraceNode], pods: list[TracePod], seed: int, samples: int, decide_samples: int, fill: float = 0.7
 ) -> list[LatencyResult]:
-    """p50/p99 per gang for every registered scorer, on a cluster loaded to `fill`."""
+    """p50/p99 per gang for every scorer (the baselines and Ebbtide's), on a cluster loaded to `fill`."""
     rng = random.Random(seed)
     state = build_state(nodes, seed)
     state.labels = [{RACK: f"rack-{r // 16:03d}"} for r in range(state.size)]
@@ -66,8 +67,9 @@ def measure(
     gangs = _gangs(pods, samples, rng)
     workloads = {False: target_workload(pods, False), True: target_workload(pods, True)}
     results = []
-    for name in SCORERS:
-        scorer = make_scorer(name, ScorerContext.of(state, workloads[name == "ebbtide"]))
+    scorers: dict[str, ScorerFactory] = {**BASELINES, EbbtideScorer.name: EbbtideScorer}
+    for name, factory in scorers.items():
+        scorer = factory(ScorerContext.of(state, workloads[name == EbbtideScorer.name]))
         times = []
         for gang in gangs:
             start = time.perf_counter()
@@ -77,15 +79,14 @@ def measure(
                 undo_all(placed[1])  # measure every gang against the same state
         results.append(_summary(name, "place_gang", times))
     snapshot = _snapshot(state)
-    for name in ("ebbtide",):
-        cfg = PackerConfig(scorer=name, exact=False, preemption=False, workload=workloads[True])
-        times = []
-        for gang in gangs[:decide_samples]:
-            snap = ClusterSnapshot(snapshot.nodes, [], [gang], {})
-            start = time.perf_counter()
-            Packer(cfg).decide(snap, now=0.0)
-            times.append(time.perf_counter() - start)
-        results.append(_summary(name, "decide", times))
+    cfg = PackerConfig(exact=False, preemption=False, workload=workloads[True])
+    times = []
+    for gang in gangs[:decide_samples]:
+        snap = ClusterSnapshot(snapshot.nodes, [], [gang], {})
+        start = time.perf_counter()
+        Packer(cfg).decide(snap, now=0.0)
+        times.append(time.perf_counter() - start)
+    results.append(_summary(EbbtideScorer.name, "decide", times))
     return results
 
 

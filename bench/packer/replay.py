@@ -1,40 +1,56 @@
 """Replay Monte-Carlo arrivals of the Alibaba trace onto its cluster with one placement policy, FGD-paper style.
 
-Pods arrive one by one and never leave; a pod that fits nowhere fails (and, for "ebbtide+cpsat", first triggers a
-small CP-SAT repacking that may move running pods). The policies run the packer's own cores: `ClusterState`,
-`greedy.place_gang` with a registered scorer, and `exact.solve`.
+Pods arrive and never leave; a pod that fits nowhere fails. The baselines (`bench/packer/baselines.py`) place pod
+by pod on the packer's greedy path. The Ebbtide rows run the operator's own decision: `Packer.decide` on a
+`ClusterSnapshot` of the replayed cluster, in passes of `ReplayConfig.pass_size` arrivals, the plan applied
+before the next pass. "ebbtide" uses the configuration the scheduling shell builds (`operator_config`);
+"ebbtide+cpsat" is the same with moves allowed, which the operator does not run (it never applies a `Move`).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from bench.packer.baselines import baseline
 from bench.packer.trace import TraceNode, TracePod
-from packer.exact import ExactConfig, PendingItem, RunningItem, solve
+from packer import ClusterSnapshot, Gang, Node, Packer, PackerConfig, Placement, Plan, RunningGang, Verdict
 from packer.fragmentation import TargetWorkload
 from packer.greedy import place_gang
 from packer.plan import SolverStatus
-from packer.scoring import ScorerContext, make_scorer
-from packer.snapshot import GPU_MILLI, Gang, Placement, PodRequest, RunningGang
+from packer.scoring import ScorerContext
+from packer.snapshot import GPU_MILLI, PodRequest
 from packer.state import ClusterState
 
-POLICIES = ("least-allocated", "most-allocated", "fgd", "ebbtide", "ebbtide+cpsat")
+BASELINE_POLICIES = ("least-allocated", "most-allocated", "fgd")
+PACKER_POLICIES = ("ebbtide", "ebbtide+cpsat")
+POLICIES = BASELINE_POLICIES + PACKER_POLICIES
 
 
 @dataclass(frozen=True)
 class ReplayConfig:
     """Knobs of one replay."""
 
-    repack_nodes: int = 6  # nodes in one CP-SAT repacking scope: a target and its receivers
-    repack_targets: int = 4  # target nodes tried per failed pod
-    repack_budget_s: float = 0.3  # wall-clock budget per repacking solve
-    repack_max_calls: int = 400  # solves per replay at most (saturation makes almost every arrival fail)
-    repack_workers: int = 1
+    pass_size: int = 16  # arrivals decided together by one Packer.decide (one scheduling pass)
+    repack_nodes: int = 16  # CP-SAT scope of "ebbtide+cpsat" (the operator's 128 would hold hundreds of movable pods)
+
+
+def operator_config() -> PackerConfig:
+    """The packer configuration of the operator's scheduling shell; a unit test holds the two equal."""
+    return PackerConfig()
+
+
+def packer_config(policy: str, cfg: ReplayConfig) -> PackerConfig:
+    """The configuration a packer policy decides with: the operator's, plus moves for "ebbtide+cpsat"."""
+    base = operator_config()
+    if policy == "ebbtide":
+        return base
+    if policy == "ebbtide+cpsat":
+        return replace(base, allow_moves=True, exact_config=replace(base.exact_config, max_nodes=cfg.repack_nodes))
+    raise ValueError(f"unknown packer policy {policy!r}; known: {', '.join(PACKER_POLICIES)}")
 
 
 @dataclass
@@ -50,10 +66,11 @@ class ReplayResult:
     arrived_gpus: float = 0.0
     allocated_gpus: float = 0.0
     failed_pods: int = 0
-    repack_calls: int = 0
-    repack_wins: int = 0
-    repack_optimal: int = 0
-    moves: int = 0
+    passes: int = 0  # Packer.decide calls (packer policies)
+    solves: int = 0  # CP-SAT solves inside them
+    solves_optimal: int = 0
+    exact_placed: int = 0  # pods placed by the exact path
+    moves: int = 0  # running pods moved by the exact path
     seconds: float = 0.0
     pods: int = 0
     extra: dict[str, float] = field(default_factory=dict)
@@ -69,19 +86,24 @@ class ReplayResult:
         return self.alloc_pct[max(i, 0)]
 
 
-def build_state(nodes: list[TraceNode], seed: int) -> ClusterState:
-    """The trace cluster; names get a seeded random prefix so that name tie-breaks are random per seed.
+def node_names(nodes: list[TraceNode], seed: int) -> list[str]:
+    """Node names with a seeded random prefix, so that name tie-breaks are random per seed.
 
     (The authors' simulator prefixes node names with a random permutation index for the same reason.)
     """
     perm = list(range(len(nodes)))
     random.Random(seed).shuffle(perm)
+    return [f"{perm[i]:04d}-{n.name}" for i, n in enumerate(nodes)]
+
+
+def build_state(nodes: list[TraceNode], seed: int) -> ClusterState:
+    """The empty trace cluster as the greedy path's arrays."""
     width = max(n.gpus for n in nodes)
     free = np.zeros((len(nodes), width), dtype=np.int64)
     for i, n in enumerate(nodes):
         free[i, : n.gpus] = GPU_MILLI
     return ClusterState(
-        names=[f"{perm[i]:04d}-{n.name}" for i, n in enumerate(nodes)],
+        names=node_names(nodes, seed),
         gpu_free=free,
         gpu_count=[n.gpus for n in nodes],
         cpu_free=[n.cpu_milli for n in nodes],
@@ -97,146 +119,132 @@ def replay(
     nodes: list[TraceNode],
     seq: list[TracePod],
     policy: str,
-    workloads: dict[bool, TargetWorkload],
+    fgd_workload: TargetWorkload,
     seed: int,
     cfg: ReplayConfig,
 ) -> ReplayResult:
-    """Place `seq` in order with `policy`; `workloads[memory_aware]` is the target workload for FGD-style scorers."""
+    """Place `seq` in order with `policy`; `fgd_workload` is the FGD baseline's target workload."""
+    if policy in PACKER_POLICIES:
+        return _replay_packer(trace, nodes, seq, policy, seed, cfg)
     state = build_state(nodes, seed)
-    scorer_name = policy.removesuffix("+cpsat")
-    memory = scorer_name == "ebbtide"
-    scorer = make_scorer(scorer_name, ScorerContext.of(state, workloads[memory]))
-    repack = policy.endswith("+cpsat")
-    exact_cfg = ExactConfig(
-        time_budget_s=cfg.repack_budget_s, workers=cfg.repack_workers, move_cost=1, seed=seed, max_nodes=64
-    )
-    capacity = float(state.gpu_count.sum())
-    on_node: list[dict[str, RunningGang]] = [{} for _ in range(state.size)]
-    res = ReplayResult(trace, policy, seed, capacity, [], [], pods=len(seq))
-    arrived = 0
-    allocated = 0
+    scorer = baseline(policy)(ScorerContext.of(state, fgd_workload))
+    res = ReplayResult(trace, policy, seed, float(state.gpu_count.sum()), [], [], pods=len(seq))
+    arrived = allocated = 0
     start = time.perf_counter()
     for tp in seq:
-        gang = Gang(tp.name, (tp.request,), gpu_products=tp.gpu_products)
         arrived += tp.request.gpu_total_milli
-        placed = place_gang(state, gang, scorer)
-        if placed is not None:
-            row, gpus = placed[0].rows[0], placed[0].gpus[0]
-            _track(on_node, state, gang, row, gpus)
-            allocated += tp.request.gpu_total_milli
-        elif repack and _repack(state, gang, on_node, exact_cfg, cfg, res):
+        if place_gang(state, Gang(tp.name, (tp.request,), gpu_products=tp.gpu_products), scorer) is not None:
             allocated += tp.request.gpu_total_milli
         else:
             res.failed_pods += 1
-        res.arrived_pct.append(100.0 * arrived / GPU_MILLI / capacity)
-        res.alloc_pct.append(100.0 * allocated / GPU_MILLI / capacity)
+        res.arrived_pct.append(100.0 * arrived / GPU_MILLI / res.capacity_gpus)
+        res.alloc_pct.append(100.0 * allocated / GPU_MILLI / res.capacity_gpus)
     res.seconds = time.perf_counter() - start
     res.arrived_gpus = arrived / GPU_MILLI
     res.allocated_gpus = allocated / GPU_MILLI
     return res
 
 
-def _track(
-    on_node: list[dict[str, RunningGang]], state: ClusterState, gang: Gang, row: int, gpus: tuple[int, ...]
+class ReplayCluster:
+    """The replayed cluster as the scheduling shell would see it: nodes with what is free, and running gangs."""
+
+    def __init__(self, nodes: list[TraceNode], seed: int) -> None:
+        self.nodes = [
+            Node(name, [GPU_MILLI] * n.gpus, n.cpu_milli, n.mem_mib, n.cpu_milli, n.mem_mib, n.model)
+            for name, n in zip(node_names(nodes, seed), nodes, strict=True)
+        ]
+        self.by_name = {n.name: n for n in self.nodes}
+        self.running: dict[str, RunningGang] = {}
+
+    def snapshot(self, pending: list[Gang]) -> ClusterSnapshot:
+        """What the shell hands the packer: every node, every running gang (all movable), the pending gangs."""
+        return ClusterSnapshot(self.nodes, list(self.running.values()), pending)
+
+    def apply(self, plan: Plan, pending: list[Gang]) -> set[str]:
+        """Carry out `plan` at once (moves first, then bindings); the pending gangs it placed."""
+        moved = {m.gang for m in plan.moves}
+        for uid in sorted(moved):
+            gang = self.running[uid]
+            for pod, pl in zip(gang.pods, gang.placements, strict=True):
+                self._take(pod, pl, -1)
+        for uid in sorted(moved):
+            gang = self.running[uid]
+            to = {m.pod: Placement(m.pod, m.to_node, m.gpu_indices) for m in plan.moves if m.gang == uid}
+            placements = tuple(to.get(pl.pod, pl) for pl in gang.placements)
+            for pod, pl in zip(gang.pods, placements, strict=True):
+                self._take(pod, pl, +1)
+            self.running[uid] = replace(gang, placements=placements)
+        placed: set[str] = set()
+        by_uid = {g.uid: g for g in pending}
+        for d in plan.decisions:
+            if d.verdict not in (Verdict.BOUND, Verdict.NOMINATED):
+                continue
+            new = by_uid[d.gang]
+            pods = {p.name: p for p in new.pods}
+            placements = tuple(Placement(b.pod, b.node, b.gpu_indices) for b in d.bindings)
+            for pl in placements:
+                self._take(pods[pl.pod], pl, +1)
+            self.running[new.uid] = RunningGang(
+                new.uid, new.pods, placements, movable=True, gpu_products=new.gpu_products
+            )
+            placed.add(new.uid)
+        return placed
+
+    def _take(self, pod: PodRequest, pl: Placement, sign: int) -> None:
+        node = self.by_name[pl.node]
+        node.cpu_free_milli -= sign * pod.cpu_milli
+        node.mem_free_mib -= sign * pod.mem_mib
+        for i in pl.gpu_indices:
+            node.gpu_free_milli[i] -= sign * pod.gpu_milli
+            if not 0 <= node.gpu_free_milli[i] <= GPU_MILLI:
+                raise ValueError(f"plan over- or under-books GPU {i} of {pl.node}")
+        if node.cpu_free_milli < 0 or node.mem_free_mib < 0:
+            raise ValueError(f"plan over-books {pl.node}")
+
+
+def _replay_packer(
+    trace: str, nodes: list[TraceNode], seq: list[TracePod], policy: str, seed: int, cfg: ReplayConfig
+) -> ReplayResult:
+    """Decide arrivals in passes with the operator's `Packer` and apply each plan, as the shell would."""
+    # The shell's packer reads a monotonic clock so that the solver budget covers model building.
+    packer = Packer(packer_config(policy, cfg), clock=time.monotonic)
+    res = ReplayResult(trace, policy, seed, float(sum(n.gpus for n in nodes)), [], [], pods=len(seq))
+    start = time.perf_counter()
+    decide_in_passes(ReplayCluster(nodes, seed), seq, packer, cfg.pass_size, res)
+    res.seconds = time.perf_counter() - start
+    return res
+
+
+def pending_gangs(batch: list[TracePod], first: int) -> list[Gang]:
+    """One pass's arrivals as pending gangs; created_s is the arrival index (first come, first served)."""
+    return [
+        Gang(tp.name, (tp.request,), gpu_products=tp.gpu_products, created_s=float(first + i))
+        for i, tp in enumerate(batch)
+    ]
+
+
+def decide_in_passes(
+    cluster: ReplayCluster, seq: list[TracePod], packer: Packer, pass_size: int, res: ReplayResult
 ) -> None:
-    pod = gang.pods[0]
-    on_node[row][gang.uid] = RunningGang(
-        gang.uid,
-        (pod,),
-        (Placement(pod.name, state.names[row], gpus),),
-        movable=True,
-        gpu_products=gang.gpu_products,
-    )
-
-
-def _repack(
-    state: ClusterState,
-    gang: Gang,
-    on_node: list[dict[str, RunningGang]],
-    exact_cfg: ExactConfig,
-    cfg: ReplayConfig,
-    res: ReplayResult,
-) -> bool:
-    """Try to make room for `gang` on one node by moving some of its pods to a few roomy nodes; True if placed.
-
-    Each solve is small on purpose: one target node whose pods may move, plus receivers whose pods stay put.
-    Targets: eligible nodes that could host the pod if all their pods left; those with the most GPUs already
-    roomy enough for the pod first, then the most free GPU, then by name.
-    Receivers: the nodes with the largest free share on one GPU, then the most free CPU, excluding the target.
-    """
-    pod = gang.pods[0]
-    eligible = state.static_mask(gang) & state.fits_capacity(pod)
-    held_cpu = np.zeros(state.size, dtype=np.int64)
-    for r in np.flatnonzero(eligible):
-        held_cpu[r] = sum(g.pods[0].cpu_milli for g in on_node[r].values())
-    free_gpu = state.gpu_free.sum(axis=1)
-    could = eligible & (state.cpu_free + held_cpu >= pod.cpu_milli) & (free_gpu > 0)
-    targets = np.flatnonzero(could)
-    if targets.size == 0:
-        return False
-    ready = (state.gpu_free >= pod.gpu_milli).sum(axis=1) if pod.gpu_count else free_gpu
-    targets = targets[np.lexsort((targets, -free_gpu[targets], -ready[targets]))][: cfg.repack_targets]
-    # Receivers need both a roomy GPU and CPU: rank by the largest free share on a GPU, then free CPU.
-    widest = state.gpu_free.max(axis=1)
-    roomy = np.flatnonzero((state.cpu_free > 0) & (widest > 0))
-    roomy = roomy[np.lexsort((roomy, -state.cpu_free[roomy], -widest[roomy]))]
-    for target in targets:
-        if res.repack_calls >= cfg.repack_max_calls:
-            return False
-        receivers = [int(r) for r in roomy if r != target][: cfg.repack_nodes - 1]
-        scope = np.array(sorted([int(target), *receivers]))
-        items = [RunningItem(g, evictable=False, movable=True) for g in on_node[target].values()]
-        if not items or not _may_clear(state, int(target), pod, on_node[target].values(), scope):
-            continue
-        res.repack_calls += 1
-        result = solve(state, [PendingItem(gang)], items, scope, {}, exact_cfg)
-        if result.report.status == SolverStatus.OPTIMAL:
-            res.repack_optimal += 1
-        placement = result.placed.get(gang.uid)
-        if placement is None:
-            continue
-        moved = {it.gang.uid: it.gang for it in items}
-        for uid in sorted(result.moved):
-            old = moved[uid]
-            opl, opod = old.placements[0], old.pods[0]
-            orow = state.row[opl.node]
-            state.release(orow, opod, opl.gpu_indices)
-            del on_node[orow][uid]
-        for uid, new in sorted(result.moved.items()):
-            old = moved[uid]
-            row, gpus = new.rows[0], new.gpus[0]
-            state.allocate(row, old.pods[0], gpus)
-            _track(on_node, state, Gang(uid, old.pods, gpu_products=old.gpu_products), row, gpus)
-            res.moves += 1
-        row, gpus = placement.rows[0], placement.gpus[0]
-        state.allocate(row, pod, gpus)
-        _track(on_node, state, gang, row, gpus)
-        res.repack_wins += 1
-        return True
-    return False
-
-
-def _may_clear(
-    state: ClusterState, target: int, pod: PodRequest, running: Iterable[RunningGang], scope: np.ndarray
-) -> bool:
-    """Cheap necessary test before a solve: can enough GPUs of `target` be cleared for `pod` at all?
-
-    A running pod can only move to a GPU with at least its share free, so GPUs holding a pod larger than the
-    roomiest GPU in scope stay as they are.
-    """
-    others = scope[scope != target]
-    roomiest = state.gpu_free[others].max(axis=1, initial=0)
-    reach = state.gpu_free[target].copy()
-    cpu = int(state.cpu_free[target])
-    for g in running:
-        p, pl = g.pods[0], g.placements[0]
-        # A pod can leave only for a receiver with CPU, memory and (if it has GPUs) a GPU with room for it.
-        room = (state.cpu_free[others] >= p.cpu_milli) & (state.mem_free[others] >= p.mem_mib)
-        if p.gpu_count:
-            room &= roomiest >= p.gpu_milli
-        if room.any():
-            cpu += p.cpu_milli
-            for i in pl.gpu_indices:
-                reach[i] += p.gpu_milli
-    gpus_ok = not pod.gpu_count or int((reach >= pod.gpu_milli).sum()) >= pod.gpu_count
-    return gpus_ok and cpu >= pod.cpu_milli
+    """Decide `seq` in passes of `pass_size` on `cluster`, applying each plan; counts go into `res`."""
+    arrived = allocated = 0
+    for first in range(0, len(seq), pass_size):
+        batch = seq[first : first + pass_size]
+        pending = pending_gangs(batch, first)
+        plan = packer.decide(cluster.snapshot(pending), now=float(first))
+        placed = cluster.apply(plan, pending)
+        res.passes += 1
+        res.solves += len(plan.solver)
+        res.solves_optimal += sum(r.status == SolverStatus.OPTIMAL for r in plan.solver)
+        res.exact_placed += sum(d.path == "exact" for d in plan.decisions if d.gang in placed)
+        res.moves += len(plan.moves)
+        for tp in batch:
+            arrived += tp.request.gpu_total_milli
+            if tp.name in placed:
+                allocated += tp.request.gpu_total_milli
+            else:
+                res.failed_pods += 1
+            res.arrived_pct.append(100.0 * arrived / GPU_MILLI / res.capacity_gpus)
+            res.alloc_pct.append(100.0 * allocated / GPU_MILLI / res.capacity_gpus)
+    res.arrived_gpus = arrived / GPU_MILLI
+    res.allocated_gpus = allocated / GPU_MILLI

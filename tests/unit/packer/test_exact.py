@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 
+from bench.packer.baselines import LeastAllocated
 from packer import GangKind, Packer, PackerConfig, SolverStatus, Verdict
 from packer.exact import ExactConfig, PendingItem, RunningItem, solve
-from packer.snapshot import Gang, Placement, PodRequest, RunningGang
+from packer.snapshot import ClusterSnapshot, Gang, Node, Placement, PodRequest, RunningGang
 from packer.state import ClusterState
 from tests.unit.packer.builders import ClusterBuilder, expect_applicable, gang, pod
 
@@ -100,8 +101,8 @@ def test_exact_path_re_places_gangs_the_greedy_path_already_planned() -> None:
         .pend(gang("g1", pod("p1", 4), priority=10), gang("g2", pod("p2", 8), priority=10, created=1.0))
         .build()
     )
-    spread = PackerConfig(scorer="least-allocated", preemption=False)
-    greedy = Packer(PackerConfig(scorer="least-allocated", preemption=False, exact=False)).decide(snap, now=0.0)
+    spread = PackerConfig(scorer=LeastAllocated, preemption=False)
+    greedy = Packer(PackerConfig(scorer=LeastAllocated, preemption=False, exact=False)).decide(snap, now=0.0)
     assert greedy.decision("g2").verdict == Verdict.WAITING
     plan = Packer(spread).decide(snap, now=0.0)
     expect_applicable(snap, plan)
@@ -109,3 +110,23 @@ def test_exact_path_re_places_gangs_the_greedy_path_already_planned() -> None:
     assert plan.decision("g2").bindings[0].node == "big"
     assert plan.decision("g2").path == "exact"
     assert plan.evictions == ()
+
+
+def test_a_chain_of_moves_is_applied_as_a_whole() -> None:
+    # The pending pod may only use node x, where share a sits; a may only go to y, where share b leaves too little
+    # room; b may go to z. Moving a onto y before b has left would over-book y: the moves must land together.
+    nodes = [
+        Node(name, [1000], 8000, 8192, 8000, 8192, product) for name, product in (("x", "X"), ("y", "Y"), ("z", "Z"))
+    ]
+    nodes[0].gpu_free_milli[0] = 500
+    nodes[1].gpu_free_milli[0] = 400
+
+    def share(uid: str, node: str, milli: int, products: str) -> RunningGang:
+        p = PodRequest(uid, 0, 0, 1, milli)
+        return RunningGang(uid, (p,), (Placement(uid, node, (0,)),), movable=True, gpu_products=frozenset(products))
+
+    want = Gang("w", (PodRequest("w", 0, 0, 1, 1000),), gpu_products=frozenset("X"))
+    snap = ClusterSnapshot(nodes, [share("a", "x", 500, "XY"), share("b", "y", 600, "YZ")], [want])
+    plan = Packer(PackerConfig(allow_moves=True)).decide(snap, now=0.0)
+    assert {(m.gang, m.to_node) for m in plan.moves} == {("a", "y"), ("b", "z")}
+    assert plan.decision("w").bindings[0].node == "x"

@@ -1,4 +1,4 @@
-"""FGD's fragmentation measure on hand-computed cases, and the scorer registry."""
+"""FGD's fragmentation measure on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from packer.fragmentation import TargetWorkload, WorkloadShape, frag_delta_share, fragmentation
-from packer.scoring import SCORERS, ScorerContext, make_scorer
 from packer.snapshot import PodRequest
-from packer.state import ClusterState
 
 HALF = WorkloadShape(cpu_milli=0, mem_mib=0, gpu_count=1, gpu_milli=500)
 WHOLE2 = WorkloadShape(cpu_milli=0, mem_mib=0, gpu_count=2, gpu_milli=1000)
@@ -44,12 +42,3 @@ def test_popularity_threshold_keeps_the_common_shapes() -> None:
     wl = TargetWorkload.from_samples(samples, popularity=0.9)
     assert wl.shapes == (HALF, WHOLE2)
     assert wl.probs == pytest.approx((6 / 9, 3 / 9))
-
-
-def test_registry_has_the_four_scorers() -> None:
-    assert set(SCORERS) == {"least-allocated", "most-allocated", "fgd", "ebbtide"}
-    state = ClusterState(["a"], np.array([[1000]]), [1], [1000], [1000], [1000], [1000], [""])
-    for name in SCORERS:
-        assert make_scorer(name, ScorerContext.of(state, WORKLOAD)).name == name
-    with pytest.raises(ValueError, match="known"):
-        make_scorer("nope", ScorerContext.of(state, WORKLOAD))

@@ -9,7 +9,7 @@ import pytest
 from packer import GangKind, Packer, PackerConfig
 from packer.packer import learn_workload
 from packer.preemption import CostModel, ServiceLedger, greedy_preemption
-from packer.scoring import ScorerContext, make_scorer
+from packer.scoring import EbbtideScorer, ScorerContext
 from packer.state import ClusterState
 from tests.unit.packer.builders import RACK, ClusterBuilder, gang, pod
 
@@ -46,7 +46,7 @@ def test_failed_preemption_search_leaves_the_state_as_it_was() -> None:
     b = ClusterBuilder().node("a").node("b").run("x", "a", priority=5).run("y", "b", priority=0)
     snap = b.pend(gang("g", pod("g0", 8), pod("g1", 8), priority=5)).build()
     state = ClusterState.from_snapshot(snap)
-    scorer = make_scorer("ebbtide", ScorerContext.of(state, learn_workload(snap)))
+    scorer = EbbtideScorer(ScorerContext.of(state, learn_workload(snap)))
     ledger = ServiceLedger(snap.services)
     before = state.fingerprint()
     found = greedy_preemption(state, snap.pending[0], snap.running, scorer, ledger, snap.services, 0.0, CostModel())
@@ -58,7 +58,7 @@ def test_successful_preemption_is_undone_by_its_undos() -> None:
     b = ClusterBuilder().node("a").run("x", "a", priority=0, kind=GangKind.SERVING, service="s")
     snap = b.service("s", 0, 1, 1).pend(gang("g", pod("g0", 8), priority=5)).build()
     state = ClusterState.from_snapshot(snap)
-    scorer = make_scorer("ebbtide", ScorerContext.of(state, learn_workload(snap)))
+    scorer = EbbtideScorer(ScorerContext.of(state, learn_workload(snap)))
     ledger = ServiceLedger(snap.services)
     before, left = state.fingerprint(), dict(ledger.left)
     found = greedy_preemption(state, snap.pending[0], snap.running, scorer, ledger, snap.services, 0.0, CostModel())
