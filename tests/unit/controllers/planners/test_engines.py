@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -11,8 +9,9 @@ from controllers.planners.engines import PodRole, serving_command
 from controllers.planners.gangs import pod_roles
 from crds.llmservice import LLMService
 from simulator.engine.config import parse_args
+from tests.kube import ROOT
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+EXAMPLES = ROOT / "examples"
 
 
 @pytest.mark.parametrize("name", ["dense-service", "moe-service", "pd-service"])
