@@ -35,7 +35,7 @@ integration: venv binaries redis
 	$(BIN)/python -m pytest -q tests/integration
 
 # The real vLLM (CPU build) in a venv cached outside the work tree, and the tiny local model it serves
-# (docs/engines.md). Cold: ~6 min and ~3.2 GB of downloads; then instant.
+# (docs/engines.md). Cold: 6-11 min on 2 cores and ~3.2 GB of downloads; then instant.
 real-engine:
 	@env="$$(hack/real-engine-env.sh)" && model="$$("$$env/bin/python" hack/tiny-model.py)" && \
 	  echo "real vLLM: $$env/bin/vllm; tiny model: $$model"

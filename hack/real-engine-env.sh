@@ -101,7 +101,7 @@ fi
 check_python
 
 started=$SECONDS
-log "building the real vLLM $VLLM_VERSION (CPU) venv in $out: ~3.2 GB download, ~6 GB on disk, ~6 min on 2 cores"
+log "building the real vLLM $VLLM_VERSION (CPU) venv in $out: ~3.2 GB download, ~6.3 GB on disk, 6-11 min on 2 cores"
 rm -rf "$out"
 "$PYTHON" -m venv "$out"
 # torch from PyPI carries its CUDA wheels (nvidia-*, triton) as dependencies; it does not import without them

@@ -106,7 +106,7 @@ def find_real_engine_env() -> RealEngineEnv | str:
     if check.returncode != 0:
         return (
             f"REAL vLLM ENVIRONMENT ABSENT: the conformance tier needs the real vLLM CPU build; build it with "
-            f"`{ENV_SCRIPT}` (or `make real-engine`, ~6 min, ~3.2 GB download) or point EBBTIDE_REAL_ENGINE_ENV "
+            f"`{ENV_SCRIPT}` (or `make real-engine`: 6-11 min, ~3.2 GB download) or point EBBTIDE_REAL_ENGINE_ENV "
             f"at a pre-built venv. ({check.stderr.strip()})"
         )
     venv = Path(check.stdout.strip().splitlines()[-1])
