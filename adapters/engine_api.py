@@ -1,9 +1,9 @@
-"""The engines' admin HTTP endpoints the controllers call: drain before scale-in, trainer progress and checkpoints."""
+"""The engines' HTTP endpoints the controllers call: trainer progress and checkpoints. Serving engines are drained
+by SIGTERM with `--shutdown-timeout` (controllers/planners/drain.py), not by any call."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import httpx
 
@@ -21,32 +21,13 @@ def engine_url(pod: PodView, port: int) -> str | None:
 
 
 class EngineClient:
-    """The engines' admin endpoints (vLLM-compatible serving engines, the simulated engine, trainers)."""
+    """The trainers' control endpoints."""
 
     def __init__(self, timeout_s: float = 3.0) -> None:
         self.http = httpx.AsyncClient(timeout=timeout_s)
 
     async def close(self) -> None:
         await self.http.aclose()
-
-    async def start_drain(self, url: str) -> None:
-        try:
-            await self.http.post(f"{url}/admin/drain")
-        except httpx.HTTPError as e:
-            log.info("drain request to %s failed (%s); the grace period bounds the wait", url, e)
-
-    async def drained(self, url: str) -> bool:
-        """True when the engine reports no in-flight requests (or is already gone)."""
-        try:
-            r = await self.http.get(f"{url}/admin/drain")
-            if r.status_code == 404:
-                return False
-            data: dict[str, Any] = r.json()
-            return bool(data.get("done")) or int(data.get("inflight", 1)) == 0
-        except httpx.ConnectError:
-            return True
-        except (httpx.HTTPError, ValueError):
-            return False
 
     async def progress(self, url: str) -> tuple[int | None, bool]:
         try:

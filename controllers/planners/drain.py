@@ -1,61 +1,39 @@
-"""Drain timing: when a draining gang's engines may be asked to stop, and when the gang may be deleted.
+"""Drain timing: when a draining gang may be deleted, and the engine flags and pod grace period that make the
+deletion itself the drain.
 
-Scale-in and rolling updates drain a gang the same way. The shell takes it out of routing first (drops its
-entrypoint label, so the Service stops selecting it, and stamps `ebbtide.dev/drain-started`, which gateways
-honour). Routers need a moment to notice, so for `deregistration_s` the engines keep serving whatever still
-arrives; then they are asked to stop admitting and to report in-flight work, and the gang is deleted once every
-engine is idle, or `grace_s` after the drain began, whichever comes first. Pure: time is the caller's `now`.
+Scale-in and rolling updates drain a gang the same way, with nothing but what real engines support
+(docs/engines.md). The shell takes the gang out of routing first: it drops the pods' entrypoint label, so the
+Service stops selecting them, and stamps `ebbtide.dev/drain-started`, which gateways honour. The engines keep
+serving whatever still arrives while routers let go (`deregistration_s`); then the gang is deleted. Deletion sends
+SIGTERM, and an engine started with `--shutdown-timeout` = the service's drain grace finishes its in-flight requests
+(refusing new ones) before it exits; the pod's termination grace period covers that plus the engine's teardown, so
+the kubelet's SIGKILL never cuts a drain short. Pure: time is the caller's `now`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from enum import StrEnum
 
 from controllers.planners.snapshot import PodView
-from crds import labels as L
 
-
-class DrainStage(StrEnum):
-    """Where a draining gang stands."""
-
-    DEREGISTERING = "Deregistering"  # routers are still letting go of it; its engines keep serving
-    STOPPING = "Stopping"  # its engines are asked to stop admitting; waiting for in-flight requests
-    EXPIRED = "Expired"  # the grace period is over: delete it whatever is still running
-
-
-@dataclass(frozen=True)
-class DrainTiming:
-    """The two delays of a drain: routers' deregistration (an operator setting) and the service's grace period."""
-
-    deregistration_s: float
-    grace_s: float
+# vLLM 0.32.0 keeps its HTTP server up for 6-13 s after the last request finishes, and exits at about
+# min(work left + 13 s, shutdown timeout + 6 s) after SIGTERM (measured, docs/engines.md): allow 15 s on top.
+TEARDOWN_MARGIN_S = 15
 
 
 @dataclass(frozen=True)
 class DrainingGang:
-    """One gang being drained, its stage, and the pods whose engines take requests (the ones asked to stop)."""
+    """One gang being drained: taken out of routing at `started`, deletable once routers have let go."""
 
     replica: int
     started: float
-    stage: DrainStage
-    entry_pods: tuple[PodView, ...]
+    deletable: bool
 
 
-def drain_stage(started: float, now: float, timing: DrainTiming) -> DrainStage:
-    """The stage of a drain that began at `started`; the grace period wins over the deregistration delay."""
-    elapsed = now - started
-    if elapsed >= timing.grace_s:
-        return DrainStage.EXPIRED
-    if elapsed < timing.deregistration_s:
-        return DrainStage.DEREGISTERING
-    return DrainStage.STOPPING
-
-
-def draining_gangs(pods: list[PodView], now: float, timing: DrainTiming) -> list[DrainingGang]:
+def draining_gangs(pods: list[PodView], now: float, deregistration_s: float) -> list[DrainingGang]:
     """Every gang with a drain under way and pods not yet deleted, by replica index; a gang's drain began when
-    its first member was marked."""
+    its first member was marked, and it may be deleted `deregistration_s` later."""
     members: dict[int, list[PodView]] = defaultdict(list)
     for p in pods:
         if p.draining_since is not None and not p.deleting:
@@ -63,12 +41,15 @@ def draining_gangs(pods: list[PodView], now: float, timing: DrainTiming) -> list
     out = []
     for replica, ps in sorted(members.items()):
         started = min(p.draining_since for p in ps if p.draining_since is not None)
-        entry = tuple(p for p in ps if p.labels.get(L.ROLE) != "worker")  # workers serve through their leader
-        out.append(DrainingGang(replica, started, drain_stage(started, now, timing), entry))
+        out.append(DrainingGang(replica, started, now - started >= deregistration_s))
     return out
 
 
-def may_delete(stage: DrainStage, engines_idle: bool) -> bool:
-    """Whether a draining gang may be deleted: its engines, once asked to stop, report no in-flight work, or the
-    grace period is over. An engine that is idle while routers still deregister may yet get a request."""
-    return stage == DrainStage.EXPIRED or (stage == DrainStage.STOPPING and engines_idle)
+def shutdown_timeout_s(grace_s: int) -> int:
+    """The engine's `--shutdown-timeout`: the service's drain grace, the longest a request in flight may take."""
+    return max(0, grace_s)
+
+
+def termination_grace_s(grace_s: int) -> int:
+    """The pod's `terminationGracePeriodSeconds`: the engine's shutdown timeout plus its teardown."""
+    return shutdown_timeout_s(grace_s) + TEARDOWN_MARGIN_S

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controllers.planners.drain import shutdown_timeout_s
 from crds.finetunejob import FineTuneJobSpec
 from crds.llmservice import LLMServiceSpec
 
+# vLLM >= 0.18 for --shutdown-timeout, without which SIGTERM aborts every request in flight (docs/engines.md).
 DEFAULT_IMAGES = {
-    "vllm": "vllm/vllm-openai:v0.11.0",
+    "vllm": "vllm/vllm-openai:v0.32.0",
     "sglang": "lmsysorg/sglang:v0.5.3-cu126",
     "simulated": "ghcr.io/ebbtide/engine-sim:0.1.0",
     "peft": "ghcr.io/ebbtide/trainer-peft:0.1.0",
@@ -39,6 +41,7 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
             "--model", m.name, "--params-b", _num(m.parameters_b), "--architecture", m.architecture,
             "--gpu", "auto", "--tensor-parallel", str(p.tensor), "--pipeline-parallel", str(p.pipeline),
             "--host", "0.0.0.0", "--port", str(e.port), "--served-model-name", m.name,
+            "--shutdown-timeout", str(shutdown_timeout_s(spec.drain_grace_period_seconds)),
         ]  # fmt: skip
         if m.architecture == "moe":
             # In the API (as in vLLM) expert-parallel ranks reuse the tensor-parallel GPUs; the simulated engine
@@ -56,6 +59,8 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
         serve = [
             "vllm", "serve", model_path, "--served-model-name", m.name, "--host", "0.0.0.0", "--port", str(e.port),
             "--tensor-parallel-size", str(p.tensor), "--pipeline-parallel-size", str(p.pipeline),
+            # SIGTERM then drains: in-flight requests finish, new ones are refused (the drain of scale-in).
+            "--shutdown-timeout", str(shutdown_timeout_s(spec.drain_grace_period_seconds)),
         ]  # fmt: skip
         if p.data > 1:
             serve += ["--data-parallel-size", str(p.data)]

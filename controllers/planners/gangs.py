@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from controllers.planners.drain import termination_grace_s
 from controllers.planners.engines import DEFAULT_IMAGES, PodRole, serving_command
 from controllers.planners.validation import allowed_gpus
 from crds import labels as L
@@ -150,7 +151,8 @@ def replica_pods(owner: Owner, spec: LLMServiceSpec, replica: int, scheduler_nam
             "restartPolicy": "Always",
             "hostname": pod_name(owner.name, replica, role),
             "subdomain": f"{owner.name}-pods",
-            "terminationGracePeriodSeconds": 30,
+            # Deleting the pod is the drain: the engine's shutdown timeout, then its teardown (drain.py).
+            "terminationGracePeriodSeconds": termination_grace_s(spec.drain_grace_period_seconds),
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [container],
         }

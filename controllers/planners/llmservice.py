@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from catalogue.models import ModelSpec as CatalogueModel
 from catalogue.models import resolve_model
 from controllers.planners.conditions import get_condition, report_problem, set_condition
-from controllers.planners.drain import DrainTiming, draining_gangs, may_delete
+from controllers.planners.drain import draining_gangs
 from controllers.planners.gangs import Owner, gangs_gpus, pod_roles, replica_pods, template_hash
 from controllers.planners.rollout import next_to_replace, outdated, scale_in_order
 from controllers.planners.snapshot import PodView
@@ -82,13 +82,12 @@ def plan_service(
     uid: str,
     pods: list[PodView],
     priority_classes: Collection[str],
-    drained: Mapping[int, bool],
     now: float,
     scheduler_name: str = "default-scheduler",
     deregistration_s: float = 0.0,
 ) -> ServicePlan:
-    """Decide one reconcile pass. `drained` says which draining replicas' engines, asked to stop, report no
-    in-flight work (controllers/planners/drain.py decides when to ask and when a gang may go)."""
+    """Decide one reconcile pass. A draining gang is deleted once routers have let go of it (`deregistration_s`);
+    its engines' own graceful shutdown finishes what is in flight (controllers/planners/drain.py)."""
     spec, name = svc.spec, svc.metadata.name
     owner = Owner("LLMService", name, svc.metadata.namespace or "default", uid)
     plan = ServicePlan()
@@ -158,8 +157,8 @@ def plan_service(
                 m for m in replica_pods(owner, spec, r, scheduler_name) if m["metadata"]["name"] not in have
             ]
 
-    for gang in draining_gangs(pods, now, DrainTiming(deregistration_s, spec.drain_grace_period_seconds)):
-        if may_delete(gang.stage, drained.get(gang.replica, False)):
+    for gang in draining_gangs(pods, now, deregistration_s):
+        if gang.deletable:
             plan.delete += [p.name for p in by_replica[gang.replica] if not p.deleting]
 
     def gang_ready(r: int) -> bool:

@@ -19,7 +19,7 @@ from autoscaler.cluster import ClusterForecast
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE
 from catalogue.gpus import GPU_RESOURCE
 from controllers.planners.conditions import already_applied, invalid_spec_status
-from controllers.planners.drain import DrainingGang, DrainStage, DrainTiming, draining_gangs
+from controllers.planners.drain import draining_gangs
 from controllers.planners.finetune import TrainerReport, checkpoint_due, plan_job
 from controllers.planners.gangs import Owner, pdb_manifest, service_manifests
 from controllers.planners.llmservice import plan_service
@@ -185,14 +185,6 @@ async def _fetch(
         raise kopf.PermanentError(message) from e
 
 
-async def _engines_idle(gang: DrainingGang, port: int) -> bool:
-    """Ask a draining gang's engines to stop admitting; True when none of them has work in flight."""
-    r = rt()
-    urls = [u for u in (engine_url(p, port) for p in gang.entry_pods) if u]
-    await asyncio.gather(*(r.engines.start_drain(u) for u in urls))
-    return all(await asyncio.gather(*(r.engines.drained(u) for u in urls)))
-
-
 @_timed("LLMService")
 async def reconcile_service(namespace: str, name: str, full: bool) -> None:
     r = rt()
@@ -202,16 +194,12 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
     body, svc = fetched
     pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")]
     now = r.clock()
-    draining = draining_gangs(pods, now, DrainTiming(r.deregistration_seconds, svc.spec.drain_grace_period_seconds))
-    drained = {
-        g.replica: await _engines_idle(g, svc.spec.engine.port) for g in draining if g.stage == DrainStage.STOPPING
-    }
+    draining = draining_gangs(pods, now, r.deregistration_seconds)
     plan = plan_service(
         svc,
         body["metadata"]["uid"],
         pods,
         await r.kube.priority_classes(),
-        drained,
         now,
         r.scheduler_name,
         r.deregistration_seconds,

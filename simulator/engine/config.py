@@ -58,6 +58,7 @@ class EngineConfig:
     start_step: int = 0  # trainer: step to start from (read from --resume-from)
     resume_from: str | None = None
     checkpoint_dir: str | None = None
+    shutdown_timeout_s: int = 0  # vLLM's --shutdown-timeout: seconds to finish in-flight work after SIGTERM
     calibration: Calibration = DEFAULT_CALIBRATION
 
     @property
@@ -115,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--served-model-name", nargs="+", help="names clients use (default: --model)")
     p.add_argument("--role", choices=("both", "prefill", "decode"), default="both")
+    p.add_argument(
+        "--shutdown-timeout",
+        type=int,
+        default=0,
+        help="seconds to finish in-flight requests after SIGTERM (vLLM's flag; 0 aborts them at once)",
+    )
     p.add_argument("--power-limit", type=float, help="initial per-GPU power limit, watts (default TDP)")
     p.add_argument("--expert-load-gbps", type=float, default=10.0)
     p.add_argument("--total-steps", type=int, help="trainer: steps in the run")
@@ -177,6 +184,7 @@ def parse_args(argv: list[str]) -> EngineConfig:
         _positive("--" + flag.replace("_", "-"), getattr(ns, flag))
     _positive("--time-scale", ns.time_scale)
     _positive("--expert-load-gbps", ns.expert_load_gbps)
+    _positive("--shutdown-timeout", ns.shutdown_timeout, allow_zero=True)
     if not 0 < ns.gpu_memory_utilization <= 1:
         raise EngineConfigError(f"--gpu-memory-utilization: must be in (0, 1], got {ns.gpu_memory_utilization:g}")
     if not 0 <= ns.port <= 65535:
@@ -210,6 +218,7 @@ def parse_args(argv: list[str]) -> EngineConfig:
         step_seconds=ns.step_seconds,
         resume_from=ns.resume_from,
         checkpoint_dir=ns.checkpoint_dir,
+        shutdown_timeout_s=ns.shutdown_timeout,
     )
     if ns.mode == "trainer":
         # A trainer's pace is --step-seconds; its workers may shard the model, so serving memory rules do not apply.

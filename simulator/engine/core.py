@@ -31,7 +31,7 @@ _POWER_WINDOW_S = 1.0
 
 
 class EngineDraining(Exception):
-    """The engine was asked to drain and admits no new requests."""
+    """The engine is shutting down gracefully and admits no new requests."""
 
 
 class ExpertLayoutError(ValueError):
@@ -94,7 +94,7 @@ class _Experts:
 
 
 class SimEngine:
-    """One simulated vLLM engine core: scheduler, metrics, drain state, power limit and expert layout."""
+    """One simulated vLLM engine core: scheduler, metrics, shutdown state, power limit and expert layout."""
 
     def __init__(self, cfg: EngineConfig, clock: Clock | None = None, registry: CollectorRegistry | None = None):
         self.cfg = cfg
@@ -138,7 +138,7 @@ class SimEngine:
     def request_slot(self) -> Iterator[None]:
         """Count an HTTP request as in flight for its whole life; refuses new ones while draining."""
         if self.draining:
-            raise EngineDraining("the engine is draining and accepts no new requests")
+            raise EngineDraining("cannot schedule new futures after shutdown")  # vLLM 0.32.0's words
         self._inflight += 1
         self._idle.clear()
         try:
@@ -177,18 +177,13 @@ class SimEngine:
         """HTTP requests accepted and not yet fully answered."""
         return self._inflight
 
-    def drain(self) -> dict[str, object]:
-        """Stop admitting requests; in-flight ones run to completion."""
+    def refuse_new_requests(self) -> None:
+        """The start of a graceful shutdown: new requests are refused; in-flight ones run to completion."""
         self.draining = True
-        return self.drain_status()
 
     async def wait_idle(self) -> None:
         """Return once no request is in flight."""
         await self._idle.wait()
-
-    def drain_status(self) -> dict[str, object]:
-        """{"draining", "inflight", "done"}: done once draining and nothing is in flight."""
-        return {"draining": self.draining, "inflight": self._inflight, "done": self.draining and self._inflight == 0}
 
     # the loop
 
@@ -241,7 +236,6 @@ class SimEngine:
                 m.ttft.observe(end - seq.arrival_s)
             else:
                 m.itl.observe(end - seq.last_token_s)
-                m.tpot.observe(end - seq.last_token_s)
             seq.last_token_s = end
             seq.generated += 1
             reason = seq.spec.finish_reason if rid in finished else None

@@ -78,7 +78,7 @@ REQUEST_LATENCY_BUCKETS = (
     7680.0,
 )
 ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-FINISHED_REASONS = ("stop", "length", "abort")
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")  # vLLM 0.32.0 exports all five
 
 
 def build_1_2_5_buckets(max_value: int) -> list[float]:
@@ -115,9 +115,6 @@ class EngineMetrics:
         self.running = gauge("vllm:num_requests_running", "Number of requests in model execution batches.")
         self.waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
         self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
-        self.gpu_cache_usage = gauge(
-            "vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage (deprecated name)."
-        )
         self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.")
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
@@ -146,11 +143,6 @@ class EngineMetrics:
         )
         self.itl = histogram(
             "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", TOKEN_LATENCY_BUCKETS
-        )
-        self.tpot = histogram(
-            "vllm:time_per_output_token_seconds",
-            "Histogram of time per output token in seconds. DEPRECATED: Use vllm:inter_token_latency_seconds.",
-            TOKEN_LATENCY_BUCKETS,
         )
         self.request_tpot = histogram(
             "vllm:request_time_per_output_token_seconds",
@@ -186,7 +178,6 @@ class EngineMetrics:
         self.running.set(running)
         self.waiting.set(waiting)
         self.kv_usage.set(kv_usage)
-        self.gpu_cache_usage.set(kv_usage)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this engine's metrics."""

@@ -1,7 +1,8 @@
-"""The engine's HTTP surface: vLLM's OpenAI-compatible API, /metrics, and Ebbtide's admin endpoints.
+"""The engine's HTTP surface: vLLM's OpenAI-compatible API, /metrics, and the simulator's admin endpoints.
 
-Request validation and error bodies follow vLLM's OpenAI server: `{"object": "error", "message", "type",
-"param", "code"}` with 400 BadRequestError for malformed requests and 404 NotFoundError for unknown models.
+Request validation and error bodies follow vLLM 0.32.0's OpenAI server: `{"error": {"message", "type", "param",
+"code"}}` with 400 BadRequestError for malformed requests (naming the parameter) and 404 NotFoundError for unknown
+models. SIGTERM follows vLLM's `--shutdown-timeout` (see `shutdown()`).
 """
 
 from __future__ import annotations
@@ -40,28 +41,30 @@ TRAINER_KEY = web.AppKey("trainer", Trainer)
 CONFIG_KEY = web.AppKey("config", EngineConfig)
 
 _CHAT_ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
-_SHUTDOWN_DRAIN_S = 25.0  # wall seconds to finish in-flight requests after SIGTERM
 VERSION = "0.0.0+ebbtide.sim"
 
 
 class ApiError(Exception):
     """An error answered with vLLM's error body."""
 
-    def __init__(self, status: int, message: str, err_type: str) -> None:
+    def __init__(self, status: int, message: str, err_type: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.err_type = err_type
+        self.param = param
 
 
-def bad_request(message: str) -> ApiError:
-    """400 BadRequestError."""
-    return ApiError(400, message, "BadRequestError")
+def bad_request(message: str, param: str | None = None, value: object = None) -> ApiError:
+    """400 BadRequestError; like vLLM's validation errors, one about a parameter names it and its value."""
+    if param is not None:
+        message = f"{message} (parameter={param}, value={value})"
+    return ApiError(400, message, "BadRequestError", param)
 
 
-def error_response(status: int, message: str, err_type: str) -> web.Response:
-    """vLLM's error body."""
-    body = {"object": "error", "message": message, "type": err_type, "param": None, "code": status}
+def error_response(status: int, message: str, err_type: str, param: str | None = None) -> web.Response:
+    """vLLM's error body (nested under "error" since vLLM 0.10.1)."""
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
     return web.json_response(body, status=status)
 
 
@@ -70,7 +73,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message, exc.err_type)
+        return error_response(exc.status, exc.message, exc.err_type, exc.param)
     except web.HTTPNotFound:
         return web.json_response({"detail": "Not Found"}, status=404)
     except web.HTTPMethodNotAllowed:
@@ -114,30 +117,34 @@ class _Params:
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
         if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
-            raise bad_request(f"max_tokens must be at least 1, got {max_tokens}.")
+            raise bad_request(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens", max_tokens)
         self.max_tokens: int | None = max_tokens
         n = body.get("n", 1)
         if n is None:
             n = 1
         if not _is_int(n) or n < 1:
-            raise bad_request(f"n must be at least 1, got {n}.")
+            raise bad_request(f"n must be at least 1, got {n}.", "n", n)
         self.n: int = n
         temperature = body.get("temperature")
         if temperature is not None and (not _is_number(temperature) or temperature < 0):
-            raise bad_request(f"temperature must be non-negative, got {temperature}.")
+            raise bad_request(f"temperature must be non-negative, got {temperature}.", "temperature", temperature)
         top_p = body.get("top_p")
         if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
-            raise bad_request(f"top_p must be in (0, 1], got {top_p}.")
+            raise bad_request(f"top_p must be in (0, 1], got {top_p}.", "top_p", top_p)
         seed = body.get("seed")
         if seed is not None and not _is_int(seed):
             raise bad_request(f"seed must be an integer, got {seed!r}.")
         self.seed: int | None = seed
         min_tokens = body.get("min_tokens", 0) or 0
         if not _is_int(min_tokens) or min_tokens < 0:
-            raise bad_request(f"min_tokens must be greater than or equal to 0, got {min_tokens}.")
+            raise bad_request(
+                f"min_tokens must be greater than or equal to 0, got {min_tokens}.", "min_tokens", min_tokens
+            )
         if self.max_tokens is not None and min_tokens > self.max_tokens:
             raise bad_request(
-                f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, got {min_tokens}."
+                f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, got {min_tokens}.",
+                "min_tokens",
+                min_tokens,
             )
         self.min_tokens: int = min_tokens
         self.ignore_eos = bool(body.get("ignore_eos", False))
@@ -213,30 +220,35 @@ def _requested_model(engine: SimEngine, body: dict[str, Any]) -> str:
     if model is None:
         return names[0]
     if not isinstance(model, str) or model not in names:
-        raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError")
+        raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
     return model
 
 
 def _sequence_specs(engine: SimEngine, prompts: list[tuple[str, int]], params: _Params) -> list[SequenceSpec]:
     limit = engine.cfg.max_model_len
     specs = []
+    if params.max_tokens is not None and params.max_tokens > limit:
+        raise bad_request(
+            f"max_tokens={params.max_tokens} cannot be greater than max_model_len={limit}. "
+            "Please request fewer output tokens.",
+            "max_tokens",
+            params.max_tokens,
+        )
     for p_index, (key, prompt_tokens) in enumerate(prompts):
-        if params.max_tokens is not None and prompt_tokens + params.max_tokens > limit:
-            raise bad_request(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_tokens + params.max_tokens} tokens ({prompt_tokens} in the messages, "
-                f"{params.max_tokens} in the completion). Please reduce the length of the messages or completion."
-            )
         if prompt_tokens >= limit:
             raise bad_request(
-                f"This model's maximum context length is {limit} tokens. However, your request has "
-                f"{prompt_tokens} input tokens. Please reduce the length of the input messages."
+                f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+                f"{prompt_tokens} input tokens, which exceeds this limit even without any output tokens. "
+                "Please reduce the length of the input prompt.",
+                "input_tokens",
+                prompt_tokens,
             )
         for j in range(params.n):
             seed = derive_seed(engine.cfg.seed, params.seed, key, j)
             room = limit - prompt_tokens
             if params.max_tokens is not None:
-                max_tokens, reason = params.max_tokens, "length"
+                # vLLM 0.32.0 clamps max_tokens to the room the context leaves, and stops there ("length").
+                max_tokens, reason = min(params.max_tokens, room), "length"
             elif params.ignore_eos:
                 max_tokens, reason = room, "length"
             else:
@@ -269,7 +281,8 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
             finally:
                 engine.abort(rids)  # no-op for finished sequences; frees KV cache if the client went away
     except EngineDraining as exc:
-        raise ApiError(503, str(exc), "ServiceUnavailableError") from None
+        # What vLLM answers during a graceful shutdown: its engine client refuses new work with this 500.
+        raise ApiError(500, str(exc), "InternalServerError") from None
 
 
 class _ResponseMeta:
@@ -305,30 +318,49 @@ async def _collect(events: asyncio.Queue[TokenEvent], meta: _ResponseMeta) -> we
     choices: list[dict[str, Any]] = []
     for i in range(meta.choices):
         text = "".join(texts[i])
+        # Every field vLLM 0.32.0 sends (tests/conformance/fixtures), null where the simulator has nothing to say.
         if meta.chat:
+            message = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "audio": None}
+            message |= {"function_call": None, "reasoning": None}
             choices.append(
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": reasons[i],
                     "stop_reason": None,
+                    "token_ids": None,
+                    "routed_experts": None,
                 }
             )
         else:
             choices.append(
-                {"index": i, "text": text, "logprobs": None, "finish_reason": reasons[i], "stop_reason": None}
+                {
+                    "index": i,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": reasons[i],
+                    "stop_reason": None,
+                    "token_ids": None,
+                    "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "routed_experts": None,
+                }
             )
-    return web.json_response(
-        {
-            "id": meta.id,
-            "object": meta.object,
-            "created": meta.created,
-            "model": meta.model,
-            "choices": choices,
-            "usage": meta.usage(generated),
-        }
-    )
+    body: dict[str, Any] = {
+        "id": meta.id,
+        "object": meta.object,
+        "created": meta.created,
+        "model": meta.model,
+        "choices": choices,
+        "service_tier": None,
+        "system_fingerprint": f"vllm-{VERSION}",
+        "usage": {**meta.usage(generated), "prompt_tokens_details": None, "completion_tokens_details": None},
+    }
+    if meta.chat:
+        body |= {"prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None}
+    body |= {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
+    return web.json_response(body)
 
 
 async def _stream(request: web.Request, events: asyncio.Queue[TokenEvent], meta: _ResponseMeta) -> web.StreamResponse:
@@ -407,6 +439,24 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, chat=True)
 
 
+def _permission(created: int) -> dict[str, Any]:
+    """The model_permission object vLLM lists with each model (OpenAI's legacy shape, fixed values)."""
+    return {
+        "id": f"modelperm-{uuid.uuid4().hex[:16]}",
+        "object": "model_permission",
+        "created": created,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
+
+
 async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models: the served names, as vLLM lists them."""
     cfg = request.app[CONFIG_KEY]
@@ -420,6 +470,7 @@ async def list_models(request: web.Request) -> web.Response:
             "root": cfg.model_arg,
             "parent": None,
             "max_model_len": cfg.max_model_len,
+            "permission": [_permission(created)],
         }
         for name in cfg.served_model_names
     ]
@@ -434,14 +485,6 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-async def ready(request: web.Request) -> web.Response:
-    """GET /ready: 200 when the engine takes new requests, 503 while draining (for readiness probes)."""
-    engine = request.app.get(ENGINE_KEY)
-    if engine is not None and engine.draining:
-        return error_response(503, "the engine is draining", "ServiceUnavailableError")
-    return web.json_response({"ready": True})
-
-
 async def version(request: web.Request) -> web.Response:
     """GET /version."""
     return web.json_response({"version": VERSION})
@@ -452,12 +495,6 @@ async def metrics(request: web.Request) -> web.Response:
     engine = request.app.get(ENGINE_KEY)
     payload = engine.metrics.render() if engine is not None else request.app[TRAINER_KEY].render_metrics()
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def drain(request: web.Request) -> web.Response:
-    """POST /admin/drain starts draining; GET /admin/drain reports {"draining", "inflight", "done"}."""
-    engine = request.app[ENGINE_KEY]
-    return web.json_response(engine.drain() if request.method == "POST" else engine.drain_status())
 
 
 async def experts(request: web.Request) -> web.Response:
@@ -542,7 +579,6 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     app = web.Application(middlewares=[_errors])
     app[CONFIG_KEY] = cfg
     app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
     app.router.add_get("/version", version)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/power", power)
@@ -560,8 +596,6 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/admin/drain", drain)
-    app.router.add_post("/admin/drain", drain)
     app.router.add_get("/admin/experts", experts)
     app.router.add_put("/admin/experts", experts)
     app.on_startup.append(lambda _: engine.start())
@@ -569,8 +603,23 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     return app
 
 
+async def shutdown(app: web.Application) -> None:
+    """What SIGTERM does to vLLM 0.32.0 (docs/engines.md). With `--shutdown-timeout N` > 0, new requests get 500
+    while `/health` stays 200 and in-flight ones may finish for up to N seconds; whatever is left then, or
+    everything at once with N = 0 (the default), ends with finish_reason "abort". The caller then stops serving."""
+    engine = app.get(ENGINE_KEY)
+    if engine is None:
+        return
+    timeout_s = app[CONFIG_KEY].shutdown_timeout_s
+    if timeout_s > 0:
+        engine.refuse_new_requests()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(engine.wait_idle(), timeout_s)
+    await engine.stop()
+
+
 async def serve(cfg: EngineConfig, clock: Clock | None = None, *, stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (or SIGTERM/SIGINT), then drain in-flight requests and shut down."""
+    """Serve until `stop` is set (or SIGTERM/SIGINT), then shut down as vLLM does (`shutdown()`)."""
     app = create_app(cfg, clock)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -584,10 +633,6 @@ async def serve(cfg: EngineConfig, clock: Clock | None = None, *, stop: asyncio.
     log.info("simulated %s engine for %s on %s:%d", cfg.mode, cfg.model.name, cfg.host, cfg.port)
     try:
         await stop.wait()
-        engine = app.get(ENGINE_KEY)
-        if engine is not None:
-            engine.drain()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(engine.wait_idle(), _SHUTDOWN_DRAIN_S)
+        await shutdown(app)
     finally:
         await runner.cleanup()

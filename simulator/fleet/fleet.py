@@ -19,12 +19,13 @@ from adapters.kube import load_config
 from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from crds import labels as L
 from simulator.engine.config import EngineConfigError, parse_args
-from simulator.engine.server import create_app
+from simulator.engine.server import create_app, shutdown
 from simulator.fleet import dcgm
 from simulator.fleet.rewrite import engine_argv
 
 log = logging.getLogger("fleet")
 DCGM_URL = "ebbtide.dev/dcgm-url"
+DEFAULT_GRACE_S = 30.0  # Kubernetes' default terminationGracePeriodSeconds
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ class Fleet:
         meta, spec = pod["metadata"], pod.get("spec", {})
         key = f"{meta['namespace']}/{meta['name']}"
         if kind == "DELETED" or meta.get("deletionTimestamp"):
-            await self.stop(key)
+            grace = meta.get("deletionGracePeriodSeconds", spec.get("terminationGracePeriodSeconds"))
+            await self.stop(key, DEFAULT_GRACE_S if grace is None else float(grace))
             return
         node = spec.get("nodeName")
         if not node or key in self.engines:
@@ -212,14 +214,23 @@ class Fleet:
                 await self.stop(key)
                 return
 
-    async def stop(self, key: str) -> None:
+    async def stop(self, key: str, grace_s: float = 0.0) -> None:
+        """Stop a pod's engine as a kubelet does: SIGTERM (the engine's own graceful shutdown, in the background),
+        and the hard stop once the pod's grace period is over."""
         eng = self.engines.pop(key, None)
         self.pod_ips.pop(key, None)
         if eng is None:
             return
         if eng.task and asyncio.current_task() is not eng.task:
             eng.task.cancel()
+        eng.task = asyncio.get_running_loop().create_task(self._terminate(eng, grace_s))
+
+    async def _terminate(self, eng: RunningEngine, grace_s: float) -> None:
         if eng.runner:
+            try:
+                await asyncio.wait_for(shutdown(eng.runner.app), grace_s)
+            except TimeoutError:
+                log.warning("pod %s/%s: still busy after its %.0f s grace period", eng.namespace, eng.name, grace_s)
             await eng.runner.cleanup()
         node = self.nodes.get(eng.node)
         if node:

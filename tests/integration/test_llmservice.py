@@ -215,7 +215,7 @@ def test_the_autoscalers_and_the_reconcilers_conditions_survive_each_other(clust
     )  # fmt: skip
     after = {c["type"] for c in cluster.get("llms", "llama3-8b", "-n", ns)["status"]["conditions"]}
     assert reconciler <= after, f"the autoscaler's write erased the reconciler's conditions: {after}"
-    status = plan_service(stale, obj["metadata"]["uid"], pods, set(), {}, 0.0).status
+    status = plan_service(stale, obj["metadata"]["uid"], pods, set(), 0.0).status
     asyncio.run(kube.apply_status("llmservices", ns, "llama3-8b", status, FieldManager.RECONCILER))
     after = {c["type"] for c in cluster.get("llms", "llama3-8b", "-n", ns)["status"]["conditions"]}
     assert autoscaler <= after, f"the reconciler's write erased the autoscaler's conditions: {after}"

@@ -19,7 +19,7 @@ DECISION = ScalingDecision(3, "forecast p90 above capacity", {"p50": 1.0, "p90":
 
 def both_writers_status() -> dict[str, Any]:
     """A status as the API server holds it after both writers applied theirs."""
-    reconciler = plan_service(service(replicas=2), "uid", [pod(0), pod(1)], set(), {}, NOW).status
+    reconciler = plan_service(service(replicas=2), "uid", [pod(0), pod(1)], set(), NOW).status
     autoscaler = decision_status({}, DECISION, NOW, 1)
     return {**reconciler, **autoscaler, "conditions": reconciler["conditions"] + autoscaler["conditions"]}
 
@@ -31,7 +31,7 @@ def types(status: dict[str, Any]) -> set[str]:
 def test_the_reconciler_sends_none_of_the_autoscalers_fields_or_conditions() -> None:
     svc = service(replicas=2)
     svc.status = LLMServiceStatus.model_validate(both_writers_status())
-    sent = plan_service(svc, "uid", [pod(0), pod(1)], set(), {}, NOW + 5).status
+    sent = plan_service(svc, "uid", [pod(0), pod(1)], set(), NOW + 5).status
     assert "desiredReplicas" not in sent and "forecast" not in sent
     assert types(sent) == {ConditionType.READY, ConditionType.PROGRESSING, ConditionType.DEGRADED}
 
@@ -52,7 +52,7 @@ def test_each_writer_keeps_the_transition_time_of_its_own_conditions() -> None:
 def test_a_problem_pass_keeps_only_the_reconcilers_conditions() -> None:
     svc = service(gpu={"count": 1, "types": ["B300"]})
     svc.status = LLMServiceStatus.model_validate(both_writers_status())
-    sent = plan_service(svc, "uid", [], set(), {}, NOW).status
+    sent = plan_service(svc, "uid", [], set(), NOW).status
     assert sent["phase"] == "Failed" and "desiredReplicas" not in sent
     assert types(sent) <= {ConditionType.READY, ConditionType.PROGRESSING, ConditionType.DEGRADED}
 

@@ -9,6 +9,7 @@ import pytest
 
 from simulator.engine import InstantClock
 from simulator.engine.metrics import REQUEST_LATENCY_BUCKETS, TOKEN_LATENCY_BUCKETS, TTFT_BUCKETS
+from simulator.engine.server import shutdown
 from tests.unit.simulator.engine_support import Served, engine_argv, sample, serve_engine
 
 MODEL = "llama-3-8b"
@@ -71,32 +72,37 @@ class TestOpenAIProtocol:
 
 class TestErrors:
     async def error(self, e: Served, body: object, path: str = "/v1/completions") -> tuple[int, dict[str, object]]:
+        """Status and the body's `error` object (vLLM >= 0.10.1 nests it; nothing else is at the top level)."""
         async with e.http() as client:
             if isinstance(body, bytes):
                 resp = await client.post(path, content=body, headers={"Content-Type": "application/json"})
             else:
                 resp = await client.post(path, json=body)
-        return resp.status_code, resp.json()
+        body_json = resp.json()
+        assert set(body_json) == {"error"}, body_json
+        return resp.status_code, body_json["error"]
 
     @pytest.mark.parametrize(
-        ("body", "fragment"),
+        ("body", "fragment", "param"),
         [
-            ({"model": MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens must be at least 1"),
-            ({"model": MODEL, "prompt": "x", "n": 0}, "n must be at least 1"),
-            ({"model": MODEL, "prompt": "x", "temperature": -1}, "temperature"),
-            ({"model": MODEL}, "prompt"),
-            ({"model": MODEL, "prompt": [1] * 9000, "max_tokens": 10}, "maximum context length is 8192"),
-            ({"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}}, "stream=True"),
-            (b"{not json", "Invalid JSON"),
-            (b"[1, 2]", "JSON object"),
+            ({"model": MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens must be at least 1", "max_tokens"),
+            ({"model": MODEL, "prompt": "x", "max_tokens": 9000}, "cannot be greater than max_model_len", "max_tokens"),
+            ({"model": MODEL, "prompt": "x", "n": 0}, "n must be at least 1", "n"),
+            ({"model": MODEL, "prompt": "x", "temperature": -1}, "temperature", "temperature"),
+            ({"model": MODEL}, "prompt", None),
+            ({"model": MODEL, "prompt": [1] * 9000, "max_tokens": 9}, "maximum context length is 8192", "input_tokens"),
+            ({"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}}, "stream=True", None),
+            (b"{not json", "Invalid JSON", None),
+            (b"[1, 2]", "JSON object", None),
         ],
     )
-    async def test_malformed_requests_get_vllm_400(self, body: object, fragment: str) -> None:
+    async def test_malformed_requests_get_vllm_400(self, body: object, fragment: str, param: str | None) -> None:
         async with serve_engine(engine_argv()) as e:
             status, err = await self.error(e, body)
         assert status == 400
-        assert err["object"] == "error" and err["type"] == "BadRequestError" and err["code"] == 400
-        assert err["param"] is None and fragment in str(err["message"])
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["type"] == "BadRequestError" and err["code"] == 400
+        assert err["param"] == param and fragment in str(err["message"])
 
     async def test_bad_chat_messages_get_400(self) -> None:
         async with serve_engine(engine_argv()) as e:
@@ -110,9 +116,14 @@ class TestErrors:
                 await e.openai().completions.create(model="gpt-9", prompt="x", max_tokens=1)
         assert status == 404
         assert err == {
-            "object": "error", "message": "The model `gpt-9` does not exist.", "type": "NotFoundError",
-            "param": None, "code": 404,
+            "message": "The model `gpt-9` does not exist.", "type": "NotFoundError", "param": "model", "code": 404,
         }  # fmt: skip
+
+    async def test_max_tokens_past_the_context_stops_at_the_context(self) -> None:
+        async with serve_engine(engine_argv(MODEL, "H100", 1000, "--max-model-len", "512")) as e:
+            r = await e.openai().completions.create(model=MODEL, prompt=[3] * 500, max_tokens=100)
+        assert r.choices[0].finish_reason == "length"
+        assert r.usage is not None and (r.usage.prompt_tokens, r.usage.completion_tokens) == (500, 12)
 
 
 class TestMetrics:
@@ -124,18 +135,21 @@ class TestMetrics:
             "vllm:num_requests_running": "gauge",
             "vllm:num_requests_waiting": "gauge",
             "vllm:kv_cache_usage_perc": "gauge",
-            "vllm:gpu_cache_usage_perc": "gauge",
             "vllm:prompt_tokens": "counter",
             "vllm:generation_tokens": "counter",
             "vllm:request_success": "counter",
             "vllm:num_preemptions": "counter",
             "vllm:time_to_first_token_seconds": "histogram",
             "vllm:inter_token_latency_seconds": "histogram",
-            "vllm:time_per_output_token_seconds": "histogram",
             "vllm:e2e_request_latency_seconds": "histogram",
         }
         for name, kind in expected.items():
             assert families[name].type == kind, name
+        # Older names vLLM 0.32.0 no longer exports: the operator must not come to depend on them.
+        assert "vllm:gpu_cache_usage_perc" not in families
+        assert "vllm:time_per_output_token_seconds" not in families
+        reasons = {s.labels["finished_reason"] for s in families["vllm:request_success"].samples}
+        assert reasons == {"stop", "length", "abort", "error", "repetition"}
         labels = {"model_name": MODEL, "engine": "0"}
         assert sample(families, "vllm:prompt_tokens_total", **labels) == 100
         assert sample(families, "vllm:generation_tokens_total", **labels) == 5
@@ -167,22 +181,46 @@ class TestMetrics:
             assert sample(await a.metrics(), "vllm:generation_tokens_total") == 3
 
 
-async def test_drain_finishes_inflight_and_refuses_new_requests() -> None:
-    # 2,000 tokens at ~6.5 ms each is 13 virtual seconds: ~130 ms of wall time at 100x, ample to drain mid-stream.
-    async with serve_engine(engine_argv(MODEL, "H100", 100)) as e:
+async def test_sigterm_with_a_shutdown_timeout_finishes_inflight_and_refuses_new_requests_with_500() -> None:
+    # 2,000 tokens at ~6.5 ms each is 13 virtual seconds: ~130 ms of wall time at 100x, ample to look mid-stream.
+    async with serve_engine(engine_argv(MODEL, "H100", 100, "--shutdown-timeout", "30")) as e:
         client = e.openai()
         stream = await client.completions.create(model=MODEL, prompt="x", max_tokens=2000, stream=True)
         received = [await stream.__anext__()]
+        stopping = asyncio.create_task(shutdown(e.app))  # what SIGTERM runs
         async with e.http() as http:
-            status = (await http.post("/admin/drain")).json()
-            assert status == {"draining": True, "inflight": 1, "done": False}
+            await asyncio.sleep(0.01)
             refused = await http.post("/v1/completions", json={"model": MODEL, "prompt": "y"})
-            assert refused.status_code == 503 and refused.json()["type"] == "ServiceUnavailableError"
-            assert (await http.get("/ready")).status_code == 503
+            assert refused.status_code == 500
+            assert refused.json() == {
+                "error": {
+                    "message": "cannot schedule new futures after shutdown", "type": "InternalServerError",
+                    "param": None, "code": 500,
+                }
+            }  # fmt: skip
+            assert (await http.get("/health")).status_code == 200, "vLLM's /health stays green during a drain"
+            assert not stopping.done()
             received += [c async for c in stream]
-            assert len(received) == 2000 and received[-1].choices[0].finish_reason == "length"
-            final = (await http.get("/admin/drain")).json()
-        assert final == {"draining": True, "inflight": 0, "done": True}
+        await asyncio.wait_for(stopping, 5)
+    assert len(received) == 2000 and received[-1].choices[0].finish_reason == "length"
+
+
+async def test_sigterm_without_a_shutdown_timeout_aborts_inflight_requests() -> None:
+    async with serve_engine(engine_argv(MODEL, "H100", 100)) as e:
+        stream = await e.openai().completions.create(model=MODEL, prompt="x", max_tokens=2000, stream=True)
+        received = [await stream.__anext__()]
+        await asyncio.wait_for(shutdown(e.app), 1)
+        received += [c async for c in stream]
+    assert received[-1].choices[0].finish_reason == "abort" and len(received) < 2000
+
+
+async def test_the_shutdown_timeout_bounds_the_drain() -> None:
+    async with serve_engine(engine_argv(MODEL, "H100", 1, "--shutdown-timeout", "1")) as e:
+        stream = await e.openai().completions.create(model=MODEL, prompt="x", max_tokens=2000, stream=True)
+        received = [await stream.__anext__()]
+        await asyncio.wait_for(shutdown(e.app), 3)
+        received += [c async for c in stream]
+    assert received[-1].choices[0].finish_reason == "abort"
 
 
 async def test_client_disconnect_aborts_and_frees_the_sequence() -> None:
@@ -213,7 +251,7 @@ class TestPower:
             assert state["draw_w"] == 70  # idle H100
             assert (await http.put("/admin/power", json={"limit_w": 350})).json()["limit_w"] == 350
             bad = await http.put("/admin/power", json={"limit_w": 100})
-            assert bad.status_code == 400 and "200-700 W" in bad.json()["message"]
+            assert bad.status_code == 400 and "200-700 W" in bad.json()["error"]["message"]
             assert (await http.put("/admin/power", json={"limit_w": None})).json()["limit_w"] == 700
 
     async def test_cap_slows_decode_as_the_curve_says_and_prefill_more(self) -> None:
@@ -291,18 +329,19 @@ class TestExperts:
         argv = engine_argv("mixtral-8x7b", "H100", 1000, "--tensor-parallel", "2")
         async with serve_engine(argv) as e, e.http() as http:
             r = await http.put("/admin/experts", json={"layout": {"0": [0, 1, 2]}})
-        assert r.status_code == 400 and "on no rank" in r.json()["message"]
+        assert r.status_code == 400 and "on no rank" in r.json()["error"]["message"]
 
     async def test_dense_model_has_no_experts(self) -> None:
         async with serve_engine(engine_argv()) as e, e.http() as http:
             r = await http.get("/admin/experts")
-        assert r.status_code == 404 and r.json()["type"] == "NotFoundError"
+        assert r.status_code == 404 and r.json()["error"]["type"] == "NotFoundError"
 
 
 async def test_health_version_and_unknown_routes() -> None:
     async with serve_engine(engine_argv()) as e, e.http() as http:
         assert (await http.get("/health")).status_code == 200
-        assert (await http.get("/ready")).json() == {"ready": True}
+        assert (await http.get("/ready")).status_code == 404, "vLLM has no /ready; readiness probes use /health"
+        assert (await http.post("/admin/drain")).status_code == 404, "no invented drain endpoint"
         assert "version" in (await http.get("/version")).json()
         assert (await http.get("/nope")).status_code == 404
         assert (await http.delete("/admin/power")).status_code == 405

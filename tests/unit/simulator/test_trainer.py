@@ -58,10 +58,10 @@ async def test_checkpoint_writes_a_marker_that_resume_reads(tmp_path: Path) -> N
 async def test_checkpoint_refuses_paths_outside_the_directory_and_missing_directory(tmp_path: Path) -> None:
     async with serve_engine(trainer_argv("--checkpoint-dir", str(tmp_path))) as e, e.http() as http:
         escape = await http.post("/admin/checkpoint", json={"path": "../evil.json"})
-    assert escape.status_code == 400 and "relative" in escape.json()["message"]
+    assert escape.status_code == 400 and "relative" in escape.json()["error"]["message"]
     async with serve_engine(trainer_argv()) as e, e.http() as http:
         missing = await http.post("/admin/checkpoint")
-    assert missing.status_code == 400 and "--checkpoint-dir" in missing.json()["message"]
+    assert missing.status_code == 400 and "--checkpoint-dir" in missing.json()["error"]["message"]
 
 
 def test_resume_from_an_unreadable_marker_is_a_start_up_error(tmp_path: Path) -> None:

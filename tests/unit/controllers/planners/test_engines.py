@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from controllers.planners.drain import TEARDOWN_MARGIN_S
 from controllers.planners.engines import PodRole, serving_command
-from controllers.planners.gangs import pod_roles
+from controllers.planners.gangs import Owner, pod_roles, replica_pods
+from crds import labels as L
 from crds.llmservice import LLMService
 from simulator.engine.config import parse_args
 from tests.kube import ROOT
+from tests.unit.controllers.builders import service
 
 EXAMPLES = ROOT / "examples"
 
@@ -41,3 +44,30 @@ def test_vllm_multi_node_replica_runs_ray_leader_and_workers() -> None:
     worker = serving_command(svc.spec, PodRole("worker", 0, 2, "big-r0-leader.big-pods.ns.svc"))
     assert "ray start --head" in leader[1][0] and "--pipeline-parallel-size 2" in leader[1][0]
     assert "--address=big-r0-leader.big-pods.ns.svc:6379" in worker[1][0]
+
+
+@pytest.mark.parametrize("engine", ["vllm", "simulated"])
+def test_engines_drain_for_the_services_grace_and_the_pod_waits_for_them(engine: str) -> None:
+    svc = service(replicas=1, engine={"type": engine}, drainGracePeriodSeconds=45)
+    [pod] = replica_pods(Owner("LLMService", "svc", "ns", "uid"), svc.spec, 0, "default-scheduler")
+    [container] = pod["spec"]["containers"]
+    argv = [*container["command"], *container["args"]]
+    assert argv[argv.index("--shutdown-timeout") + 1] == "45"
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 45 + TEARDOWN_MARGIN_S
+    assert pod["metadata"]["labels"][L.ENTRYPOINT] == "true", "the Service selects entry pods by this label"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_the_simulated_engine_reads_the_shutdown_timeout_the_operator_writes() -> None:
+    svc = service(replicas=1, drainGracePeriodSeconds=45)
+    [(role, _)] = pod_roles(svc.spec)
+    _, args = serving_command(svc.spec, role)
+    args[args.index("--gpu") + 1] = "H100"
+    assert parse_args(args).shutdown_timeout_s == 45
+
+
+def test_sglang_pods_get_no_vllm_only_flag() -> None:
+    svc = service(replicas=1, engine={"type": "sglang"})
+    [(role, _)] = pod_roles(svc.spec)
+    _, args = serving_command(svc.spec, role)
+    assert "--shutdown-timeout" not in args, "SGLang drains on SIGTERM by itself and has no such flag"

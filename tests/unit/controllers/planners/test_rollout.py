@@ -48,7 +48,7 @@ def test_the_roll_waits_for_drains_and_for_replacements_to_be_ready() -> None:
 
 def test_a_template_change_drains_one_gang_and_the_service_stays_ready() -> None:
     old = [pod(r) for r in range(3)]
-    plan = plan_service(new_args(), "uid", old, set(), {}, NOW)
+    plan = plan_service(new_args(), "uid", old, set(), NOW)
     assert plan.start_drain == [2] and plan.create == [] and plan.delete == []
     assert (Reason.ROLLING_UPDATE, "draining replica 2") == (plan.events[-1][1], plan.events[-1][2][:18])
     assert condition(plan, ConditionType.READY)["status"] == "True"
@@ -60,20 +60,20 @@ def test_an_outdated_gang_is_never_completed_with_pods_of_the_new_template() -> 
     svc = new_args(replicas=1)
     multi = service(replicas=1, gpu={"count": 16, "perNode": 8}, parallelism={"tensor": 8, "pipeline": 2})
     leader = pod(0, "leader", template=multi, **{L.GANG_SIZE: "2"})
-    plan = plan_service(svc, "uid", [leader], set(), {}, NOW)
+    plan = plan_service(svc, "uid", [leader], set(), NOW)
     assert plan.create == [] and plan.start_drain == [0], "the broken old gang is replaced, not completed"
 
 
 def test_reverting_a_bad_template_replaces_the_gang_that_never_became_ready() -> None:
     bad = new_args()
     pods = [pod(0), pod(1), pod(3, ready=False, template=bad)]
-    plan = plan_service(service(replicas=3), "uid", pods, set(), {}, NOW)
+    plan = plan_service(service(replicas=3), "uid", pods, set(), NOW)
     assert plan.start_drain == [3] and plan.create == []
 
 
 class World:
     """The cluster as one reconcile pass after another leaves it: created gangs start (Ready a pass later),
-    marked gangs drain (their engines idle a pass later) and deleted pods go."""
+    marked gangs leave routing (deleted a pass later) and deleted pods go."""
 
     def __init__(self, svc: LLMService, pods: list[PodView]) -> None:
         self.svc, self.pods, self.now = svc, pods, NOW
@@ -82,8 +82,7 @@ class World:
     def step(self) -> ServicePlan:
         self.now += 1.0
         svc = self.svc.model_copy(update={"status": LLMServiceStatus.model_validate(self.status)})
-        drained = {p.replica: True for p in self.pods if p.draining_since is not None}
-        plan = plan_service(svc, "uid", self.pods, set(), drained, self.now)
+        plan = plan_service(svc, "uid", self.pods, set(), self.now)
         self.status = plan.status
         gone = set(plan.delete)
         self.pods = [
