@@ -33,6 +33,19 @@ from autoscaler.observation import (
 from autoscaler.types import ServiceObservation
 
 DEFAULT_URL_TEMPLATE = "http://{podIP}:{port}/metrics"
+# SGLang (0.5.x, `--enable-metrics`; sglang/srt/observability/metrics_collector.py) exports the same signals under
+# its own names: read into the same PodSample. SGLang counts finished requests whatever their reason.
+SGLANG_NAMES = {
+    "sglang:num_running_reqs": RUNNING,
+    "sglang:num_queue_reqs": WAITING,
+    "sglang:token_usage": KV_CACHE[0],
+    "sglang:prompt_tokens_total": PROMPT_TOKENS,
+    "sglang:generation_tokens_total": GENERATION_TOKENS,
+    "sglang:num_requests_total": REQUEST_SUCCESS,
+    "sglang:time_to_first_token_seconds": TTFT,
+    "sglang:inter_token_latency_seconds": ITL[0],
+}
+_HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 class MetricsParseError(ValueError):
@@ -52,9 +65,23 @@ def _histogram(buckets: Mapping[float, float], total_sum: float) -> Histogram | 
     return Histogram(bounds, tuple(buckets[b] for b in bounds), total_sum)
 
 
+def _vllm_name(name: str) -> str | None:
+    """The vLLM sample name a vLLM or SGLang sample stands for; None for anything else."""
+    if name.startswith("vllm:"):
+        return name
+    if name in SGLANG_NAMES:
+        return SGLANG_NAMES[name]
+    for suffix in _HISTOGRAM_SUFFIXES:
+        base = name.removesuffix(suffix)
+        if base != name and base in SGLANG_NAMES:
+            return SGLANG_NAMES[base] + suffix
+    return None
+
+
 def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) -> PodSample:
-    """Parse one pod's /metrics text into a PodSample, summing series over engines (and over models unless
-    `model` names one). Raises MetricsParseError on malformed text or when no vLLM metric is present."""
+    """Parse one pod's /metrics text (vLLM's names, or SGLang's) into a PodSample, summing series over engines
+    (and over models unless `model` names one). Raises MetricsParseError on malformed text or when no engine
+    metric is present."""
     gauges: dict[str, float] = {}
     kv: dict[str, list[float]] = {name: [] for name in KV_CACHE}
     hist: dict[str, dict[float, float]] = {}
@@ -66,9 +93,10 @@ def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) 
         raise MetricsParseError(f"pod {pod}: unparseable exposition text: {err}") from err
     for family in families:
         for sample in family.samples:
-            name, labels, value = sample.name, sample.labels, float(sample.value)
-            if not name.startswith("vllm:"):
+            mapped, labels, value = _vllm_name(sample.name), sample.labels, float(sample.value)
+            if mapped is None:
                 continue
+            name = mapped
             if model is not None and labels.get("model_name", model) != model:
                 continue
             if not math.isfinite(value):
@@ -87,7 +115,7 @@ def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) 
             else:
                 gauges[name] = gauges.get(name, 0.0) + value
     if not seen:
-        raise MetricsParseError(f"pod {pod}: no vllm: metrics in the exposition text")
+        raise MetricsParseError(f"pod {pod}: no vllm: or sglang: metrics in the exposition text")
     kv_values = kv[KV_CACHE[0]] or kv[KV_CACHE[1]]
     itl_name = ITL[0] if ITL[0] in hist else ITL[1]
     return PodSample(

@@ -11,7 +11,7 @@ from crds.llmservice import LLMServiceSpec
 # vLLM >= 0.18 for --shutdown-timeout, without which SIGTERM aborts every request in flight (docs/engines.md).
 DEFAULT_IMAGES = {
     "vllm": "vllm/vllm-openai:v0.32.0",
-    "sglang": "lmsysorg/sglang:v0.5.3-cu126",
+    "sglang": "lmsysorg/sglang:v0.5.23",
     "simulated": "ghcr.io/ebbtide/engine-sim:0.1.0",
     "peft": "ghcr.io/ebbtide/trainer-peft:0.1.0",
 }
@@ -85,9 +85,12 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
         else:
             script = f"ray start --address={pod.leader_host}:6379 --block"
         return ["/bin/sh", "-c"], [script]
+    # SGLang serves /metrics only with --enable-metrics (the autoscaler reads its sglang: names). It has no
+    # shutdown timeout: on SIGTERM it drains every request in flight by itself (0.5.x), and the pod's termination
+    # grace period bounds that.
     args = [
         "--model-path", model_path, "--served-model-name", m.name, "--host", "0.0.0.0", "--port", str(e.port),
-        "--tp-size", str(p.tensor), "--pp-size", str(p.pipeline),
+        "--tp-size", str(p.tensor), "--pp-size", str(p.pipeline), "--enable-metrics",
     ]  # fmt: skip
     if p.data > 1:
         args += ["--dp-size", str(p.data)]

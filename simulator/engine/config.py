@@ -19,6 +19,7 @@ from catalogue.models import ModelSpec, known_model_names, lookup_model, resolve
 from catalogue.perf import DEFAULT_CALIBRATION, Calibration, PerfModel
 from catalogue.power import PowerLimitError, validate_power_limit
 from simulator.batching import Role
+from simulator.engine.metrics import MetricNames
 
 Mode = Literal["serve", "trainer"]
 
@@ -59,6 +60,7 @@ class EngineConfig:
     resume_from: str | None = None
     checkpoint_dir: str | None = None
     shutdown_timeout_s: int = 0  # vLLM's --shutdown-timeout: seconds to finish in-flight work after SIGTERM
+    metric_names: MetricNames = "vllm"  # whose /metrics names to export: vLLM's, or SGLang's
     calibration: Calibration = DEFAULT_CALIBRATION
 
     @property
@@ -121,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="seconds to finish in-flight requests after SIGTERM (vLLM's flag; 0 aborts them at once)",
+    )
+    p.add_argument(
+        "--metric-names",
+        choices=("vllm", "sglang"),
+        default="vllm",
+        help="export /metrics under vLLM's names or under SGLang's (as `sglang.launch_server --enable-metrics`)",
     )
     p.add_argument("--power-limit", type=float, help="initial per-GPU power limit, watts (default TDP)")
     p.add_argument("--expert-load-gbps", type=float, default=10.0)
@@ -219,6 +227,7 @@ def parse_args(argv: list[str]) -> EngineConfig:
         resume_from=ns.resume_from,
         checkpoint_dir=ns.checkpoint_dir,
         shutdown_timeout_s=ns.shutdown_timeout,
+        metric_names=ns.metric_names,
     )
     if ns.mode == "trainer":
         # A trainer's pace is --step-seconds; its workers may shard the model, so serving memory rules do not apply.

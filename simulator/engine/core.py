@@ -101,7 +101,7 @@ class SimEngine:
         self.clock: Clock = clock if clock is not None else ScaledClock(cfg.time_scale)
         self.perf = cfg.perf_model()
         self.scheduler = BatchScheduler(self.perf, cfg.max_num_batched_tokens, cfg.max_num_seqs, role=cfg.role)
-        self.metrics = EngineMetrics(cfg.served_model_name, cfg.max_model_len, registry)
+        self.metrics = EngineMetrics(cfg.served_model_name, cfg.max_model_len, registry, cfg.metric_names)
         self.draining = False
         self._inflight = 0
         self._seqs: dict[RequestId, _Sequence] = {}

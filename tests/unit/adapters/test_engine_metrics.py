@@ -354,3 +354,74 @@ def test_parses_the_simulated_engines_exposition() -> None:
     assert (s.prompt_tokens, s.request_success) == (1000.0, 6.0)
     assert s.ttft is not None and s.ttft.count == 4.0
     assert histogram_quantile(0.5, s.ttft) == pytest.approx(0.25)
+
+
+SGLANG_TEXT = """\
+# HELP sglang:num_running_reqs The number of running requests.
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{engine_type="unified",model_name="m",pp_rank="0",tp_rank="0"} 4.0
+# HELP sglang:num_queue_reqs The number of requests in the waiting queue.
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs{engine_type="unified",model_name="m",pp_rank="0",tp_rank="0"} 2.0
+# HELP sglang:token_usage The token usage.
+# TYPE sglang:token_usage gauge
+sglang:token_usage{engine_type="unified",model_name="m",pp_rank="0",tp_rank="0"} 0.35
+# HELP sglang:prompt_tokens_total Number of prefill tokens processed.
+# TYPE sglang:prompt_tokens_total counter
+sglang:prompt_tokens_total{engine_type="unified",is_streaming="true",model_name="m"} 700.0
+sglang:prompt_tokens_total{engine_type="unified",is_streaming="false",model_name="m"} 300.0
+# HELP sglang:generation_tokens_total Number of generation tokens processed.
+# TYPE sglang:generation_tokens_total counter
+sglang:generation_tokens_total{engine_type="unified",is_streaming="true",model_name="m"} 2000.0
+# HELP sglang:num_requests_total Number of requests processed.
+# TYPE sglang:num_requests_total counter
+sglang:num_requests_total{engine_type="unified",is_streaming="true",model_name="m"} 9.0
+sglang:num_requests_total{engine_type="unified",is_streaming="false",model_name="m"} 1.0
+# HELP sglang:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE sglang:time_to_first_token_seconds histogram
+sglang:time_to_first_token_seconds_bucket{engine_type="unified",is_streaming="true",le="0.1",model_name="m"} 6.0
+sglang:time_to_first_token_seconds_bucket{engine_type="unified",is_streaming="true",le="0.2",model_name="m"} 10.0
+sglang:time_to_first_token_seconds_bucket{engine_type="unified",is_streaming="true",le="+Inf",model_name="m"} 10.0
+sglang:time_to_first_token_seconds_count{engine_type="unified",is_streaming="true",model_name="m"} 10.0
+sglang:time_to_first_token_seconds_sum{engine_type="unified",is_streaming="true",model_name="m"} 0.9
+# HELP sglang:inter_token_latency_seconds Histogram of inter-token latency in seconds.
+# TYPE sglang:inter_token_latency_seconds histogram
+sglang:inter_token_latency_seconds_bucket{engine_type="unified",le="0.01",model_name="m"} 1500.0
+sglang:inter_token_latency_seconds_bucket{engine_type="unified",le="+Inf",model_name="m"} 1990.0
+sglang:inter_token_latency_seconds_count{engine_type="unified",model_name="m"} 1990.0
+sglang:inter_token_latency_seconds_sum{engine_type="unified",model_name="m"} 19.0
+# HELP sglang:cache_hit_rate The prefix cache hit rate.
+# TYPE sglang:cache_hit_rate gauge
+sglang:cache_hit_rate{engine_type="unified",model_name="m",pp_rank="0",tp_rank="0"} 0.5
+"""
+
+
+def test_reads_sglangs_names_into_the_same_sample() -> None:
+    s = parse_vllm_metrics(SGLANG_TEXT, "sgl-0", 2.0, model="m")
+    assert (s.running, s.waiting, s.kv_cache_usage) == (4.0, 2.0, 0.35)
+    assert (s.prompt_tokens, s.generation_tokens) == (1000.0, 2000.0)  # summed over is_streaming
+    assert s.request_success == 10.0
+    assert s.ttft is not None and (s.ttft.count, s.ttft.sum) == (10.0, 0.9)
+    assert histogram_quantile(0.5, s.ttft) == pytest.approx(0.0833, abs=1e-3)
+    assert s.itl is not None and s.itl.count == 1990.0
+
+
+def test_sglang_without_enable_metrics_is_not_read_as_an_idle_engine() -> None:
+    with pytest.raises(MetricsParseError, match="no vllm: or sglang: metrics"):
+        parse_vllm_metrics("# nothing here\n", "sgl-0", 0.0)
+
+
+@pytest.mark.parametrize("names_of", ["vllm", "sglang"])
+def test_parses_the_simulated_engines_exposition_under_either_engines_names(names_of: str) -> None:
+    engine_metrics = pytest.importorskip("simulator.engine.metrics")
+    m = engine_metrics.EngineMetrics("llama", 4096, names_of=names_of)
+    m.set_scheduler_state(3, 2, 0.4)
+    m.prompt_tokens.inc(1000)
+    m.success["length"].inc(2)
+    m.ttft.observe(0.3)
+    text = m.render().decode()
+    assert {line.split(":")[0] for line in text.splitlines() if not line.startswith("#")} == {names_of}
+    s = parse_vllm_metrics(text, "sim-0", 1.0, model="llama")
+    assert (s.running, s.waiting, s.kv_cache_usage) == (3.0, 2.0, 0.4)
+    assert (s.prompt_tokens, s.request_success) == (1000.0, 2.0)
+    assert s.ttft is not None and s.ttft.count == 1.0

@@ -167,6 +167,23 @@ class TestMetrics:
         assert bounds("vllm:e2e_request_latency_seconds") == REQUEST_LATENCY_BUCKETS
         assert TTFT_BUCKETS[:4] == (0.001, 0.005, 0.01, 0.02) and REQUEST_LATENCY_BUCKETS[0] == 0.3
 
+    async def test_sglang_names_replace_vllms_and_count_the_same(self) -> None:
+        async with serve_engine(engine_argv(MODEL, "H100", 1000, "--metric-names", "sglang")) as e:
+            await e.openai().completions.create(model=MODEL, prompt=[7] * 100, max_tokens=5)
+            families = await e.metrics()
+        assert not [name for name in families if name.startswith("vllm:")]
+        kinds = {n: f.type for n, f in families.items() if n.startswith("sglang:") and not n.endswith("_created")}
+        assert kinds == {
+            "sglang:num_running_reqs": "gauge", "sglang:num_queue_reqs": "gauge", "sglang:token_usage": "gauge",
+            "sglang:prompt_tokens": "counter", "sglang:generation_tokens": "counter",
+            "sglang:num_requests": "counter", "sglang:time_to_first_token_seconds": "histogram",
+            "sglang:inter_token_latency_seconds": "histogram",
+        }  # fmt: skip
+        assert sample(families, "sglang:prompt_tokens_total", model_name=MODEL) == 100
+        assert sample(families, "sglang:generation_tokens_total") == 5
+        assert sample(families, "sglang:num_requests_total") == 1
+        assert sample(families, "sglang:inter_token_latency_seconds_count") == 4
+
     async def test_ttft_is_the_modelled_prefill_time(self) -> None:
         async with serve_engine(engine_argv()) as e:
             await e.openai().completions.create(model=MODEL, prompt=[5] * 4000, max_tokens=1)

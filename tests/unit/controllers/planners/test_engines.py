@@ -66,8 +66,9 @@ def test_the_simulated_engine_reads_the_shutdown_timeout_the_operator_writes() -
     assert parse_args(args).shutdown_timeout_s == 45
 
 
-def test_sglang_pods_get_no_vllm_only_flag() -> None:
+def test_sglang_pods_export_metrics_and_get_no_vllm_only_flag() -> None:
     svc = service(replicas=1, engine={"type": "sglang"})
     [(role, _)] = pod_roles(svc.spec)
     _, args = serving_command(svc.spec, role)
+    assert "--enable-metrics" in args, "without it SGLang's /metrics is 404 and the autoscaler is blind"
     assert "--shutdown-timeout" not in args, "SGLang drains on SIGTERM by itself and has no such flag"
