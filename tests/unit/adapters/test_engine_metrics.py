@@ -32,6 +32,8 @@ from autoscaler.observation import (
     histogram_quantile,
     merge_histograms,
 )
+from autoscaler.policies import KPALike
+from autoscaler.types import SLO, ScalingBounds
 from tests.unit.autoscaler.vllm_text import MODEL, exposition
 
 INF = math.inf
@@ -425,3 +427,28 @@ def test_parses_the_simulated_engines_exposition_under_either_engines_names(name
     assert (s.running, s.waiting, s.kv_cache_usage) == (3.0, 2.0, 0.4)
     assert (s.prompt_tokens, s.request_success) == (1000.0, 2.0)
     assert s.ttft is not None and s.ttft.count == 1.0
+
+
+async def test_an_sglang_service_under_load_is_scaled_out_from_its_own_metrics() -> None:
+    # Two SGLang pods, each with 40 requests in flight, seen twice 30 s apart: the autoscaler reads them as it
+    # reads vLLM pods and asks for more replicas (40 x 2 in flight / (32 x 0.7) per replica -> 4).
+    def page(finished: float) -> str:
+        return SGLANG_TEXT.replace("} 4.0", "} 40.0").replace("} 9.0", f"}} {finished}")
+
+    pages = {0.0: page(9.0), 30.0: page(69.0)}
+    now = [0.0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=pages[now[0]])
+
+    policy = KPALike(concurrency_per_replica=32.0, target_utilization=0.7)
+    targets = [PodTarget("sgl-0", pod_ip="10.0.0.1"), PodTarget("sgl-1", pod_ip="10.0.0.2")]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        collector = ServiceMetricsCollector(PodScraper(client, lambda: now[0], model="m"))
+        await collector.observe("ns/s", targets, replicas=2, ready_replicas=2)
+        now[0] = 30.0
+        obs = await collector.observe("ns/s", targets, replicas=2, ready_replicas=2)
+    assert not obs.stale
+    assert obs.running == 80.0 and obs.request_rate == pytest.approx(4.0)  # (69 - 9) x 2 pods / 30 s
+    decision = policy.decide(obs, ScalingBounds(min_replicas=1, max_replicas=8), SLO())
+    assert decision.replicas == 4
