@@ -101,11 +101,7 @@ def _streams_in_flight(engine: Engine) -> list[Stream]:
     return streams
 
 
-@both(
-    param="kind",
-    sim_mismatch="no --shutdown-timeout flag (the engine refuses to start); it always drains 25 s at SIGTERM and "
-    "answers new requests 503, not 500",
-)
+@both(param="kind")
 def test_with_a_shutdown_timeout_in_flight_requests_finish_and_new_ones_get_500(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
@@ -136,10 +132,7 @@ def test_with_a_shutdown_timeout_in_flight_requests_finish_and_new_ones_get_500(
     assert exited_after < SHUTDOWN_TIMEOUT_S + 30
 
 
-@both(
-    sim_mismatch="drains for 25 s at SIGTERM whatever its flags; vLLM aborts in-flight requests by default",
-    param="kind",
-)
+@both(param="kind")
 def test_without_a_shutdown_timeout_in_flight_requests_are_aborted(kind: str, request: pytest.FixtureRequest) -> None:
     engine = _start(kind, request, f"{kind}-abort")
     try:
