@@ -132,6 +132,11 @@ def _tokens_in(event: dict[str, object]) -> int:
     return 1 if text else 0
 
 
+def _aborted(event: dict[str, object]) -> bool:
+    choices = event.get("choices")
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") == "abort" for c in choices)
+
+
 @dataclass
 class _Stream:
     token_times: list[float] = field(default_factory=list)
@@ -172,6 +177,9 @@ async def send_one(
                     if "error" in event:
                         error = f"stream error: {event['error']}"
                         break
+                    if _aborted(event):
+                        # vLLM ends a request it gave up on (shutdown, client gone) with this reason: not served.
+                        error = "aborted by the engine"
                     t = clock.now()
                     stream.token_times.extend([t] * _tokens_in(event))
         end = clock.now()

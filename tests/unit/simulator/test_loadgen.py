@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from autoscaler.types import SLO
+from simulator.engine.server import shutdown
 from simulator.loadgen import (
     Gateway,
     KubernetesBackends,
@@ -260,3 +261,23 @@ class TestReplay:
 def test_records_are_json_serialisable() -> None:
     r = RequestRecord(0, 0.0, 0.0, 1, 1)
     assert json.loads(json.dumps(r.__dict__))["index"] == 0
+
+
+async def test_a_stream_the_engine_aborts_is_a_failed_request() -> None:
+    # An engine that aborts at SIGTERM (vLLM without --shutdown-timeout) ends the stream politely, with
+    # finish_reason "abort" and [DONE]: the request was not served, however many tokens arrived.
+    async with serve_engine(engine_argv("llama-3-8b", "H100", 10)) as e:
+        trace = Trace("one", np.array([0.0]), np.array([16]), np.array([5000]), 1.0)
+        replaying = asyncio.create_task(replay(trace, ReplayConfig(target=e.base_url, model="llama-3-8b")))
+        for _ in range(500):
+            if sample_running(await e.metrics()) >= 1:
+                break
+            await asyncio.sleep(0.01)
+        await shutdown(e.app)
+        [record] = await replaying
+    assert record.status == 200 and 0 < record.output_tokens < 5000
+    assert not record.ok and record.error == "aborted by the engine"
+
+
+def sample_running(families: dict[str, Any]) -> float:
+    return sum(s.value for f in families.values() for s in f.samples if s.name == "vllm:num_requests_running")
