@@ -304,6 +304,59 @@ def test_changed_engine_args_roll_every_gang_one_at_a_time_without_a_failed_requ
     assert status["updatedReplicas"] == 3 and condition({"status": status}, "Progressing")["reason"] == "Converged"  # type: ignore[index]
 
 
+SCALE_IN = """
+apiVersion: ebbtide.dev/v1alpha1
+kind: LLMService
+metadata: {name: NAME}
+spec:
+  model: {name: llama-3-8b, source: hf://meta-llama/Meta-Llama-3-8B-Instruct, parametersB: 8}
+  engine: {type: simulated, args: ARGS}
+  gpu: {count: 1, types: [H100]}
+  replicas: 3
+  drainGracePeriodSeconds: 60
+  scaling: {minReplicas: 1, maxReplicas: 3, policy: none}
+"""
+
+
+def long_trace(rate: float, seconds: float, output_tokens: int, seed: int = 5) -> Trace:
+    """Poisson arrivals of requests long enough (about 7 s of decode) to be in flight when a gang is deleted."""
+    base = steady_trace(rate, seconds, seed)
+    return Trace("long", base.arrival_s, base.prompt_tokens, np.full(len(base), output_tokens, np.int64), seconds)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "loses_requests"),
+    [("drained", "[]", False), ("aborted", '["--shutdown-timeout", "0"]', True)],
+    ids=["shutdown-timeout-from-the-drain-grace", "shutdown-timeout-0"],
+)
+def test_scale_in_under_load_drops_no_request_only_because_engines_drain_on_sigterm(
+    cluster: Cluster, ns: str, name: str, args: str, loses_requests: bool
+) -> None:
+    """Scale-in takes gangs out of routing, waits for routers, then deletes them; the engines' own graceful
+    shutdown finishes what is in flight. The same scale-in of engines that abort at SIGTERM (vLLM's default)
+    loses requests, so routing removal alone is not what saves them."""
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=SCALE_IN.replace("NAME", name).replace("ARGS", args))
+    wait_until("3 replicas Ready", lambda: ready_service(cluster, ns, name, 3), 90)
+    load: dict[str, list[RequestRecord]] = {}
+    trace = long_trace(rate=1.5, seconds=24.0, output_tokens=1000)
+    loader = threading.Thread(
+        target=lambda: load.update(records=asyncio.run(through_gateway(str(cluster.kubeconfig), ns, name, trace)))
+    )
+    loader.start()
+    time.sleep(12.0)  # every gang has requests in flight
+    cluster.kubectl("scale", "-n", ns, f"llms/{name}", "--replicas=1")
+    wait_until("the drained gangs deleted", lambda: len(service_pods(cluster, ns, name)) == 1, 60, 0.5)
+    loader.join()
+    records = load["records"]
+    failed = [r for r in records if not r.ok]
+    print(f"\nscale-in 3->1 ({name}): {len(records)} requests, {len(failed)} failed")
+    assert len(records) == len(trace)
+    if loses_requests:
+        assert failed and all(r.error == "aborted by the engine" for r in failed), failed[:3]
+    else:
+        assert not failed, f"{len(failed)} of {len(records)} requests failed, e.g. {failed[0]}"
+
+
 def ready_pod(p: dict[str, Any]) -> bool:
     conditions = (p.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
