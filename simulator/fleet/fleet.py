@@ -228,10 +228,11 @@ class Fleet:
     async def _terminate(self, eng: RunningEngine, grace_s: float) -> None:
         if eng.runner:
             try:
-                await asyncio.wait_for(shutdown(eng.runner.app), grace_s)
+                if grace_s > 0:
+                    await asyncio.wait_for(shutdown(eng.runner.app), grace_s)
             except TimeoutError:
                 log.warning("pod %s/%s: still busy after its %.0f s grace period", eng.namespace, eng.name, grace_s)
-            await eng.runner.cleanup()
+            await eng.runner.cleanup()  # the hard stop: whatever is still running ends as aborted
         node = self.nodes.get(eng.node)
         if node:
             for i in eng.gpus:
