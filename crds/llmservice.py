@@ -248,7 +248,10 @@ class LLMServiceSpec(ApiModel):
     )
     adapters: list[AdapterSpec] = Field(default_factory=list, max_length=64, description="LoRA adapters to load.")
     drain_grace_period_seconds: int = Field(
-        default=60, ge=0, le=3600, description="How long scale-in waits for in-flight requests before deleting."
+        default=60,
+        ge=0,
+        le=3600,
+        description="How long a draining engine may finish in-flight requests after SIGTERM (--shutdown-timeout).",
     )
 
 
