@@ -41,6 +41,19 @@ def _json(resp: Any) -> Any:
     return json.loads(resp.data)
 
 
+def covers(current: Any, wanted: Any) -> bool:
+    """Whether an object as the server holds it has every field `wanted` sets (the server's defaults aside)."""
+    if isinstance(wanted, dict):
+        return isinstance(current, dict) and all(covers(current.get(k), v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return (
+            isinstance(current, list)
+            and len(current) == len(wanted)
+            and all(covers(c, w) for c, w in zip(current, wanted, strict=True))
+        )
+    return bool(current == wanted)
+
+
 class Kube:
     """The handful of API calls the controllers make (the RBAC rules in the chart mirror this list)."""
 
@@ -131,9 +144,12 @@ class Kube:
             if e.status != 404:
                 raise
 
-    async def ensure(self, manifest: dict[str, Any]) -> None:
-        """Create a Service or PodDisruptionBudget, or bring an existing one's spec in line."""
+    async def ensure(self, manifest: dict[str, Any], current: dict[str, Any] | None = None) -> None:
+        """Create a Service or PodDisruptionBudget, or bring `current` (the cached object, None when there is
+        none) in line with the manifest's spec; nothing when it already is."""
         ns, name, kind = manifest["metadata"]["namespace"], manifest["metadata"]["name"], manifest["kind"]
+        if current is not None and covers(current.get("spec"), manifest["spec"]):
+            return
         create: Any
         patch: Any
         if kind == "Service":
@@ -143,14 +159,16 @@ class Kube:
             patch = self.policy.patch_namespaced_pod_disruption_budget
         else:
             raise ValueError(f"ensure() does not handle {kind}")
-        try:
-            await asyncio.to_thread(create, ns, manifest)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-            spec = dict(manifest["spec"])
-            spec.pop("clusterIP", None)  # immutable once set
-            await asyncio.to_thread(patch, name, ns, {"spec": spec})
+        if current is None:
+            try:
+                await asyncio.to_thread(create, ns, manifest)
+                return
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+        spec = dict(manifest["spec"])
+        spec.pop("clusterIP", None)  # immutable once set
+        await asyncio.to_thread(patch, name, ns, {"spec": spec})
 
     async def priority_classes(self) -> set[str]:
         resp = await asyncio.to_thread(self.scheduling.list_priority_class, _preload_content=False)
