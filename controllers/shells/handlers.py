@@ -1,8 +1,9 @@
-"""kopf handlers: thin shells that read the cluster, call the pure planners, and apply their plans."""
+"""kopf handlers: thin shells that read the watch-fed cache, call the pure planners, and apply their plans."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ import kopf
 from pydantic import BaseModel, ValidationError
 
 from adapters import operator_metrics as M
+from adapters.cache import Change, ClusterCache, Obj
 from adapters.engine_api import EngineClient, engine_url
 from adapters.kube import ApiError, Kube, NetworkError
 from autoscaler.cluster import ClusterForecast
@@ -44,15 +46,25 @@ CLUSTER_SERIES = {
 
 @dataclass
 class Runtime:
-    """What the handlers share: the API facade, engine client, settings. Set once at start-up."""
+    """What the handlers share: the API facade for writes, the watch-fed cache for reads, the engine client,
+    settings, and whether this replica leads (for work started outside kopf's handlers). Set once at start-up."""
 
     kube: Kube
+    cache: ClusterCache
     engines: EngineClient
     scheduler_name: str = "default-scheduler"
     resync_seconds: float = 10.0
     autoscaler: Autoscaler | None = None
     deregistration_seconds: float = 5.0
     clock: Callable[[], float] = time.time
+    leader: Callable[[], bool] = lambda: True
+    namespace: str | None = None  # the one namespace this operator handles; all when None
+
+
+def _ours(namespace: str) -> bool:
+    """Whether cache events in this namespace are this replica's to act on now."""
+    r = rt()
+    return r.leader() and (r.namespace is None or r.namespace == namespace)
 
 
 RUNTIME: Runtime | None = None
@@ -176,12 +188,13 @@ def _invalid(body: dict[str, Any], kind: str, err: ValidationError) -> dict[str,
 async def _fetch(
     plural: str, kind: str, model: type[M_], namespace: str | None, name: str
 ) -> tuple[dict[str, Any], M_] | None:
-    """The live object and its typed view; None when it is gone or being deleted. An invalid one is reported
-    (condition and Event) and raises kopf.PermanentError."""
+    """The cached object (a copy) and its typed view; None when it is gone or being deleted. An invalid one is
+    reported (condition and Event) and raises kopf.PermanentError."""
     r = rt()
-    body = await r.kube.get_object(plural, namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    cached = r.cache.object(plural, namespace, name)
+    if cached is None or cached["metadata"].get("deletionTimestamp"):
         return None
+    body = copy.deepcopy(cached)
     try:
         return body, model.model_validate(body)
     except ValidationError as e:
@@ -198,7 +211,7 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
     if fetched is None:
         return
     body, svc = fetched
-    pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")]
+    pods = [pod_view(p) for p in r.cache.pods.by_index("service", f"{namespace}/{name}")]
     draining: dict[int, list[PodView]] = {}
     for p in pods:
         if p.draining_since is not None and not p.deleting:
@@ -219,7 +232,7 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         results = await asyncio.gather(*(r.engines.drained(u) for u in urls))
         drained[replica] = all(results)
     plan = plan_service(
-        svc, body["metadata"]["uid"], pods, await r.kube.priority_classes(), drained, now, r.scheduler_name
+        svc, body["metadata"]["uid"], pods, set(r.cache.priority_class_values()), drained, now, r.scheduler_name
     )
     if plan.problem is not None:
         M.SEMANTIC_ERRORS.labels("LLMService", plan.problem.reason).inc()
@@ -227,7 +240,8 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         if full:
             owner = Owner("LLMService", name, namespace, body["metadata"]["uid"])
             for manifest in [*service_manifests(owner, svc.spec), pdb_manifest(owner, svc.spec)]:
-                await r.kube.ensure(manifest)
+                meta = manifest["metadata"]
+                await r.kube.ensure(manifest, r.cache.owned(manifest["kind"], meta["namespace"], meta["name"]))
         await _create_pods("LLMService", plan.create)
         by_replica: dict[int, list[PodView]] = {}
         for p in pods:
@@ -261,7 +275,7 @@ async def reconcile_job(namespace: str, name: str, full: bool) -> None:
     if fetched is None:
         return
     body, job = fetched
-    pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.FINETUNE}={name}")]
+    pods = [pod_view(p) for p in r.cache.pods.by_index("finetune", f"{namespace}/{name}")]
     now = r.clock()
     rank0 = next(
         (
@@ -280,7 +294,8 @@ async def reconcile_job(namespace: str, name: str, full: bool) -> None:
             if result:
                 ck_path, ck_step = result
     report = TrainerReport(step=step, done=done, checkpoint_path=ck_path, checkpoint_step=ck_step)
-    plan = plan_job(job, body["metadata"]["uid"], pods, report, await r.kube.priority_classes(), now, r.scheduler_name)
+    classes = set(r.cache.priority_class_values())
+    plan = plan_job(job, body["metadata"]["uid"], pods, report, classes, now, r.scheduler_name)
     await _create_pods("FineTuneJob", plan.create)
     for pod in plan.delete:
         await r.kube.delete_pod(namespace, pod)
@@ -303,7 +318,7 @@ async def reconcile_power(namespace: str, name: str, full: bool) -> None:
             n["metadata"].get("labels") or {},
             int((n.get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE, "0")),
         )
-        for n in await r.kube.list_nodes()
+        for n in r.cache.nodes.items()
     ]
     status, events = power_report(pb, nodes, r.clock())
     M.POWER_BUDGET.labels(name).set(pb.spec.budget_watts)
@@ -316,7 +331,7 @@ async def autoscale(namespace: str, name: str) -> None:
     if r.autoscaler is None:
         return
     key = f"{namespace}/{name}"
-    body = await r.kube.get_object("llmservices", namespace, name)
+    body = r.cache.object("llmservices", namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         r.autoscaler.forget(key)
         return
@@ -327,7 +342,7 @@ async def autoscale(namespace: str, name: str) -> None:
     if svc.spec.scaling.policy == "none":
         r.autoscaler.forget(key)
         return
-    raw = await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")
+    raw = r.cache.pods.by_index("service", key)
     now = r.clock()
     decision = await r.autoscaler.decide(key, svc, raw, [pod_view(p) for p in raw], now)
     M.AUTOSCALER_DECISIONS.labels(svc.spec.scaling.policy, "degraded" if decision.degraded else "ok").inc()
@@ -351,8 +366,10 @@ async def autoscale(namespace: str, name: str) -> None:
         for c in (body.get("status") or {}).get("conditions", [])
     ):
         _event(body, type=EventType.WARNING, reason=Reason.AUTOSCALER_DEGRADED, message=decision.degraded[:1000])
-    patch = decision_status(body.get("status") or {}, decision, now, svc.metadata.generation)
-    await r.kube.patch_status("llmservices", namespace, name, patch)
+    status = body.get("status") or {}
+    patch = decision_status(status, decision, now, svc.metadata.generation)
+    if any(status.get(k) != v for k, v in patch.items()):  # an idle service costs the API server nothing
+        await r.kube.patch_status("llmservices", namespace, name, patch)
 
 
 def publish_cluster_forecast(fc: ClusterForecast | None) -> None:
@@ -416,11 +433,37 @@ def register() -> None:
             on_autoscale
         )
 
-    async def on_service_pod(**kwargs: Any) -> None:
-        trigger("LLMService", kwargs["namespace"], kwargs["labels"][L.SERVICE])
 
-    async def on_job_pod(**kwargs: Any) -> None:
-        trigger("FineTuneJob", kwargs["namespace"], kwargs["labels"][L.FINETUNE])
+def on_pod_change(type_: Change, old: Obj | None, new: Obj | None) -> None:
+    """A cached pod changed: reconcile its owner soon (on the leader; kopf's handlers run only there too)."""
+    obj = new or old
+    if obj is None or not _ours(obj["metadata"]["namespace"]):
+        return
+    labels = obj["metadata"].get("labels") or {}
+    for label, kind in ((L.SERVICE, "LLMService"), (L.FINETUNE, "FineTuneJob")):
+        if labels.get(label):
+            trigger(kind, obj["metadata"]["namespace"], labels[label])
 
-    kopf.on.event("", "v1", "pods", labels={L.SERVICE: kopf.PRESENT}, id="service-pods")(on_service_pod)
-    kopf.on.event("", "v1", "pods", labels={L.FINETUNE: kopf.PRESENT}, id="job-pods")(on_job_pod)
+
+def on_object_change(kind: str) -> Callable[[Change, Obj | None, Obj | None], None]:
+    """A cached LLMService or FineTuneJob's spec changed or its deletion began: reconcile it from the cache.
+
+    kopf's own update handler may run before this replica's cache has the new spec; this pass follows it."""
+
+    def listener(type_: Change, old: Obj | None, new: Obj | None) -> None:
+        if new is None or old is None or not _ours(new["metadata"]["namespace"]):
+            return
+        before, after = old["metadata"], new["metadata"]
+        if before.get("generation") != after.get("generation") or (
+            after.get("deletionTimestamp") and not before.get("deletionTimestamp")
+        ):
+            trigger(kind, after["namespace"], after["name"])
+
+    return listener
+
+
+def listen(cache: ClusterCache) -> None:
+    """Wire the cache's events to the reconcile triggers (called once the cache exists)."""
+    cache.pods.listen(on_pod_change)
+    cache.llmservices.listen(on_object_change("LLMService"))
+    cache.finetunejobs.listen(on_object_change("FineTuneJob"))
