@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Scheduler:
     checkpoint_deadline_s: float = 60.0
     resync_s: float = 30.0
     debounce_s: float = 0.1
+    min_interval_s: float = 1.0  # however busy the cluster, at most one pass this often
     packer: Packer = field(default_factory=lambda: Packer(PackerConfig(), clock=time.monotonic))
     clock: Callable[[], float] = time.time
     passes: int = 0  # passes run, idle ones included: events and resyncs, not a clock, decide how many
@@ -81,13 +83,21 @@ class Scheduler:
             informer.listen(lambda *_: self.notify())
 
     def _on_pod(self, type_: Change, old: Obj | None, new: Obj | None) -> None:
-        # A pod waiting for this scheduler, or a pod that held or frees capacity (bound, finished, deleted).
-        for obj in (old, new):
-            if obj is not None and (
-                obj["spec"].get("nodeName") or obj["spec"].get("schedulerName") == self.scheduler_name
-            ):
-                self.notify()
-                return
+        # A pod waiting for this scheduler changed, or capacity was taken or freed (bound, finished, deleted);
+        # a running pod's readiness or status churn changes no placement.
+        if self._pod_shape(old) != self._pod_shape(new):
+            self.notify()
+
+    def _pod_shape(self, pod: Obj | None) -> tuple[Any, ...] | None:
+        if pod is None:
+            return None
+        spec, meta = pod["spec"], pod["metadata"]
+        if not spec.get("nodeName"):
+            if spec.get("schedulerName") != self.scheduler_name:
+                return None  # another scheduler's pod holds nothing until it is bound
+            return ("waiting", meta.get("resourceVersion"))
+        terminal = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        return ("bound", spec["nodeName"], terminal, bool(meta.get("deletionTimestamp")))
 
     def _on_node(self, type_: Change, old: Obj | None, new: Obj | None) -> None:
         # Heartbeats change a node's status all the time; only what the snapshot reads matters.
@@ -95,15 +105,18 @@ class Scheduler:
             self.notify()
 
     async def run_forever(self) -> None:
+        last = -math.inf
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.resync_s)
             except TimeoutError:
                 pass  # the safety resync: a pass even when no event arrived
-            await asyncio.sleep(self.debounce_s)  # one pass for a burst of events
+            # One pass for a burst of events, and a gang that stays unplaceable costs a pass per interval at most.
+            await asyncio.sleep(max(self.debounce_s, last + self.min_interval_s - time.monotonic()))
             self._wake.clear()
             if not self.leader():
                 continue
+            last = time.monotonic()
             try:
                 await self.pass_once()
             except ApiError as e:

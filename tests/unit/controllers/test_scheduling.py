@@ -4,6 +4,7 @@ placement (not on a clock), binds only on the leader, and never binds twice befo
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 from adapters.cache import ClusterCache
@@ -18,7 +19,9 @@ def setup(leader: bool = True, resync_s: float = 3600.0) -> tuple[Scheduler, Clu
     cache = ClusterCache(cast(Kube, kube))
     for informer in cache.informers():
         informer.replace([])
-    scheduler = Scheduler(cast(Kube, kube), cache, leader=lambda: leader, resync_s=resync_s, debounce_s=0.01)
+    scheduler = Scheduler(
+        cast(Kube, kube), cache, leader=lambda: leader, resync_s=resync_s, debounce_s=0.01, min_interval_s=0.0
+    )
     return scheduler, cache, kube
 
 
@@ -68,13 +71,18 @@ async def test_events_that_can_change_a_placement_wake_the_packer_and_heartbeats
         beat = gpu_node("n1")
         beat["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:10Z"
         cache.nodes.apply("MODIFIED", beat)
+        running = gang_pod("busy", "busy", 1, "n1")
+        cache.pods.apply("ADDED", running)
         await asyncio.sleep(0.1)
-        assert scheduler.passes == 0, "a heartbeat changes nothing the packer reads"
+        assert scheduler.passes == 1, "a pod that takes capacity wakes the packer"
+        cache.pods.apply("MODIFIED", {**running, "status": {"phase": "Running", "podIP": "10.0.0.1"}})
+        await asyncio.sleep(0.1)
+        assert scheduler.passes == 1, "a heartbeat or a running pod's status changes nothing the packer reads"
 
         cache.pods.apply("ADDED", waiting("a"))
         cache.pods.apply("ADDED", waiting("b"))
         await asyncio.sleep(0.1)
-        assert scheduler.passes == 1, "one pass for a burst of events"
+        assert scheduler.passes == 2, "one pass for a burst of events"
         assert sorted(kube.bound()) == [("a", "n1"), ("b", "n1")]
     finally:
         task.cancel()
@@ -102,3 +110,20 @@ async def test_without_events_the_safety_resync_still_runs_a_pass() -> None:
     finally:
         task.cancel()
     assert scheduler.passes >= 2 and kube.calls == [], "idle resync passes, and they cost no API call"
+
+
+async def test_a_busy_cluster_costs_at_most_one_pass_per_interval() -> None:
+    scheduler, cache, _ = setup()
+    scheduler.min_interval_s = 0.2
+    cache.nodes.replace([gpu_node("n1", gpus=0)])
+    scheduler.listen()
+    task = asyncio.get_running_loop().create_task(scheduler.run_forever())
+    started = time.monotonic()
+    try:
+        for i in range(50):  # gangs that never fit keep arriving
+            cache.pods.apply("ADDED", waiting(f"p{i}"))
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    elapsed = time.monotonic() - started
+    assert 2 <= scheduler.passes <= elapsed / 0.2 + 1, (scheduler.passes, elapsed)
