@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import kopf
 from pydantic import BaseModel, ValidationError
@@ -70,6 +70,8 @@ def _ours(namespace: str) -> bool:
 RUNTIME: Runtime | None = None
 _locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 _pending: set[tuple[str, str, str]] = set()
+_posting: set[asyncio.Task[None]] = set()  # Events on their way (a task nobody holds may be collected early)
+EVENT_SOURCE = "ebbtide-operator"
 
 
 RETRY_DELAY_S = 5.0
@@ -92,8 +94,13 @@ def _lock(key: tuple[str, str, str]) -> asyncio.Lock:
 
 
 def _event(body: dict[str, Any], type: str, reason: str, message: str) -> None:
-    """Post an Event about an object fetched as a plain dict (kopf accepts any body-like mapping)."""
-    kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message[:1000])
+    """Post an Event about an object in the background, best effort, as kopf posts its own. Through the facade,
+    not kopf.event(): reconciles triggered by the cache run outside kopf's handlers, where kopf has no queue."""
+    task = asyncio.get_running_loop().create_task(
+        rt().kube.create_event(body, type, reason, message[:1000], EVENT_SOURCE)
+    )
+    _posting.add(task)
+    task.add_done_callback(_posting.discard)
 
 
 def _emit(body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:

@@ -148,5 +148,8 @@ class RecordingKube:
     async def create_event(self, obj: dict[str, Any], type_: str, reason: str, message: str, component: str) -> None:
         self.calls.append(("event", reason))
 
+    async def patch_status(self, plural: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
+        self.calls.append(("status", name))
+
     def bound(self) -> list[tuple[str, str]]:
         return [args for name, args in self.calls if name == "bind"]

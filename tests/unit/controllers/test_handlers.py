@@ -60,3 +60,18 @@ async def test_a_standby_replica_and_other_namespaces_trigger_nothing(runtime: h
     runtime.cache.pods.apply("ADDED", service_pod("svc-r1"))
     await asyncio.sleep(0.4)
     assert reconciles() == start
+
+
+async def test_a_reconcile_the_cache_triggered_reports_an_invalid_spec_with_an_event(runtime: handlers.Runtime) -> None:
+    # Stored before a schema change: the API types reject it, so the reconcile reports it (condition, Event).
+    invalid = {
+        "apiVersion": "ebbtide.dev/v1alpha1",
+        "kind": "LLMService",
+        "metadata": {"name": "svc", "namespace": "team", "uid": "u1", "resourceVersion": "1"},
+        "spec": {"replicas": 1},
+    }
+    runtime.cache.llmservices.apply("ADDED", invalid)
+    runtime.cache.pods.apply("ADDED", service_pod("svc-r0"))
+    await asyncio.sleep(0.4)
+    calls = cast(RecordingKube, runtime.kube).calls
+    assert ("status", "svc") in calls and ("event", "InvalidSpec") in calls
