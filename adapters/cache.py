@@ -145,8 +145,7 @@ class Informer:
     # ---- the list-and-watch thread -------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the thread; changes are applied (and listeners called) in the caller's context, e.g. kopf's,
-        which kopf.event() needs."""
+        """Start the thread; changes are applied (and listeners called) on `loop`, in the caller's context."""
         self._loop = loop
         self._context = contextvars.copy_context()
         self._thread = threading.Thread(target=self._run, name=f"watch-{self.kind}", daemon=True)
@@ -258,7 +257,8 @@ def _unscheduled(obj: Obj) -> Iterable[str]:
 class ClusterCache:
     """Everything the reconcilers and the packer read, fed by one watch per kind."""
 
-    def __init__(self, kube: Kube, peering_namespace: str | None = None) -> None:
+    def __init__(self, kube: Kube, peering: bool = True, peering_namespace: str | None = None) -> None:
+        """`peering` False (a standalone operator) leaves the peering object unwatched: it may not even exist."""
         managed = f"{L.MANAGED_BY}={L.OPERATOR}"  # only the Services and PDBs Ebbtide creates
         self.pods = Informer(
             "pods",
@@ -308,17 +308,11 @@ class ClusterCache:
             "finetunejobs": self.finetunejobs,
             "powerbudgets": self.powerbudgets,
         }
+        self._peering = peering
 
     def informers(self) -> list[Informer]:
-        return [
-            self.pods,
-            self.nodes,
-            self.priority_classes,
-            self.pdbs,
-            self.services,
-            *self.objects.values(),
-            self.peerings,
-        ]
+        state = [self.pods, self.nodes, self.priority_classes, self.pdbs, self.services, *self.objects.values()]
+        return [*state, self.peerings] if self._peering else state
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -326,8 +320,9 @@ class ClusterCache:
             informer.start(loop)
 
     async def wait_synced(self) -> None:
-        """Until every informer has listed once."""
-        await asyncio.gather(*(i.synced.wait() for i in self.informers()))
+        """Until every informer of cluster state has listed once. Not the peering object's: until it is seen, the
+        replica does not lead (as kopf, which pauses without it), but it must still start."""
+        await asyncio.gather(*(i.synced.wait() for i in self.informers() if i is not self.peerings))
 
     def stop(self) -> None:
         for informer in self.informers():

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["KUBECONFIG"] = settings.kubeconfig
     kube = Kube(load_config(settings.kubeconfig))
     # Every read comes from these watch-fed caches; the standby replicas keep theirs warm for a quick takeover.
-    cache = ClusterCache(kube, peering_namespace=settings.namespace)
+    cache = ClusterCache(kube, peering=not settings.standalone, peering_namespace=settings.namespace)
     identity = own_identity()
     priority = settings.priority if settings.priority is not None else random.randint(1, 1_000_000)
     leadership = Leadership(
