@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
             clusterwide=settings.namespace is None,
             namespaces=[settings.namespace] if settings.namespace else [],
             standalone=settings.standalone,
-            peering_name=settings.peering,
+            # kopf makes a named peering mandatory, and pauses a standalone operator that has none to read.
+            peering_name=None if settings.standalone else settings.peering,
             identity=identity,  # type: ignore[arg-type]  # kopf types it as a NewType of str
             priority=priority,
             liveness_endpoint=liveness,
