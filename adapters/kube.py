@@ -7,11 +7,10 @@ event loop never blocks. Objects come back as plain camelCase dicts, the way the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
 import urllib3
 from kubernetes import client, config
@@ -47,12 +46,22 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-def _json(resp: Any) -> Any:
-    return json.loads(resp.data)
+def covers(current: Any, wanted: Any) -> bool:
+    """Whether an object as the server holds it has every field `wanted` sets (the server's defaults aside)."""
+    if isinstance(wanted, dict):
+        return isinstance(current, dict) and all(covers(current.get(k), v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return (
+            isinstance(current, list)
+            and len(current) == len(wanted)
+            and all(covers(c, w) for c, w in zip(current, wanted, strict=True))
+        )
+    return bool(current == wanted)
 
 
 class Kube:
-    """The handful of API calls the controllers make (the RBAC rules in the chart mirror this list)."""
+    """The handful of API writes the controllers make (the RBAC rules in the chart mirror this list); reads come
+    from the watch-fed caches in cache.py."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -60,21 +69,6 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.policy = client.PolicyV1Api(api)
         self.scheduling = client.SchedulingV1Api(api)
-
-    async def get_object(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        def call() -> Any:
-            if namespace is None:
-                return self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name, _preload_content=False)
-            return self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, _preload_content=False
-            )
-
-        try:
-            return cast(dict[str, Any], _json(await asyncio.to_thread(call)))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
 
     async def apply_status(
         self, plural: str, namespace: str | None, name: str, status: dict[str, Any], manager: FieldManager
@@ -120,12 +114,6 @@ class Kube:
             {"spec": {"replicas": replicas}},
         )
 
-    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        resp = await asyncio.to_thread(
-            self.core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
-        )
-        return list(_json(resp)["items"])
-
     async def create_pod(self, manifest: dict[str, Any]) -> bool:
         """Create; False when it already exists (creation is idempotent by name)."""
         try:
@@ -151,9 +139,12 @@ class Kube:
             if e.status != 404:
                 raise
 
-    async def ensure(self, manifest: dict[str, Any]) -> None:
-        """Create a Service or PodDisruptionBudget, or bring an existing one's spec in line."""
+    async def ensure(self, manifest: dict[str, Any], current: dict[str, Any] | None = None) -> None:
+        """Create a Service or PodDisruptionBudget, or bring `current` (the cached object, None when there is
+        none) in line with the manifest's spec; nothing when it already is."""
         ns, name, kind = manifest["metadata"]["namespace"], manifest["metadata"]["name"], manifest["kind"]
+        if current is not None and covers(current.get("spec"), manifest["spec"]):
+            return
         create: Any
         patch: Any
         if kind == "Service":
@@ -163,39 +154,16 @@ class Kube:
             patch = self.policy.patch_namespaced_pod_disruption_budget
         else:
             raise ValueError(f"ensure() does not handle {kind}")
-        try:
-            await asyncio.to_thread(create, ns, manifest)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-            spec = dict(manifest["spec"])
-            spec.pop("clusterIP", None)  # immutable once set
-            await asyncio.to_thread(patch, name, ns, {"spec": spec})
-
-    async def priority_classes(self) -> set[str]:
-        resp = await asyncio.to_thread(self.scheduling.list_priority_class, _preload_content=False)
-        return {item["metadata"]["name"] for item in _json(resp)["items"]}
-
-    async def priority_class_values(self) -> dict[str, int]:
-        resp = await asyncio.to_thread(self.scheduling.list_priority_class, _preload_content=False)
-        return {item["metadata"]["name"]: int(item.get("value", 0)) for item in _json(resp)["items"]}
-
-    async def list_all_pods(self) -> list[dict[str, Any]]:
-        resp = await asyncio.to_thread(self.core.list_pod_for_all_namespaces, _preload_content=False)
-        return list(_json(resp)["items"])
-
-    async def list_all_objects(self, plural: str) -> list[dict[str, Any]]:
-        """Every Ebbtide object of one kind, across namespaces."""
-        resp = await asyncio.to_thread(
-            self.custom.list_cluster_custom_object, GROUP, VERSION, plural, _preload_content=False
-        )
-        return list(_json(resp)["items"])
-
-    async def list_all_pdbs(self) -> list[dict[str, Any]]:
-        resp = await asyncio.to_thread(
-            self.policy.list_pod_disruption_budget_for_all_namespaces, _preload_content=False
-        )
-        return list(_json(resp)["items"])
+        if current is None:
+            try:
+                await asyncio.to_thread(create, ns, manifest)
+                return
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+        spec = dict(manifest["spec"])
+        spec.pop("clusterIP", None)  # immutable once set
+        await asyncio.to_thread(patch, name, ns, {"spec": spec})
 
     async def bind(self, namespace: str, pod: str, node: str) -> bool:
         """Bind a pod to a node (Binding API); False when it is gone or already bound by another binder."""
@@ -244,7 +212,3 @@ class Kube:
             await asyncio.to_thread(self.core.create_namespaced_event, ns, event)
         except ApiException as e:
             log.info("event %s on %s not posted: %s", reason, meta["name"], e.reason)
-
-    async def list_nodes(self) -> list[dict[str, Any]]:
-        resp = await asyncio.to_thread(self.core.list_node, _preload_content=False)
-        return list(_json(resp)["items"])

@@ -1,9 +1,9 @@
 """The Kubernetes API permissions the operator needs: the one list the Helm chart's ClusterRole must equal.
 
-Rules marked `controllers` cover the client calls in controllers/ (the Kube facade in kube.py and the shells that
-reach its API objects); rules marked `kopf` cover what the framework does for the handlers (watches, progress
-annotations, events, peering). tests/unit/helm/test_rbac.py derives the calls from the source, checks each is
-covered here, and compares this table with the rendered ClusterRole.
+Rules marked `controllers` cover the client calls in controllers/ and adapters/ (the Kube facade in kube.py, and
+the list-and-watch informers in cache.py that every read comes from); rules marked `kopf` cover what the framework
+does for the handlers (watches, progress annotations, events, peering). tests/unit/helm/test_rbac.py derives the
+calls from the source, checks each is covered here, and compares this table with the rendered ClusterRole.
 """
 
 from __future__ import annotations
@@ -32,21 +32,32 @@ class Rule:
 
 
 REQUIRED_RULES: tuple[Rule, ...] = (
-    Rule(GROUP, CUSTOM_RESOURCES, ("get", "list", "patch"), "controllers", "read objects fresh; annotate them"),
+    Rule(GROUP, CUSTOM_RESOURCES, ("list", "watch", "patch"), "controllers", "the watch-fed cache; annotate them"),
     Rule(GROUP, tuple(f"{r}/status" for r in CUSTOM_RESOURCES), ("patch",), "controllers", "write status"),
     Rule(GROUP, ("llmservices/scale",), ("patch",), "controllers", "the autoscaler writes replicas like HPA"),
-    Rule("", ("pods",), ("list", "create", "delete", "patch"), "controllers", "replica gangs and workers"),
-    Rule("", ("services",), ("create", "patch"), "controllers", "a Service per LLMService"),
-    Rule("policy", ("poddisruptionbudgets",), ("list", "create", "patch"), "controllers", "a PDB per LLMService"),
-    Rule("scheduling.k8s.io", ("priorityclasses",), ("list",), "controllers", "check priorityClassName exists"),
-    Rule("", ("nodes",), ("list",), "controllers", "GPU nodes a PowerBudget covers and the packer places on"),
+    Rule("", ("pods",), ("list", "watch", "create", "delete", "patch"), "controllers", "the cache; gangs, workers"),
+    Rule("", ("services",), ("list", "watch", "create", "patch"), "controllers", "a Service per LLMService"),
+    Rule(
+        "policy",
+        ("poddisruptionbudgets",),
+        ("list", "watch", "create", "patch"),
+        "controllers",
+        "a PDB per LLMService; the packer evicts only as far as it allows",
+    ),
+    Rule("scheduling.k8s.io", ("priorityclasses",), ("list", "watch"), "controllers", "priorityClassName exists"),
+    Rule("", ("nodes",), ("list", "watch"), "controllers", "GPU nodes a PowerBudget covers and the packer places on"),
     Rule("", ("bindings",), ("create",), "controllers", "the packer binds whole gangs (a secondary scheduler)"),
     Rule("", ("pods/status",), ("patch",), "controllers", "the packer marks gangs it cannot place Unschedulable"),
     Rule("", ("events",), ("create",), "controllers", "the packer's Preempting and PreemptionRequested Events"),
     Rule(GROUP, CUSTOM_RESOURCES, ("list", "watch", "patch"), "kopf", "watch handled kinds; progress annotations"),
-    Rule("", ("pods",), ("list", "watch"), "kopf", "pod events trigger their owner's reconcile"),
     Rule("", ("events",), ("create",), "kopf", "Events a user sees in kubectl describe"),
-    Rule("kopf.dev", ("clusterkopfpeerings",), ("get", "list", "watch", "patch"), "kopf", "leader election"),
+    Rule(
+        "kopf.dev",
+        ("clusterkopfpeerings",),
+        ("get", "list", "watch", "patch"),
+        "kopf",
+        "leader election (the packer's cache reads the same object)",
+    ),
     Rule("", ("namespaces",), ("list", "watch"), "kopf", "cluster-wide watching"),
     Rule("apiextensions.k8s.io", ("customresourcedefinitions",), ("list", "watch"), "kopf", "resource discovery"),
 )

@@ -22,12 +22,14 @@ import kopf  # noqa: E402
 import prometheus_client  # noqa: E402
 from settings import OperatorSettings, parse  # noqa: E402
 
+from adapters.cache import ClusterCache  # noqa: E402
 from adapters.engine_api import EngineClient  # noqa: E402
 from adapters.engine_metrics import PodScraper, ServiceMetricsCollector  # noqa: E402
 from adapters.kube import Kube, load_config  # noqa: E402
 from adapters.store import HistoryStore, MemoryStore, RedisStore  # noqa: E402
 from controllers.shells import handlers  # noqa: E402
 from controllers.shells.autoscaling import Autoscaler  # noqa: E402
+from controllers.shells.leadership import Leadership, own_identity  # noqa: E402
 from controllers.shells.scheduling import Scheduler  # noqa: E402
 
 
@@ -81,9 +83,19 @@ def main(argv: list[str] | None = None) -> None:
         # kopf's own client logs in from $KUBECONFIG; keep both clients on the same cluster.
         os.environ["KUBECONFIG"] = settings.kubeconfig
     kube = Kube(load_config(settings.kubeconfig))
+    # Every read comes from these watch-fed caches; the standby replicas keep theirs warm for a quick takeover.
+    cache = ClusterCache(kube, peering=not settings.standalone, peering_namespace=settings.namespace)
+    identity = own_identity()
+    priority = settings.priority if settings.priority is not None else random.randint(1, 1_000_000)
+    leadership = Leadership(
+        cache, None if settings.standalone else settings.peering, identity, priority, namespace=settings.namespace
+    )
     engines = EngineClient()
     handlers.RUNTIME = handlers.Runtime(
         kube=kube,
+        cache=cache,
+        leader=leadership.active,
+        namespace=settings.namespace,
         engines=engines,
         scheduler_name=settings.scheduler_name,
         resync_seconds=settings.resync_seconds,
@@ -99,9 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         settings_.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ebbtide.dev")
         settings_.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ebbtide.dev")
         settings_.peering.lifetime = settings.peering_lifetime_seconds
-        settings_.peering.priority = (
-            settings.priority if settings.priority is not None else random.randint(1, 1_000_000)
-        )
+        settings_.peering.priority = priority
         settings_.watching.server_timeout = 60
         settings_.networking.request_timeout = 30
         # Handlers never need kopf's finalizer: owner references clean up, and user data is never deleted.
@@ -116,19 +126,30 @@ def main(argv: list[str] | None = None) -> None:
     tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.startup()
-    async def start_packer(**_: Any) -> None:
+    async def start_caches(**_: Any) -> None:
+        # Handlers start only after the startup handlers: they never read a cache that has not listed yet.
+        cache.start()
+        await cache.wait_synced()
+        handlers.listen(cache)
+        logging.getLogger("ebbtide").info("caches synced; peering identity %s, priority %d", identity, priority)
         if settings.packer:
             scheduler = Scheduler(
                 kube,
+                cache,
+                leader=leadership.active,
                 scheduler_name=settings.scheduler_name,
                 checkpoint_deadline_s=settings.checkpoint_deadline_seconds,
+                resync_s=settings.packer_resync_seconds,
             )
+            scheduler.listen()
+            scheduler.notify()
             tasks.append(asyncio.get_running_loop().create_task(scheduler.run_forever()))
 
     @kopf.on.cleanup()
     async def cleanup(**_: Any) -> None:
         for task in tasks:
             task.cancel()
+        cache.stop()
         await engines.close()
 
     if settings.metrics_port:
@@ -139,7 +160,10 @@ def main(argv: list[str] | None = None) -> None:
             clusterwide=settings.namespace is None,
             namespaces=[settings.namespace] if settings.namespace else [],
             standalone=settings.standalone,
-            peering_name=settings.peering,
+            # kopf makes a named peering mandatory, and pauses a standalone operator that has none to read.
+            peering_name=None if settings.standalone else settings.peering,
+            identity=identity,  # type: ignore[arg-type]  # kopf types it as a NewType of str
+            priority=priority,
             liveness_endpoint=liveness,
         )
     )

@@ -29,6 +29,12 @@ class OperatorSettings(BaseSettings):
         description="schedulerName on created pods: ebbtide-packer (gang, priority, preemption) or default-scheduler.",
     )
     packer: bool = Field(default=True, description="Run the packer (the scheduler for ebbtide-packer pods).")
+    packer_resync_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="The packer runs when the cache reports a change that can alter a placement, and this often.",
+    )
     checkpoint_deadline_seconds: float = Field(
         default=60.0,
         gt=0,

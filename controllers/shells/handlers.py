@@ -1,18 +1,20 @@
-"""kopf handlers: thin shells that read the cluster, call the pure planners, and apply their plans."""
+"""kopf handlers: thin shells that read the watch-fed cache, call the pure planners, and apply their plans."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import kopf
 from pydantic import BaseModel, ValidationError
 
 from adapters import operator_metrics as M
+from adapters.cache import Change, ClusterCache, Obj
 from adapters.engine_api import EngineClient, engine_url
 from adapters.kube import ApiError, FieldManager, Kube, NetworkError
 from autoscaler.cluster import ClusterForecast
@@ -46,20 +48,32 @@ CLUSTER_SERIES = {
 
 @dataclass
 class Runtime:
-    """What the handlers share: the API facade, engine client, settings. Set once at start-up."""
+    """What the handlers share: the API facade for writes, the watch-fed cache for reads, the engine client,
+    settings, and whether this replica leads (for work started outside kopf's handlers). Set once at start-up."""
 
     kube: Kube
+    cache: ClusterCache
     engines: EngineClient
     scheduler_name: str = "default-scheduler"
     resync_seconds: float = 10.0
     autoscaler: Autoscaler | None = None
     deregistration_seconds: float = 5.0
     clock: Callable[[], float] = time.time
+    leader: Callable[[], bool] = lambda: True
+    namespace: str | None = None  # the one namespace this operator handles; all when None
+
+
+def _ours(namespace: str) -> bool:
+    """Whether cache events in this namespace are this replica's to act on now."""
+    r = rt()
+    return r.leader() and (r.namespace is None or r.namespace == namespace)
 
 
 RUNTIME: Runtime | None = None
 _locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 _pending: set[tuple[str, str, str]] = set()
+_posting: set[asyncio.Task[None]] = set()  # Events on their way (a task nobody holds may be collected early)
+EVENT_SOURCE = "ebbtide-operator"
 
 
 RETRY_DELAY_S = 5.0
@@ -82,8 +96,13 @@ def _lock(key: tuple[str, str, str]) -> asyncio.Lock:
 
 
 def _event(body: dict[str, Any], type: str, reason: str, message: str) -> None:
-    """Post an Event about an object fetched as a plain dict (kopf accepts any body-like mapping)."""
-    kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message[:1000])
+    """Post an Event about an object in the background, best effort, as kopf posts its own. Through the facade,
+    not kopf.event(): reconciles triggered by the cache run outside kopf's handlers, where kopf has no queue."""
+    task = asyncio.get_running_loop().create_task(
+        rt().kube.create_event(body, type, reason, message[:1000], EVENT_SOURCE)
+    )
+    _posting.add(task)
+    task.add_done_callback(_posting.discard)
 
 
 def _emit(body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
@@ -166,12 +185,13 @@ def _timed(kind: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[...
 async def _fetch(
     plural: str, kind: str, model: type[M_], namespace: str | None, name: str
 ) -> tuple[dict[str, Any], M_] | None:
-    """The live object and its typed view; None when it is gone or being deleted. An invalid one is reported
-    (condition and Event) and raises kopf.PermanentError."""
+    """The cached object (a copy) and its typed view; None when it is gone or being deleted. An invalid one is
+    reported (condition and Event) and raises kopf.PermanentError."""
     r = rt()
-    body = await r.kube.get_object(plural, namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    cached = r.cache.object(plural, namespace, name)
+    if cached is None or cached["metadata"].get("deletionTimestamp"):
         return None
+    body = copy.deepcopy(cached)
     try:
         return body, model.model_validate(body)
     except ValidationError as e:
@@ -192,14 +212,14 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
     if fetched is None:
         return
     body, svc = fetched
-    pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")]
+    pods = [pod_view(p) for p in r.cache.pods.by_index("service", f"{namespace}/{name}")]
     now = r.clock()
     draining = draining_gangs(pods, now, r.deregistration_seconds)
     plan = plan_service(
         svc,
         body["metadata"]["uid"],
         pods,
-        await r.kube.priority_classes(),
+        set(r.cache.priority_class_values()),
         now,
         r.scheduler_name,
         r.deregistration_seconds,
@@ -210,7 +230,8 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         if full:
             owner = Owner("LLMService", name, namespace, body["metadata"]["uid"])
             for manifest in [*service_manifests(owner, svc.spec), pdb_manifest(owner, svc.spec)]:
-                await r.kube.ensure(manifest)
+                meta = manifest["metadata"]
+                await r.kube.ensure(manifest, r.cache.owned(manifest["kind"], meta["namespace"], meta["name"]))
         await _create_pods("LLMService", plan.create)
         by_replica: dict[int, list[PodView]] = {}
         for p in pods:
@@ -244,7 +265,7 @@ async def reconcile_job(namespace: str, name: str, full: bool) -> None:
     if fetched is None:
         return
     body, job = fetched
-    pods = [pod_view(p) for p in await r.kube.list_pods(namespace, f"{L.FINETUNE}={name}")]
+    pods = [pod_view(p) for p in r.cache.pods.by_index("finetune", f"{namespace}/{name}")]
     now = r.clock()
     rank0 = next(
         (
@@ -263,7 +284,8 @@ async def reconcile_job(namespace: str, name: str, full: bool) -> None:
             if result:
                 ck_path, ck_step = result
     report = TrainerReport(step=step, done=done, checkpoint_path=ck_path, checkpoint_step=ck_step)
-    plan = plan_job(job, body["metadata"]["uid"], pods, report, await r.kube.priority_classes(), now, r.scheduler_name)
+    classes = set(r.cache.priority_class_values())
+    plan = plan_job(job, body["metadata"]["uid"], pods, report, classes, now, r.scheduler_name)
     await _create_pods("FineTuneJob", plan.create)
     for pod in plan.delete:
         await r.kube.delete_pod(namespace, pod)
@@ -286,7 +308,7 @@ async def reconcile_power(namespace: str, name: str, full: bool) -> None:
             n["metadata"].get("labels") or {},
             int((n.get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE, "0")),
         )
-        for n in await r.kube.list_nodes()
+        for n in r.cache.nodes.items()
     ]
     status, events = power_report(pb, nodes, r.clock())
     M.POWER_BUDGET.labels(name).set(pb.spec.budget_watts)
@@ -299,7 +321,7 @@ async def autoscale(namespace: str, name: str) -> None:
     if r.autoscaler is None:
         return
     key = f"{namespace}/{name}"
-    body = await r.kube.get_object("llmservices", namespace, name)
+    body = r.cache.object("llmservices", namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         r.autoscaler.forget(key)
         return
@@ -310,7 +332,7 @@ async def autoscale(namespace: str, name: str) -> None:
     if svc.spec.scaling.policy == "none":
         r.autoscaler.forget(key)
         return
-    raw = await r.kube.list_pods(namespace, f"{L.SERVICE}={name}")
+    raw = r.cache.pods.by_index("service", key)
     now = r.clock()
     decision = await r.autoscaler.decide(key, svc, raw, [pod_view(p) for p in raw], now)
     M.AUTOSCALER_DECISIONS.labels(svc.spec.scaling.policy, "degraded" if decision.degraded else "ok").inc()
@@ -335,7 +357,8 @@ async def autoscale(namespace: str, name: str) -> None:
     ):
         _event(body, type=EventType.WARNING, reason=Reason.AUTOSCALER_DEGRADED, message=decision.degraded[:1000])
     own = decision_status(body.get("status") or {}, decision, now, svc.metadata.generation)
-    await r.kube.apply_status("llmservices", namespace, name, own, FieldManager.AUTOSCALER)
+    if not already_applied(body.get("status") or {}, own):  # an idle service costs the API server nothing
+        await r.kube.apply_status("llmservices", namespace, name, own, FieldManager.AUTOSCALER)
 
 
 def publish_cluster_forecast(fc: ClusterForecast | None) -> None:
@@ -399,11 +422,37 @@ def register() -> None:
             on_autoscale
         )
 
-    async def on_service_pod(**kwargs: Any) -> None:
-        trigger("LLMService", kwargs["namespace"], kwargs["labels"][L.SERVICE])
 
-    async def on_job_pod(**kwargs: Any) -> None:
-        trigger("FineTuneJob", kwargs["namespace"], kwargs["labels"][L.FINETUNE])
+def on_pod_change(type_: Change, old: Obj | None, new: Obj | None) -> None:
+    """A cached pod changed: reconcile its owner soon (on the leader; kopf's handlers run only there too)."""
+    obj = new or old
+    if obj is None or not _ours(obj["metadata"]["namespace"]):
+        return
+    labels = obj["metadata"].get("labels") or {}
+    for label, kind in ((L.SERVICE, "LLMService"), (L.FINETUNE, "FineTuneJob")):
+        if labels.get(label):
+            trigger(kind, obj["metadata"]["namespace"], labels[label])
 
-    kopf.on.event("", "v1", "pods", labels={L.SERVICE: kopf.PRESENT}, id="service-pods")(on_service_pod)
-    kopf.on.event("", "v1", "pods", labels={L.FINETUNE: kopf.PRESENT}, id="job-pods")(on_job_pod)
+
+def on_object_change(kind: str) -> Callable[[Change, Obj | None, Obj | None], None]:
+    """A cached LLMService or FineTuneJob's spec changed or its deletion began: reconcile it from the cache.
+
+    kopf's own update handler may run before this replica's cache has the new spec; this pass follows it."""
+
+    def listener(type_: Change, old: Obj | None, new: Obj | None) -> None:
+        if new is None or old is None or not _ours(new["metadata"]["namespace"]):
+            return
+        before, after = old["metadata"], new["metadata"]
+        if before.get("generation") != after.get("generation") or (
+            after.get("deletionTimestamp") and not before.get("deletionTimestamp")
+        ):
+            trigger(kind, after["namespace"], after["name"])
+
+    return listener
+
+
+def listen(cache: ClusterCache) -> None:
+    """Wire the cache's events to the reconcile triggers (called once the cache exists)."""
+    cache.pods.listen(on_pod_change)
+    cache.llmservices.listen(on_object_change("LLMService"))
+    cache.finetunejobs.listen(on_object_change("FineTuneJob"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from controllers.planners.gangs import template_hash
+from controllers.planners.packing import GPU_INDICES
 from controllers.planners.snapshot import PodView
 from crds import labels as L
 from crds.finetunejob import FineTuneJob
@@ -82,3 +83,92 @@ def worker(attempt: int, rank: int = 0, phase: str = "Running") -> PodView:
         node="n",
         unschedulable=None,
     )
+
+
+SCHED = "ebbtide-packer"
+
+
+def gpu_node(name: str, gpus: int = 8, product: str = "NVIDIA-L4") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {"cpu": "96", "memory": "1Ti", "nvidia.com/gpu": str(gpus)},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+
+
+def gang_pod(
+    name: str, gang: str, gpus: int, node_name: str | None = None, size: int = 1, **labels: str
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "ns",
+        "labels": {L.GANG: gang, **labels},
+        "annotations": {L.GANG_SIZE: str(size)},
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    }
+    if node_name:
+        meta["annotations"][GPU_INDICES] = ",".join(str(i) for i in range(gpus))
+    spec: dict[str, Any] = {
+        "schedulerName": SCHED,
+        "priority": 100,
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": [{"resources": {"requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": str(gpus)}}}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-L4"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+    }
+    if node_name:
+        spec["nodeName"] = node_name
+    return {"metadata": meta, "spec": spec, "status": {"phase": "Running" if node_name else "Pending"}}
+
+
+class Unlisted:
+    """The cache's list functions: the tests feed the cache themselves, so none may be called."""
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"{name} called: the cache is fed by the test")
+
+        return call
+
+
+class RecordingKube:
+    """The Kube facade's writes, recorded; there are no reads to fake."""
+
+    def __init__(self) -> None:
+        self.core = self.policy = self.scheduling = self.custom = Unlisted()
+        self.calls: list[tuple[str, Any]] = []
+
+    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.calls.append(("patch_pod", name))
+
+    async def bind(self, namespace: str, pod: str, node: str) -> bool:
+        self.calls.append(("bind", (pod, node)))
+        return True
+
+    async def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.calls.append(("unschedulable", name))
+
+    async def create_event(self, obj: dict[str, Any], type_: str, reason: str, message: str, component: str) -> None:
+        self.calls.append(("event", reason))
+
+    async def apply_status(
+        self, plural: str, namespace: str | None, name: str, status: dict[str, Any], manager: str
+    ) -> None:
+        self.calls.append(("status", name))
+
+    def bound(self) -> list[tuple[str, str]]:
+        return [args for name, args in self.calls if name == "bind"]

@@ -63,8 +63,9 @@ def client_call_triples(method: str, group: str) -> set[tuple[str, str, str]]:
 
 
 def controller_calls() -> dict[str, set[tuple[str, str, str]]]:
-    """Every client call in controllers/: `self.<api>.<method>` in the module that binds `self.<api>` to a client
-    API class (kube.py), and `<...>.kube.<api>.<method>` in the shells that borrow the Kube facade's API objects."""
+    """Every client call in controllers/ and adapters/: `self.<api>.<method>` in the module that binds `self.<api>`
+    to a client API class (kube.py), and `<...>.kube.<api>.<method>` in the modules that borrow the Kube facade's
+    API objects. A list method handed to an `Informer(...)` (cache.py) is listed and then watched: list + watch."""
     paths = [*CONTROLLERS.rglob("*.py"), *(ROOT / "adapters").rglob("*.py")]
     trees = {path: ast.parse(path.read_text()) for path in sorted(paths)}
     own: dict[Path, dict[str, str]] = {}
@@ -82,9 +83,16 @@ def controller_calls() -> dict[str, set[tuple[str, str, str]]]:
                 cls = node.value.func.attr
                 assert cls in API_GROUPS, f"controllers use {cls}: add its API group to API_GROUPS in this test"
                 own.setdefault(path, {})[node.targets[0].attr] = API_GROUPS[cls]
-    facade = own.get(CONTROLLERS / "kube.py", {})
+    facade = own.get(ROOT / "adapters" / "kube.py", {})
+    assert facade, "the Kube facade binds no client API objects: the derivation reads the wrong module"
     calls: dict[str, set[tuple[str, str, str]]] = {}
     for path, tree in trees.items():
+        watched = {
+            id(arg)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Informer"
+            for arg in node.args
+        }
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)):
                 continue
@@ -96,7 +104,10 @@ def controller_calls() -> dict[str, set[tuple[str, str, str]]]:
                 group = facade[api]
             else:
                 continue
-            calls[node.attr] = client_call_triples(node.attr, group)
+            triples = client_call_triples(node.attr, group)
+            if id(node) in watched:
+                triples |= {(g, r, "watch") for g, r, _ in triples}
+            calls[node.attr] = calls.get(node.attr, set()) | triples
     return calls
 
 
@@ -124,7 +135,10 @@ def test_the_derivation_reads_client_method_names_correctly() -> None:
 
 def test_every_api_call_in_controllers_is_covered_by_required_rules() -> None:
     calls = controller_calls()
-    assert {"list_namespaced_pod", "create_namespaced_pod", "patch_namespaced_custom_object_status"} <= set(calls)
+    assert {"list_pod_for_all_namespaces", "create_namespaced_pod", "patch_namespaced_custom_object_status"} <= set(
+        calls
+    )
+    assert ("", "pods", "watch") in calls["list_pod_for_all_namespaces"], "the pod cache watches what it lists"
     required = required_triples()
     missing = {m: sorted(t - required) for m, t in calls.items() if t - required}
     assert not missing, f"add these to adapters/rbac.py REQUIRED_RULES (and the chart's ClusterRole): {missing}"
@@ -141,8 +155,15 @@ def test_kopf_rules_watch_every_kind_the_operator_handles_and_elect_through_peer
     assert set(CUSTOM_RESOURCES) == {info.plural for info in CRDS}
     for plural in CUSTOM_RESOURCES:
         assert {(GROUP, plural, "list"), (GROUP, plural, "watch"), (GROUP, plural, "patch")} <= kopf
-    assert {("", "pods", "watch"), ("", "events", "create")} <= kopf
+    assert ("", "events", "create") in kopf
     assert {("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")} <= kopf
+
+
+def test_every_cached_kind_is_granted_list_and_watch() -> None:
+    required = required_triples()
+    cached = [("", "pods"), ("", "nodes"), ("", "services"), ("policy", "poddisruptionbudgets")]
+    for group, resource in [*cached, ("scheduling.k8s.io", "priorityclasses"), *((GROUP, p) for p in CUSTOM_RESOURCES)]:
+        assert {(group, resource, "list"), (group, resource, "watch")} <= required, resource
 
 
 def test_chart_cluster_role_grants_exactly_the_required_rules() -> None:

@@ -2,60 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from controllers.planners.finetune import TrainerReport, plan_job
-from controllers.planners.packing import GPU_INDICES, JobInfo, build_snapshot, cpu_milli, job_gang, mem_mib
+from controllers.planners.packing import JobInfo, build_snapshot, cpu_milli, job_gang, mem_mib
 from crds import labels as L
 from packer.snapshot import GangKind
-from tests.unit.controllers.builders import job
-
-SCHED = "ebbtide-packer"
-
-
-def node(name: str, gpus: int = 8, product: str = "NVIDIA-L4") -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
-        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-        "status": {
-            "allocatable": {"cpu": "96", "memory": "1Ti", "nvidia.com/gpu": str(gpus)},
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
-    }
-
-
-def pod(name: str, gang: str, gpus: int, node_name: str | None = None, size: int = 1, **labels: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": name,
-        "namespace": "ns",
-        "labels": {L.GANG: gang, **labels},
-        "annotations": {L.GANG_SIZE: str(size)},
-        "creationTimestamp": "2026-01-01T00:00:00Z",
-    }
-    if node_name:
-        meta["annotations"][GPU_INDICES] = ",".join(str(i) for i in range(gpus))
-    spec: dict[str, Any] = {
-        "schedulerName": SCHED,
-        "priority": 100,
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "containers": [{"resources": {"requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": str(gpus)}}}],
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-L4"]}
-                            ]
-                        }
-                    ]
-                }
-            }
-        },
-    }
-    if node_name:
-        spec["nodeName"] = node_name
-    return {"metadata": meta, "spec": spec, "status": {"phase": "Running" if node_name else "Pending"}}
+from tests.unit.controllers.builders import SCHED, job
+from tests.unit.controllers.builders import gang_pod as pod
+from tests.unit.controllers.builders import gpu_node as node
 
 
 def test_quantities() -> None:
