@@ -29,6 +29,7 @@ class FieldManager(StrEnum):
     RECONCILER = "ebbtide-reconciler"  # the reconcilers: gangs, replicas, phase, Ready/Progressing/Degraded, ...
     AUTOSCALER = "ebbtide-autoscaler"  # the autoscaler: desiredReplicas, forecast, AutoscalerDegraded, SLOAttainable
 
+
 # The facade's errors. Shells catch these names, never the client library's, so only this module depends on
 # it: ApiError is the API server's answer (status, reason, body); NetworkError is no answer at all.
 ApiError = ApiException
