@@ -11,15 +11,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from autoscaler.policies import (
-    EbbtideForecast,
-    KPALike,
-    Oracle,
-    PointForecast,
-    ReactiveTargetTracking,
-    StaticPeak,
-)
+from autoscaler.policies import EbbtideForecast, ReactiveTargetTracking
 from autoscaler.types import ScalingPolicy
+from bench.autoscaler.baselines import KPALike, Oracle, PointForecast, StaticPeak
 from bench.autoscaler.scenario import Calibration, LoadSeries, Scenario, cluster_config, load_series
 from simulator.cluster import ClusterSimulator
 
