@@ -27,6 +27,7 @@ from autoscaler.decide import (
 )
 from autoscaler.forecast import (
     GENERATION_TOKEN_RATE,
+    INDICATORS,
     NO_DATA,
     PROMPT_TOKEN_RATE,
     REQUEST_RATE,
@@ -35,7 +36,7 @@ from autoscaler.forecast import (
     forecaster_from_state,
     make_forecaster,
 )
-from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
+from autoscaler.types import SLO, History, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
 from crds.llmservice import ScalingSpec
 from crds.reasons import Reason
 
@@ -234,7 +235,7 @@ class EbbtideForecast:
             )
 
         try:
-            self._forecaster.observe(obs.now, self._smoothed(obs, lead))
+            self._forecaster.observe(obs.now, self._smoothed(obs.now, observed_rates(obs), lead))
             forecasts = [self._forecaster.forecast(h) for h in lead_horizons(bounds)]
         except Exception as err:
             # Forecasters are plug-ins from a registry: whatever breaks inside one must hold replicas, not
@@ -270,15 +271,37 @@ class EbbtideForecast:
             slo_attainable=cap.slo_attainable,
         )
 
-    def _smoothed(self, obs: ServiceObservation, lead_s: float) -> dict[str, float]:
+    def _smoothed(self, now: float, rates: Mapping[str, float], lead_s: float) -> dict[str, float]:
         """Rates averaged over a share of the lead time: the level the capacity profile is about, since a
         single tick's arrival noise is already inside the profile's attainment margin, while a level that
         moves within the lead time must still show."""
-        self._recent.append((obs.now, observed_rates(obs)))
-        while len(self._recent) > 1 and self._recent[0][0] <= obs.now - self.smoothing_share * lead_s:
+        self._recent.append((now, dict(rates)))
+        while len(self._recent) > 1 and self._recent[0][0] <= now - self.smoothing_share * lead_s:
             self._recent.popleft()
         n = len(self._recent)
         return {k: sum(r[k] for _, r in self._recent) / n for k in self._recent[-1][1]}
+
+    @property
+    def observed_until(self) -> float | None:
+        """Time of the newest observation the forecaster was fed (None before the first)."""
+        return self._recent[-1][0] if self._recent else None
+
+    def warm(self, history: History, bounds: ScalingBounds) -> int:
+        """Feed stored rates newer than `observed_until` to the forecaster, smoothed as `decide` does (e.g.
+        the ticks between the last saved state and a restart); returns how many points it took."""
+        lead = lead_time(bounds)
+        taken = 0
+        for t, rates in history:
+            last = self.observed_until
+            if (last is not None and t <= last) or any(k not in rates for k in INDICATORS):
+                continue
+            try:
+                self._forecaster.observe(t, self._smoothed(t, {k: rates[k] for k in INDICATORS}, lead))
+            except Exception:
+                # The same plug-in guard as in decide: a bad point must not stop the restart.
+                continue
+            taken += 1
+        return taken
 
     @staticmethod
     def _mix(fc: Forecast) -> tuple[float, float]:
