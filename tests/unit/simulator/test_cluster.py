@@ -176,10 +176,19 @@ class TestObservations:
     def test_policy_sees_engine_state_each_tick(self) -> None:
         trace = poisson_trace(10.0, 300.0, seed=5)
         policy = fixed(2)
-        run(config(initial_replicas=2), policy, trace)
+        res = run(config(initial_replicas=2), policy, trace)
         assert [o.now for o in policy.seen] == [30.0 * k for k in range(1, 11)]
+        # As from vLLM's request_success_total: requests that completed in each interval, not arrivals; the
+        # first tick has no previous scrape to take a rate against.
+        r = res.requests
+        assert r is not None
+        done = r["finish"][r["status"] == RequestLog.OK]
+        completed = [np.count_nonzero((done >= t - 30.0) & (done < t)) for t in np.arange(60.0, 301.0, 30.0)]
+        assert policy.seen[0].stale and not any(o.stale for o in policy.seen[1:])
+        np.testing.assert_allclose([o.request_rate for o in policy.seen[1:]], np.asarray(completed) / 30.0)
+        np.testing.assert_allclose(res.timeline["observed_rps"][1:], np.asarray(completed) / 30.0)
         arrivals = np.histogram(trace.arrival_s, bins=np.arange(0, 301, 30))[0]
-        np.testing.assert_allclose([o.request_rate for o in policy.seen], arrivals / 30.0)
+        np.testing.assert_allclose(res.timeline["demand_rps"], arrivals / 30.0)  # the plots' ground truth
         o = policy.seen[5]
         assert o.ready_replicas == 2 and o.replicas == 2
         assert o.ttft_p50_s is not None and 0 < o.ttft_p50_s < 1.0
