@@ -238,6 +238,15 @@ class SimResult:
 ArrivalSource = Trace | Iterable[tuple[float, Trace]]
 
 
+def _always(policy: ScalingPolicy) -> PolicyFactory:
+    """A factory that hands out one given policy object, whatever the knobs."""
+
+    def build(_knobs: ScalingKnobs) -> ScalingPolicy:
+        return policy
+
+    return build
+
+
 def _chunks(source: ArrivalSource) -> Iterator[tuple[float, Trace]]:
     if isinstance(source, Trace):
         yield 0.0, source
@@ -279,11 +288,12 @@ class ClusterSimulator:
         on_tick: Callable[[SimTick], None] | None = None,
     ) -> None:
         self.config = config
-        if policy is not None:
-            fixed = policy
-            factory = lambda _knobs: fixed  # noqa: E731
-        self.loop = ScalingLoop(factory or crd_policies())
-        self.knobs = config.knobs() if policy is None else ScalingKnobs(config.policy, {}, config.bounds, config.slo)
+        if policy is None:
+            self.loop = ScalingLoop(factory or crd_policies())
+            self.knobs = config.knobs()
+        else:
+            self.loop = ScalingLoop(_always(policy))
+            self.knobs = ScalingKnobs(config.policy, {}, config.bounds, config.slo)
         self.policy_name = policy_name or (type(policy).__name__ if policy is not None else config.policy)
         self.packing = packing
         self.power = power
