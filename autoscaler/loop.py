@@ -160,6 +160,11 @@ class ScalingLoop:
         return True
 
     @property
+    def learns_from_history(self) -> bool:
+        """Whether the policy can catch up on stored history (`warm`)."""
+        return isinstance(self._policy, WarmablePolicy)
+
+    @property
     def observed_until(self) -> float | None:
         """The newest observation the policy has learned from (None: none, or it learns nothing)."""
         return self._policy.observed_until if isinstance(self._policy, WarmablePolicy) else None

@@ -173,7 +173,8 @@ class Autoscaler:
         if key not in self._restored:
             self._restored.add(key)
             await self._restore(key, "policy", loop)
-            await self._warm(key, now, lambda history: loop.warm(history, knobs), loop.observed_until)
+            if loop.learns_from_history:
+                await self._warm(key, now, lambda history: loop.warm(history, knobs), loop.observed_until)
         obs = await self.observe(key, svc, pods, now)
         measured = cold_start_of([p for p in raw_pods if not p["metadata"].get("deletionTimestamp")])
         step = loop.tick(now, knobs, obs, measured)

@@ -66,6 +66,7 @@ class TestKnobs:
         assert loop.policy is not first and loop.to_state() == learned
         loop.configure(knobs("reactive"))
         assert isinstance(loop.policy, ReactiveTargetTracking) and loop.to_state() is None
+        assert not loop.learns_from_history and loop.warm([(0.0, {"request_rate": 1.0})], knobs("reactive")) == 0
 
 
 class TestBounds:
