@@ -24,8 +24,8 @@ from autoscaler.observation import (
     WAITING,
     Histogram,
     PodSample,
+    ScrapeAggregator,
     ScrapeResult,
-    aggregate_scrapes,
     build_promql_queries,
     observation_from_promql,
     parse_promql_scalar,
@@ -221,38 +221,30 @@ class PodScraper:
 
 
 class ServiceMetricsCollector:
-    """Keeps each service's previous scrape so that every call yields rates over the last interval."""
+    """Pod scrapes turned into observations: every call yields rates over the interval since the last one."""
 
     def __init__(self, scraper: PodScraper, *, min_coverage: float = 0.5) -> None:
         self._scraper = scraper
-        self._min_coverage = min_coverage
-        self._last: dict[str, ScrapeResult] = {}
+        self._aggregator = ScrapeAggregator(min_coverage=min_coverage)
 
     async def observe(
         self, service: str, targets: Sequence[PodTarget], *, replicas: int, ready_replicas: int
     ) -> ServiceObservation:
         """Scrape the service's pods and aggregate against the previous good scrape."""
         cur = await self._scraper.scrape(targets)
-        obs = aggregate_scrapes(
-            service,
-            self._last.get(service),
-            cur,
-            replicas=replicas,
-            ready_replicas=ready_replicas,
-            min_coverage=self._min_coverage,
-        )
-        if cur.samples or not targets:
-            self._last[service] = cur  # keep the last scrape that saw pods, so the next rate spans the outage
-        return obs
+        return self._aggregator.observe(service, cur, replicas=replicas, ready_replicas=ready_replicas)
 
     def forget(self, service: str) -> None:
         """Drop a deleted service's previous scrape."""
-        self._last.pop(service, None)
+        self._aggregator.forget(service)
 
 
 # --- Prometheus HTTP API mode ----------------------------------------------------------------------------
 
-DEFAULT_SELECTOR = 'namespace="{namespace}",ebbtide_dev_service="{service}"'
+# The labels the chart's PodMonitor gives engine series: prometheus-operator adds the pod's `namespace`, and the
+# PodMonitor relabels the pod label ebbtide.dev/service (__meta_kubernetes_pod_label_ebbtide_dev_service) to
+# `service` (helm/ebbtide/templates/metrics.yaml), which is also what the dashboard selects on.
+DEFAULT_SELECTOR = 'namespace="{namespace}",service="{service}"'
 
 
 class PrometheusQuerySource:
@@ -292,12 +284,17 @@ class PrometheusQuerySource:
         self.stats.scrapes += 1
         return parse_promql_scalar(payload)
 
-    async def observe(self, namespace: str, service: str, *, replicas: int, ready_replicas: int) -> ServiceObservation:
-        """Run the queries concurrently and build the observation (stale if Prometheus did not answer)."""
-        selector = self._selector.format(namespace=namespace, service=service)
+    async def observe(
+        self, service: str, targets: Sequence[PodTarget] = (), *, replicas: int, ready_replicas: int
+    ) -> ServiceObservation:
+        """Query the `namespace/name` service's series concurrently and build the observation (stale if
+        Prometheus did not answer). Prometheus finds the pods itself, so `targets` is not used."""
+        namespace, _, name = service.rpartition("/")
+        selector = self._selector.format(namespace=namespace, service=name)
         queries = build_promql_queries(selector, self._window)
         answers = await asyncio.gather(*(self._query(q) for q in queries.values()))
         values = dict(zip(queries, answers, strict=True))
-        return observation_from_promql(
-            f"{namespace}/{service}", self._clock(), values, replicas=replicas, ready_replicas=ready_replicas
-        )
+        return observation_from_promql(service, self._clock(), values, replicas=replicas, ready_replicas=ready_replicas)
+
+    def forget(self, service: str) -> None:
+        """Nothing is kept per service: Prometheus holds the history."""

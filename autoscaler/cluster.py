@@ -15,7 +15,7 @@ from typing import Any
 
 from autoscaler.forecast import INDICATORS, NO_DATA, EbbtideForecaster, Forecaster, forecaster_from_state
 from autoscaler.policies import observed_rates
-from autoscaler.types import ServiceObservation
+from autoscaler.types import History, ServiceObservation
 
 REPORTED = (0.1, 0.5, 0.9, 0.99)
 
@@ -101,6 +101,23 @@ class ClusterDemand:
         note = next((fc.fallback for fc in forecasts if fc.fallback), None)
         self._last = ClusterForecast(now, horizon, services, carried, totals, peak, note)
         return self._last
+
+    @property
+    def observed_until(self) -> float | None:
+        """When the forecaster was last fed the totals (None: never)."""
+        return self._fed_at
+
+    def warm(self, history: History) -> int:
+        """Feed stored totals newer than the last feed (e.g. those after the last saved state, read back after
+        a restart); returns how many it took. The next forecast comes from the next tick."""
+        taken = 0
+        for t, totals in history:
+            if (self._fed_at is not None and t <= self._fed_at) or any(k not in totals for k in INDICATORS):
+                continue
+            self.forecaster.observe(t, {k: totals[k] for k in INDICATORS})
+            self._fed_at = t
+            taken += 1
+        return taken
 
     @property
     def last(self) -> ClusterForecast | None:

@@ -185,6 +185,33 @@ def aggregate_scrapes(
     )
 
 
+class ScrapeAggregator:
+    """Keeps each service's previous scrape, so that every new one yields rates over the interval between
+    them. The operator's pod scraper and the simulator's engines both feed it (the metrics-source port)."""
+
+    def __init__(self, *, min_coverage: float = 0.5) -> None:
+        self.min_coverage = min_coverage
+        self._last: dict[str, ScrapeResult] = {}
+
+    def observe(self, service: str, cur: ScrapeResult, *, replicas: int, ready_replicas: int) -> ServiceObservation:
+        """The observation from this scrape against the previous one that saw pods."""
+        obs = aggregate_scrapes(
+            service,
+            self._last.get(service),
+            cur,
+            replicas=replicas,
+            ready_replicas=ready_replicas,
+            min_coverage=self.min_coverage,
+        )
+        if cur.samples or not cur.failures:
+            self._last[service] = cur  # a scrape that reached no pod is skipped, so the next rate spans the outage
+        return obs
+
+    def forget(self, service: str) -> None:
+        """Drop a deleted service's previous scrape."""
+        self._last.pop(service, None)
+
+
 def build_promql_queries(selector: str, window: str = "1m") -> dict[str, str]:
     """The PromQL instant queries that make up one observation, keyed by ServiceObservation field."""
     s = "{" + selector + "}"

@@ -1,9 +1,10 @@
-"""Scaling policies: Ebbtide's forecast policy and the baselines it is benchmarked against.
+"""Scaling policies a user can select in `spec.scaling.policy`: forecast (Ebbtide's), reactive and none.
 
-Each policy is a `ScalingPolicy`: it holds its own state (forecaster, capacity learner, windows) and its
-`decide(obs, bounds, slo)` is a pure function of that state and the observation — no I/O, no wall clock, so
-the operator and the discrete-event simulator run the same code. `POLICIES` is keyed by the CRD's
-`spec.scaling.policy` values plus the benchmark baselines; each class names its one sweepable knob in `KNOB`.
+Each policy is a `ScalingPolicy`: it holds its own state (forecaster, capacity learner, governor, windows) and
+its `decide(obs, bounds, slo)` is a pure function of that state and the observation — no I/O, no wall clock,
+so the operator and the discrete-event simulator run the same code (both through `autoscaler.loop`).
+`POLICIES` is keyed by exactly the CRD's enum; the baselines only benchmarks use live in
+`bench/autoscaler/baselines.py`, built from the helpers here. Each class names its one sweepable knob in `KNOB`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import Any, ClassVar, get_args
 
 from autoscaler.capacity import CapacityConfig, CapacityEstimate, CapacityLearner, EngineProfile
 from autoscaler.decide import (
@@ -28,6 +27,7 @@ from autoscaler.decide import (
 )
 from autoscaler.forecast import (
     GENERATION_TOKEN_RATE,
+    INDICATORS,
     NO_DATA,
     PROMPT_TOKEN_RATE,
     REQUEST_RATE,
@@ -36,10 +36,9 @@ from autoscaler.forecast import (
     forecaster_from_state,
     make_forecaster,
 )
-from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
+from autoscaler.types import SLO, History, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
+from crds.llmservice import ScalingSpec
 from crds.reasons import Reason
-
-LoadFunction = Callable[[float], Mapping[str, float]]  # time -> rate of each indicator (the oracle's future)
 
 STALE = "metrics stale or missing"
 STORE_DOWN = "history store unavailable"
@@ -54,7 +53,8 @@ def observed_rates(obs: ServiceObservation) -> dict[str, float]:
     }
 
 
-def _static_capacity(profile: EngineProfile) -> CapacityEstimate:
+def static_capacity(profile: EngineProfile) -> CapacityEstimate:
+    """The profile as a capacity estimate that never learns (what the baselines plan with)."""
     return CapacityEstimate(
         request_rate=profile.request_rate,
         prompt_token_rate=profile.prompt_token_rate,
@@ -68,27 +68,30 @@ def _static_capacity(profile: EngineProfile) -> CapacityEstimate:
     )
 
 
-def _current_need(obs: ServiceObservation, cap: CapacityEstimate, drain_s: float) -> float:
+def current_need(obs: ServiceObservation, cap: CapacityEstimate, drain_s: float) -> float:
     """Replicas the load observed right now needs, counting the queue as extra rate to drain within drain_s."""
     backlog = obs.queue_length / drain_s if drain_s > 0 else 0.0
     return cap.replicas_for(obs.request_rate + backlog, obs.prompt_token_rate, obs.generation_token_rate)
 
 
-def _idle(obs: ServiceObservation) -> bool:
+def is_idle(obs: ServiceObservation) -> bool:
+    """Nothing arriving, queued or running."""
     return obs.request_rate <= 0 and obs.queue_length <= 0 and obs.running <= 0
 
 
-def _lead_time(bounds: ScalingBounds) -> float:
+def lead_time(bounds: ScalingBounds) -> float:
+    """Seconds from deciding to add a replica until it serves, at the latest: cold start plus one interval."""
     return bounds.cold_start_s + bounds.decision_interval_s
 
 
-def _horizons(bounds: ScalingBounds) -> list[float]:
+def lead_horizons(bounds: ScalingBounds) -> list[float]:
+    """The horizons a decision must cover, from now to the end of the lead time."""
     # Replicas removed now are gone at once and replicas added now arrive after the cold start, so the count
     # must cover demand from now to the end of the lead time.
-    return sorted({0.0, bounds.cold_start_s / 2, bounds.cold_start_s, _lead_time(bounds)})
+    return sorted({0.0, bounds.cold_start_s / 2, bounds.cold_start_s, lead_time(bounds)})
 
 
-def _finish(
+def finish(
     governor: Governor,
     obs: ServiceObservation,
     bounds: ScalingBounds,
@@ -98,7 +101,8 @@ def _finish(
     allow_zero: bool,
     **fields: Any,
 ) -> ScalingDecision:
-    if obs.replicas == 0 and not _idle(obs):
+    """The governed decision for a recommendation, its reason naming every guard rail that changed it."""
+    if obs.replicas == 0 and not is_idle(obs):
         recommended = max(recommended, 1)  # a request is waiting at zero replicas: wake up
     n, notes = governor.apply(obs.now, obs.replicas, recommended, bounds, allow_zero=allow_zero)
     verdict = f"scale {obs.replicas} -> {n}" if n != obs.replicas else f"keep {n}"
@@ -115,23 +119,6 @@ class NoScaling:
     def decide(self, obs: ServiceObservation, bounds: ScalingBounds, slo: SLO) -> ScalingDecision:
         """The current replicas, untouched."""
         return ScalingDecision(replicas=obs.replicas, reason="autoscaling off (policy none)")
-
-
-class StaticPeak:
-    """Provision for the peak once and never move: the over-provisioned baseline."""
-
-    name: ClassVar[str] = "static-peak"
-    KNOB: ClassVar[str] = "replicas"
-
-    def __init__(self, replicas: int) -> None:
-        if replicas < 0:
-            raise ValueError(f"replicas must be non-negative, got {replicas}")
-        self.replicas = replicas
-
-    def decide(self, obs: ServiceObservation, bounds: ScalingBounds, slo: SLO) -> ScalingDecision:
-        """The fixed count, within the bounds."""
-        n = min(max(self.replicas, floor_replicas(bounds)), bounds.max_replicas)
-        return ScalingDecision(replicas=n, reason=f"static provisioning at {n} replicas")
 
 
 class ReactiveTargetTracking:
@@ -154,7 +141,7 @@ class ReactiveTargetTracking:
         self.profile = profile
         self.target_utilization = target_utilization
         self.tolerance = tolerance
-        self._capacity = _static_capacity(profile)
+        self._capacity = static_capacity(profile)
         self._governor = Governor(governor or GovernorConfig(max_reversals_per_hour=10**6))
 
     def decide(self, obs: ServiceObservation, bounds: ScalingBounds, slo: SLO) -> ScalingDecision:
@@ -162,7 +149,7 @@ class ReactiveTargetTracking:
         if obs.stale:
             self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
             return hold_decision(obs, bounds, STALE, cause=Reason.METRICS_UNAVAILABLE)
-        load = _current_need(obs, self._capacity, 0.0)  # in replicas at 100% utilisation
+        load = current_need(obs, self._capacity, 0.0)  # in replicas at 100% utilisation
         if obs.ready_replicas > 0:
             utilization = load / obs.ready_replicas
             ratio = utilization / self.target_utilization
@@ -174,132 +161,15 @@ class ReactiveTargetTracking:
         else:
             desired = math.ceil(load / self.target_utilization - 1e-9) if obs.replicas == 0 else obs.replicas
             reason = "no ready replicas to measure"
-        return _finish(
+        return finish(
             self._governor,
             obs,
             bounds,
             desired,
             reason,
-            allow_zero=_idle(obs),
+            allow_zero=is_idle(obs),
             capacity_rps=self._capacity.request_rate,
         )
-
-
-class KPALike:
-    """Knative-style concurrency autoscaler: 60 s stable and 6 s panic windows, panic at 200%, no scale-down
-    in panic, scale-down at most halving; windows span observation times (ticks coarser than 6 s: the last)."""
-
-    name: ClassVar[str] = "kpa"
-    KNOB: ClassVar[str] = "target_utilization"
-
-    def __init__(
-        self,
-        concurrency_per_replica: float = 32.0,
-        target_utilization: float = 0.7,
-        *,
-        stable_window_s: float = 60.0,
-        panic_window_s: float = 6.0,
-        panic_threshold: float = 2.0,
-        max_scale_down_rate: float = 2.0,
-        governor: GovernorConfig | None = None,
-    ) -> None:
-        if concurrency_per_replica <= 0 or not 0 < target_utilization <= 1.0:
-            raise ValueError("concurrency_per_replica must be > 0 and target_utilization in (0, 1]")
-        self.target = concurrency_per_replica * target_utilization
-        self.stable_window_s = stable_window_s
-        self.panic_window_s = panic_window_s
-        self.panic_threshold = panic_threshold
-        self.max_scale_down_rate = max_scale_down_rate
-        self._window: deque[tuple[float, float]] = deque()
-        self._panic_until = -math.inf
-        self._governor = Governor(governor or GovernorConfig(max_reversals_per_hour=10**6, scale_up_pods=10**6))
-
-    def decide(self, obs: ServiceObservation, bounds: ScalingBounds, slo: SLO) -> ScalingDecision:
-        """One KPA evaluation on in-flight requests (running + waiting)."""
-        if obs.stale:
-            self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
-            return hold_decision(obs, bounds, STALE, cause=Reason.METRICS_UNAVAILABLE)
-        self._window.append((obs.now, obs.running + obs.queue_length))
-        while self._window[0][0] <= obs.now - self.stable_window_s:
-            self._window.popleft()
-        stable = sum(c for _, c in self._window) / len(self._window)
-        recent = [c for t, c in self._window if t > obs.now - self.panic_window_s] or [self._window[-1][1]]
-        panic = sum(recent) / len(recent)
-        want_stable = math.ceil(stable / self.target - 1e-9)
-        want_panic = math.ceil(panic / self.target - 1e-9)
-        if want_panic / max(obs.ready_replicas, 1) >= self.panic_threshold:
-            self._panic_until = obs.now + self.stable_window_s
-        if obs.now < self._panic_until:
-            desired = max(want_panic, obs.replicas)
-            reason = f"panic: {panic:.1f} in flight wants {want_panic}"
-        else:
-            desired = max(want_stable, math.ceil(obs.replicas / self.max_scale_down_rate))
-            reason = f"stable: {stable:.1f} in flight over {self.stable_window_s:g}s wants {want_stable}"
-        return _finish(self._governor, obs, bounds, desired, reason, allow_zero=stable <= 0 and _idle(obs))
-
-
-class PointForecast:
-    """Forecast a point over the lead time and act as if it were certain, plus headroom: the
-    Dynamo-planner-style baseline (profiled capacity, a forecaster's median, no distribution)."""
-
-    name: ClassVar[str] = "point-forecast"
-    KNOB: ClassVar[str] = "headroom"
-
-    def __init__(
-        self,
-        profile: EngineProfile,
-        headroom: float = 0.1,
-        *,
-        forecaster: str | Forecaster = "point-holt",
-        governor: GovernorConfig | None = None,
-    ) -> None:
-        if headroom < 0:
-            raise ValueError(f"headroom must be non-negative, got {headroom}")
-        self.profile = profile
-        self.headroom = headroom
-        self._capacity = _static_capacity(profile)
-        self._forecaster = make_forecaster(forecaster) if isinstance(forecaster, str) else forecaster
-        self._governor = Governor(governor)
-
-    def decide(self, obs: ServiceObservation, bounds: ScalingBounds, slo: SLO) -> ScalingDecision:
-        """ceil((1 + headroom) x replicas for the forecast point), worst over the lead time."""
-        if obs.stale:
-            self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
-            return hold_decision(obs, bounds, STALE, cause=Reason.METRICS_UNAVAILABLE)
-        self._forecaster.observe(obs.now, observed_rates(obs))
-        forecasts = [self._forecaster.forecast(h) for h in _horizons(bounds)]
-        points = [
-            {k: fc.point(k) for k in (REQUEST_RATE, PROMPT_TOKEN_RATE, GENERATION_TOKEN_RATE)} for fc in forecasts
-        ]
-        if not all(math.isfinite(v) for p in points for v in p.values()):
-            self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
-            return hold_decision(obs, bounds, "forecast failed: non-finite values", cause=Reason.FORECAST_FAILED)
-        need = max(
-            self._capacity.replicas_for(p[REQUEST_RATE], p[PROMPT_TOKEN_RATE], p[GENERATION_TOKEN_RATE]) for p in points
-        )
-        desired = math.ceil(need * (1.0 + self.headroom) - 1e-9)
-        peak = max(p[REQUEST_RATE] for p in points)
-        reason = f"forecast {peak:.2f} req/s over the next {_lead_time(bounds):g}s, headroom {self.headroom:.0%}"
-        note = forecasts[-1].fallback
-        return _finish(
-            self._governor,
-            obs,
-            bounds,
-            desired,
-            reason + (f" ({note})" if note else ""),
-            allow_zero=peak <= 0 and _idle(obs),
-            forecast_quantiles={"horizon_s": _lead_time(bounds), "p50": peak},
-            capacity_rps=self._capacity.request_rate,
-        )
-
-    def to_state(self) -> dict[str, Any]:
-        """JSON-serialisable snapshot of the forecaster and the governor."""
-        return {"forecaster": self._forecaster.to_state(), "governor": self._governor.to_state()}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Resume from `to_state` (e.g. after an operator restart)."""
-        self._forecaster = forecaster_from_state(state["forecaster"])
-        self._governor = Governor.from_state(state["governor"])
 
 
 class EbbtideForecast:
@@ -349,8 +219,8 @@ class EbbtideForecast:
             )
         self._capacity.observe(obs, slo)
         cap = self._capacity.estimate(slo)
-        lead = _lead_time(bounds)
-        now_need = math.ceil(_current_need(obs, cap, lead) - 1e-9)
+        lead = lead_time(bounds)
+        now_need = math.ceil(current_need(obs, cap, lead) - 1e-9)
 
         def degraded(reason: str, cause: Reason = Reason.FORECAST_FAILED) -> ScalingDecision:
             self._governor.record(obs.now, obs.replicas, bounds.scale_down_stabilization_s)
@@ -365,8 +235,8 @@ class EbbtideForecast:
             )
 
         try:
-            self._forecaster.observe(obs.now, self._smoothed(obs, lead))
-            forecasts = [self._forecaster.forecast(h) for h in _horizons(bounds)]
+            self._forecaster.observe(obs.now, self._smoothed(obs.now, observed_rates(obs), lead))
+            forecasts = [self._forecaster.forecast(h) for h in lead_horizons(bounds)]
         except Exception as err:
             # Forecasters are plug-ins from a registry: whatever breaks inside one must hold replicas, not
             # crash the operator's reconcile loop or the simulator's run.
@@ -383,8 +253,8 @@ class EbbtideForecast:
         lo = 0 if bounds.scale_to_zero else floor_replicas(bounds)
         choice = choose_replicas(need, lo, max(bounds.max_replicas, lo), self.cost, attainment)
         peak = self._peak_quantiles(forecasts)
-        allow_zero = peak["p99"] <= self.zero_rps and _idle(obs)
-        return _finish(
+        allow_zero = peak["p99"] <= self.zero_rps and is_idle(obs)
+        return finish(
             self._governor,
             obs,
             bounds,
@@ -401,15 +271,37 @@ class EbbtideForecast:
             slo_attainable=cap.slo_attainable,
         )
 
-    def _smoothed(self, obs: ServiceObservation, lead_s: float) -> dict[str, float]:
+    def _smoothed(self, now: float, rates: Mapping[str, float], lead_s: float) -> dict[str, float]:
         """Rates averaged over a share of the lead time: the level the capacity profile is about, since a
         single tick's arrival noise is already inside the profile's attainment margin, while a level that
         moves within the lead time must still show."""
-        self._recent.append((obs.now, observed_rates(obs)))
-        while len(self._recent) > 1 and self._recent[0][0] <= obs.now - self.smoothing_share * lead_s:
+        self._recent.append((now, dict(rates)))
+        while len(self._recent) > 1 and self._recent[0][0] <= now - self.smoothing_share * lead_s:
             self._recent.popleft()
         n = len(self._recent)
         return {k: sum(r[k] for _, r in self._recent) / n for k in self._recent[-1][1]}
+
+    @property
+    def observed_until(self) -> float | None:
+        """Time of the newest observation the forecaster was fed (None before the first)."""
+        return self._recent[-1][0] if self._recent else None
+
+    def warm(self, history: History, bounds: ScalingBounds) -> int:
+        """Feed stored rates newer than `observed_until` to the forecaster, smoothed as `decide` does (e.g.
+        the ticks between the last saved state and a restart); returns how many points it took."""
+        lead = lead_time(bounds)
+        taken = 0
+        for t, rates in history:
+            last = self.observed_until
+            if (last is not None and t <= last) or any(k not in rates for k in INDICATORS):
+                continue
+            try:
+                self._forecaster.observe(t, self._smoothed(t, {k: rates[k] for k in INDICATORS}, lead))
+            except Exception:
+                # The same plug-in guard as in decide: a bad point must not stop the restart.
+                continue
+            taken += 1
+        return taken
 
     @staticmethod
     def _mix(fc: Forecast) -> tuple[float, float]:
@@ -464,61 +356,12 @@ class EbbtideForecast:
         self._recent = deque((float(t), {k: float(v) for k, v in r.items()}) for t, r in state.get("recent", []))
 
 
-class Oracle:
-    """Perfect foresight of the load the simulator replays, at the true capacity: the cost floor at full SLO
-    attainment. Bounds apply; stabilization and rate limits do not."""
-
-    name: ClassVar[str] = "oracle"
-    KNOB: ClassVar[str] = "headroom"
-
-    def __init__(
-        self, load: LoadFunction, profile: EngineProfile, headroom: float = 0.0, *, resolution_s: float = 10.0
-    ) -> None:
-        if resolution_s <= 0:
-            raise ValueError(f"resolution_s must be positive, got {resolution_s}")
-        self.load = load
-        self.headroom = headroom
-        self.resolution_s = resolution_s
-        self._capacity = _static_capacity(profile)
-        self._governor = Governor(GovernorConfig(stabilize=False, max_reversals_per_hour=10**6, scale_up_pods=10**6))
-
-    def decide(self, obs: ServiceObservation, bounds: ScalingBounds, slo: SLO) -> ScalingDecision:
-        """The peak need over [now, now + lead time]."""
-        lead = _lead_time(bounds)
-        times = np.arange(obs.now, obs.now + lead + self.resolution_s / 2, self.resolution_s)
-        need = 0.0
-        peak = 0.0
-        for t in times:
-            v = self.load(float(t))
-            r = v.get(REQUEST_RATE, 0.0)
-            peak = max(peak, r)
-            need = max(
-                need, self._capacity.replicas_for(r, v.get(PROMPT_TOKEN_RATE, 0.0), v.get(GENERATION_TOKEN_RATE, 0.0))
-            )
-        desired = math.ceil(need * (1.0 + self.headroom) - 1e-9)
-        return _finish(
-            self._governor,
-            obs,
-            bounds,
-            desired,
-            f"known peak {peak:.2f} req/s over the next {lead:g}s",
-            allow_zero=need <= 0,
-            forecast_quantiles={"horizon_s": lead, "p50": peak},
-            capacity_rps=self._capacity.request_rate,
-            risk=0.0,
-        )
-
-
 POLICIES: dict[str, Callable[..., ScalingPolicy]] = {
     EbbtideForecast.name: EbbtideForecast,
     ReactiveTargetTracking.name: ReactiveTargetTracking,
     NoScaling.name: NoScaling,
-    StaticPeak.name: StaticPeak,
-    KPALike.name: KPALike,
-    PointForecast.name: PointForecast,
-    Oracle.name: Oracle,
 }
-CRD_POLICIES = ("forecast", "reactive", "none")  # the values of spec.scaling.policy
+CRD_POLICIES: tuple[str, ...] = get_args(ScalingSpec.model_fields["policy"].annotation)  # spec.scaling.policy
 
 
 def make_policy(name: str, **kwargs: Any) -> ScalingPolicy:

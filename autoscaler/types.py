@@ -6,8 +6,9 @@ discrete-event cluster simulator. Time is a float of seconds supplied by the cal
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from crds.reasons import Reason
 
@@ -73,3 +74,30 @@ class ScalingPolicy(Protocol):
     """A replica policy: fed one observation per tick, returns a decision. No I/O, no wall clock."""
 
     def decide(self, obs: ServiceObservation, bounds: ScalingBounds, slo: SLO) -> ScalingDecision: ...
+
+
+History = Iterable[tuple[float, Mapping[str, float]]]
+"""Stored indicator rates, oldest first: (time, {indicator: rate}) per fresh observation."""
+
+
+@runtime_checkable
+class StatefulPolicy(Protocol):
+    """A policy whose learned state (forecaster, capacity, governor) survives a restart as JSON."""
+
+    def to_state(self) -> dict[str, Any]: ...
+
+    def restore(self, state: Mapping[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class WarmablePolicy(Protocol):
+    """A policy that can catch up on stored history it has not seen (after a restart, or without state)."""
+
+    @property
+    def observed_until(self) -> float | None:
+        """Time of the newest observation it has learned from (None: none yet)."""
+        ...
+
+    def warm(self, history: History, bounds: ScalingBounds) -> int:
+        """Learn from the points newer than `observed_until` as `decide` would; returns how many it took."""
+        ...

@@ -24,11 +24,16 @@ from settings import OperatorSettings, parse  # noqa: E402
 
 from adapters.cache import ClusterCache  # noqa: E402
 from adapters.engine_api import EngineClient  # noqa: E402
-from adapters.engine_metrics import PodScraper, ServiceMetricsCollector  # noqa: E402
+from adapters.engine_metrics import (  # noqa: E402
+    DEFAULT_SELECTOR,
+    PodScraper,
+    PrometheusQuerySource,
+    ServiceMetricsCollector,
+)
 from adapters.kube import Kube, load_config  # noqa: E402
 from adapters.store import HistoryStore, MemoryStore, RedisStore  # noqa: E402
 from controllers.shells import handlers  # noqa: E402
-from controllers.shells.autoscaling import Autoscaler  # noqa: E402
+from controllers.shells.autoscaling import Autoscaler, MetricsSource  # noqa: E402
 from controllers.shells.leadership import Leadership, own_identity  # noqa: E402
 from controllers.shells.scheduling import Scheduler  # noqa: E402
 
@@ -63,12 +68,19 @@ def configure_logging(settings: OperatorSettings) -> None:
 
 
 def build_autoscaler(settings: OperatorSettings) -> Autoscaler:
-    """The autoscaler shell: pod scraper, history store (Redis when configured), decision interval."""
+    """The autoscaler shell: its metrics source (pod scrapes or Prometheus), history store (Redis when
+    configured) and decision interval."""
     http = httpx.AsyncClient(timeout=2.0)
-    scraper = PodScraper(http, time.time, url_template=settings.metrics_url_template)
+    metrics: MetricsSource
+    if settings.metrics_source == "prometheus" and settings.prometheus_url:
+        metrics = PrometheusQuerySource(
+            http, settings.prometheus_url, time.time, selector_template=settings.prometheus_selector or DEFAULT_SELECTOR
+        )
+    else:
+        metrics = ServiceMetricsCollector(PodScraper(http, time.time, url_template=settings.metrics_url_template))
     store: HistoryStore = RedisStore.from_url(settings.redis_url) if settings.redis_url else MemoryStore()
     return Autoscaler(
-        collector=ServiceMetricsCollector(scraper),
+        metrics=metrics,
         store=store,
         interval_s=settings.autoscale_interval_seconds,
         default_cold_start_s=settings.default_cold_start_seconds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,22 @@ class OperatorSettings(BaseSettings):
         default=15.0, gt=0, le=3600, description="Autoscaler decision interval per service."
     )
     autoscaler: bool = Field(default=True, description="Run the autoscaler (spec.scaling.policy forecast/reactive).")
+    metrics_source: Literal["pod", "prometheus"] = Field(
+        default="pod",
+        description="Where the autoscaler reads engine metrics: pod (scrape every engine pod, see "
+        "--metrics-url-template) or prometheus (query --prometheus-url).",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://.+",
+        description="Base URL of the Prometheus HTTP API for --metrics-source prometheus "
+        "(e.g. http://prometheus-operated.monitoring.svc:9090).",
+    )
+    prometheus_selector: str | None = Field(
+        default=None,
+        description="PromQL label selector of one service's engine series, {namespace} and {service} filled in; "
+        'default namespace="{namespace}",service="{service}", the labels the chart\'s PodMonitor gives them.',
+    )
     metrics_url_template: str = Field(
         default="http://{podIP}:{port}/metrics",
         description="Where engine metrics are scraped; {engineURL} uses the pod's ebbtide.dev/engine-url.",
@@ -64,6 +80,13 @@ class OperatorSettings(BaseSettings):
     resync_seconds: float = Field(default=10.0, gt=0, le=3600, description="Periodic reconcile interval.")
     log_format: Literal["json", "plain"] = Field(default="json", description="Log line format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+
+    @model_validator(mode="after")
+    def _prometheus_needs_its_url(self) -> OperatorSettings:
+        """Reading metrics from Prometheus needs to know where Prometheus is."""
+        if self.metrics_source == "prometheus" and not self.prometheus_url:
+            raise ValueError("--metrics-source prometheus needs --prometheus-url (EBBTIDE_PROMETHEUS_URL)")
+        return self
 
 
 def parse(argv: list[str] | None = None) -> OperatorSettings:

@@ -232,7 +232,8 @@ def setup_lines(cals: dict[str, Calibration], quick: bool, jobs: int) -> list[st
         "",
         f"**Cold start.** {IMAGE_PULL_S:.0f} s image pull + 141 GB of weights at {LOAD_GBPS:g} GB/s + 20 s "
         f"engine start-up = {cold_start_s():.0f} s from binding to serving; GPUs are paid from binding. "
-        "Every policy is told this lead time.",
+        "The scaling loop assumes this cold start until it has measured one (creation to ready of the replicas "
+        "serving), as the operator does from its pods; here the two are the same.",
         "",
         f"**Service.** SLO: TTFT <= {BENCH_SLO.ttft_s:g} s and mean inter-token latency <= "
         f"{BENCH_SLO.itl_s * 1000:g} ms per request, target attainment {BENCH_SLO.attainment:.0%} (failed "
@@ -262,7 +263,13 @@ def setup_lines(cals: dict[str, Calibration], quick: bool, jobs: int) -> list[st
         "**Simulator.** `simulator.cluster`: discrete-event, virtual time; each replica is a `FastReplica` "
         "(continuous batching in closed form between events, derived from the PerfModel and validated in "
         "tests/unit/simulator/test_cluster.py against the engine's own `BatchScheduler` stepped iteration by "
-        "iteration). Observations use vLLM metric semantics (TTFT histogram, per-token ITL, token counters).",
+        "iteration). Every policy runs inside the operator's scaling loop (`autoscaler/loop.py`: knobs, bounds, "
+        "measured cold start, staleness, state), and the production ones (Ebbtide, reactive) are built by the "
+        "operator's own factory. The loop sees the replicas through vLLM's metrics, aggregated by the operator's "
+        "code (`autoscaler/observation.py`): the request rate is the increase of `vllm:request_success_total` "
+        "(completions, not arrivals; a backlog shows as the waiting gauge), TTFT and ITL quantiles come from "
+        "bucket deltas of vLLM's histograms, draining replicas are not scraped, and the first tick (no previous "
+        "scrape) is stale.",
         "",
         "**Baselines.** Static peak: a fixed count (knob: replicas). Reactive: HPA-like target tracking of "
         "utilisation of the profiled capacity, 10% tolerance, 300 s scale-down stabilization (knob: target "

@@ -6,20 +6,15 @@ import math
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
 
-from autoscaler.policies import (
-    EbbtideForecast,
-    KPALike,
-    Oracle,
-    PointForecast,
-    ReactiveTargetTracking,
-    StaticPeak,
-)
+from autoscaler.loop import PolicyFactory, ScalingKnobs, crd_policies
+from autoscaler.policies import POLICIES
 from autoscaler.types import ScalingPolicy
+from bench.autoscaler.baselines import KPALike, Oracle, PointForecast, StaticPeak
 from bench.autoscaler.scenario import Calibration, LoadSeries, Scenario, cluster_config, load_series
 from simulator.cluster import ClusterSimulator
 
@@ -99,37 +94,47 @@ def _level(scenario: Scenario) -> LoadSeries:
     return _load(scenario).coarsen(LEVEL_BUCKETS)
 
 
-def make_policy(spec: RunSpec) -> ScalingPolicy:
-    """The policy object of a run."""
+def knob_values(spec: RunSpec) -> dict[str, float]:
+    """The run's knob as the policy's tuning (what spec.scaling would set for the production policies)."""
+    return {KNOBS[spec.policy]: spec.value}
+
+
+def policy_factory(spec: RunSpec) -> PolicyFactory:
+    """The policies of a run: the operator's factory for the production ones (the benchmark measures what the
+    operator runs), the baselines from bench/autoscaler/baselines.py."""
+    production = crd_policies()
     profile = spec.calibration.profile
     v = spec.value
-    if spec.policy == "static-peak":
-        return StaticPeak(int(v))
-    if spec.policy == "reactive":
-        return ReactiveTargetTracking(profile, target_utilization=v)
-    if spec.policy == "kpa":
-        return KPALike(concurrency_per_replica=spec.calibration.kpa_concurrency, target_utilization=v)
-    if spec.policy == "point-forecast":
-        return PointForecast(profile, headroom=v)
-    if spec.policy == "forecast":
-        return EbbtideForecast(profile, risk=v)
-    if spec.policy == "oracle":
-        return Oracle(_load(spec.scenario).at, profile, headroom=v)
-    if spec.policy == "oracle-level":
-        return Oracle(_level(spec.scenario).at, profile, headroom=v)
-    raise ValueError(f"unknown policy {spec.policy!r}")
+
+    def build(knobs: ScalingKnobs) -> ScalingPolicy:
+        if knobs.policy in POLICIES:
+            return production(knobs)
+        if knobs.policy == "static-peak":
+            return StaticPeak(int(v))
+        if knobs.policy == "kpa":
+            return KPALike(concurrency_per_replica=spec.calibration.kpa_concurrency, target_utilization=v)
+        if knobs.policy == "point-forecast":
+            return PointForecast(profile, headroom=v)
+        if knobs.policy == "oracle":
+            return Oracle(_load(spec.scenario).at, profile, headroom=v)
+        if knobs.policy == "oracle-level":
+            return Oracle(_level(spec.scenario).at, profile, headroom=v)
+        raise ValueError(f"unknown policy {knobs.policy!r}")
+
+    return build
 
 
 def run_one(spec: RunSpec) -> RunResult:
     """Simulate one run."""
     wall0 = time.perf_counter()
     initial = int(spec.value) if spec.policy == "static-peak" else spec.initial_replicas
-    sim = ClusterSimulator(
+    config = replace(
         cluster_config(max(1, initial)),
-        make_policy(spec),
-        policy_name=spec.policy,
-        log_capacity=LOG_CAPACITY,
+        policy=spec.policy,
+        tuning=knob_values(spec) if spec.policy in POLICIES else {},
+        profile=spec.calibration.profile,
     )
+    sim = ClusterSimulator(config, factory=policy_factory(spec), log_capacity=LOG_CAPACITY)
     scenario = spec.scenario
     res = sim.run(scenario.chunks(), scenario.sim_end_s, measure_from_s=scenario.warmup_s)
     summary = res.summary()
@@ -137,7 +142,7 @@ def run_one(spec: RunSpec) -> RunResult:
     tl = {k: v[measured] for k, v in res.timeline.items()}
     desired = tl["desired"]
     timeline = (
-        {k: tl[k].astype(np.float32) for k in ("t", "desired", "ready", "starting", "demand_rps")}
+        {k: tl[k].astype(np.float32) for k in ("t", "desired", "ready", "starting", "demand_rps", "observed_rps")}
         if spec.keep_timeline
         else {}
     )

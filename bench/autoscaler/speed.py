@@ -2,8 +2,9 @@
 
 Run: `python -m bench.autoscaler.speed [--hours 24] [--start-day 0] [--policy reactive] [--engine fast]`.
 The service is the benchmark's (m-mid x 0.02, Llama-3.1-70B on 4 x H100 per replica, 204 s cold start) under
-HPA-like scaling, so replicas come and go as they would in the benchmark. Arrival synthesis is timed
-separately from the simulation; the machine's load average is printed because other jobs skew wall time.
+HPA-like scaling (the operator's scaling loop and policy), so replicas come and go as they would in the
+benchmark. Arrival synthesis is timed separately from the simulation; the machine's load average is printed
+because other jobs skew wall time.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import argparse
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from autoscaler.capacity import EngineProfile
-from autoscaler.policies import EbbtideForecast, ReactiveTargetTracking
-from autoscaler.types import ScalingPolicy
 from bench.autoscaler.scenario import DAY_S, Scenario, cluster_config, lengths
-from simulator.cluster import ClusterConfig, ClusterSimulator
+from simulator.cluster import ClusterSimulator
 
 # The conversation-length calibration the benchmark measures (bench/results/autoscaler.md), fixed here so
 # that the timing does not include a calibration run.
@@ -39,9 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompt_token_rate=CAPACITY_RPS * sampler.mean_prompt,
         generation_token_rate=CAPACITY_RPS * sampler.mean_output,
     )
-    policy: ScalingPolicy = (
-        ReactiveTargetTracking(profile, 0.7) if args.policy == "reactive" else EbbtideForecast(profile)
-    )
     start = args.start_day * DAY_S
     scenario = Scenario("servegen-m-mid", start, start + args.hours * 3600, args.scale)
     load0 = os.getloadavg()[0]
@@ -49,9 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chunks = list(scenario.chunks())
     synth_s = time.perf_counter() - t0
     requests = sum(len(tr) for _, tr in chunks)
-    base = cluster_config(5)
-    cfg = ClusterConfig(**{**base.__dict__, "engine": args.engine})
-    sim = ClusterSimulator(cfg, policy, log_capacity=4_000_000)
+    tuning = {"target_utilization": 0.7} if args.policy == "reactive" else {}
+    cfg = replace(cluster_config(5), engine=args.engine, policy=args.policy, tuning=tuning, profile=profile)
+    sim = ClusterSimulator(cfg, log_capacity=4_000_000)
     t1 = time.perf_counter()
     res = sim.run(iter(chunks), scenario.duration_s)
     sim_s = time.perf_counter() - t1

@@ -1,35 +1,42 @@
-"""The autoscaler's shell: scrape a service's engines, keep history, ask its policy, write the scale subresource.
+"""The autoscaler's shell: observe a service's engines, keep history and state, tick its scaling loop.
 
-All decisions live in autoscaler/ (pure); this module only gathers the observation and applies the decision.
+All decisions live in autoscaler/ (pure; the loop around a policy is `autoscaler.loop.ScalingLoop`, the same the
+simulator drives); this module gathers the observation through the metrics-source port, reads the cold start
+from the pods, keeps history and state in the store (read back after a restart) and returns the decision, which
+`handlers.autoscale` writes to the scale subresource.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
-from adapters.engine_metrics import PodTarget, ServiceMetricsCollector
+from adapters.engine_metrics import PodTarget
 from adapters.store import HistoryStore, StoreUnavailable
 from autoscaler.capacity import EngineProfile
 from autoscaler.cluster import ClusterDemand, ClusterForecast
-from autoscaler.forecast import EbbtideConfig, EbbtideForecaster
-from autoscaler.policies import make_policy
+from autoscaler.forecast import INDICATORS, EbbtideConfig, EbbtideForecaster
+from autoscaler.loop import STATE_EVERY_TICKS, PolicyFactory, ScalingKnobs, ScalingLoop, crd_policies
+from autoscaler.policies import lead_time, observed_rates
 from autoscaler.profile import engine_profile
-from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
+from autoscaler.types import SLO, History, ScalingBounds, ScalingDecision, ServiceObservation
 from catalogue.gpus import lookup_gpu
+from catalogue.models import Architecture, resolve_model
 from controllers.planners.conditions import parse_rfc3339, set_condition
-from controllers.planners.llmservice import model_of
 from controllers.planners.snapshot import PodView
 from crds import labels as L
 from crds.llmservice import LLMService
 from crds.reasons import ConditionType, Reason
 
 log = logging.getLogger("ebbtide.autoscaler")
-STATE_EVERY_TICKS = 10
 AUTOSCALER_CONDITIONS = frozenset({ConditionType.AUTOSCALER_DEGRADED, ConditionType.SLO_ATTAINABLE})
+WARM_WINDOW_S = 6 * 3600.0  # history read back for a service with no saved state (the forecaster's warm-up)
 CLUSTER = "_cluster"  # the store's key for the whole cluster's history and forecaster (no "/": no service has it)
 
 
@@ -40,11 +47,40 @@ def slo_of(svc: LLMService) -> SLO:
 
 def profile_of(svc: LLMService) -> EngineProfile:
     """Seed capacity from the calibrated performance model of the service's model on its GPU."""
-    model = model_of(svc.spec.model)
+    m = svc.spec.model
+    return _profile(
+        m.name,
+        m.parameters_b,
+        m.architecture,
+        m.experts or 0,
+        m.active_parameters_b,
+        m.experts_per_token or 2,
+        tuple(svc.spec.gpu.types),
+        svc.spec.parallelism.tensor * svc.spec.parallelism.pipeline,
+        slo_of(svc),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _profile(
+    name: str,
+    parameters_b: float,
+    architecture: Architecture,
+    experts: int,
+    active_parameters_b: float | None,
+    experts_per_token: int,
+    gpu_types: tuple[str, ...],
+    gpus: int,
+    slo: SLO,
+) -> EngineProfile:
+    # Memoised: the knobs are read every tick, and the performance model's batch search takes milliseconds.
+    # The same model validation checks the fit of (catalogue.models.resolve_model).
+    model = resolve_model(
+        name, parameters_b, architecture, experts, active_parameters_b, experts_per_token=experts_per_token
+    )
     # The first allowed GPU product (H100 when any is allowed); the capacity learner corrects the seed online.
-    names = list(svc.spec.gpu.types)
-    gpu = next(g for g in (lookup_gpu(n) for n in [*names, "H100"]) if g is not None)
-    return engine_profile(model, gpu, svc.spec.parallelism.tensor * svc.spec.parallelism.pipeline, slo_of(svc))
+    gpu = next(g for g in (lookup_gpu(n) for n in [*gpu_types, "H100"]) if g is not None)
+    return engine_profile(model, gpu, gpus, slo)
 
 
 def cold_start_of(pods: list[dict[str, Any]]) -> float | None:
@@ -65,125 +101,102 @@ def cold_start_of(pods: list[dict[str, Any]]) -> float | None:
     return sum(samples) / len(samples) if samples else None
 
 
-@dataclass
-class ServiceScaler:
-    """A service's policy instance and what the shell remembers between ticks."""
+class MetricsSource(Protocol):
+    """The metrics-source port: a service's observation from its engines (pod scrapes or a Prometheus query)."""
 
-    policy_name: str
-    policy: ScalingPolicy
-    knobs: dict[str, float] = field(default_factory=dict)
-    ticks: int = 0
-    cold_start_s: float | None = None
-    restored: bool = False
+    async def observe(
+        self, service: str, targets: Sequence[PodTarget], *, replicas: int, ready_replicas: int
+    ) -> ServiceObservation:
+        """The `namespace/name` service's observation now; stale when too few engines answered."""
+        ...
+
+    def forget(self, service: str) -> None:
+        """Drop what is kept for a deleted service."""
+        ...
 
 
 @dataclass
 class Autoscaler:
-    """One per operator process; `tick` runs once per decision interval per service."""
+    """One per operator process; `decide` runs once per decision interval per service. Each service's
+    `ScalingLoop` (autoscaler/loop.py) makes the decision; this shell feeds it and keeps its state."""
 
-    collector: ServiceMetricsCollector
+    metrics: MetricsSource
     store: HistoryStore
     interval_s: float = 15.0
     default_cold_start_s: float = 180.0
     forecast_error_window: int = 200  # realised forecast errors kept per horizon: how long a burst is remembered
-    scalers: dict[str, ServiceScaler] = field(default_factory=dict)
+    loops: dict[str, ScalingLoop] = field(default_factory=dict)
     last_observation: dict[str, ServiceObservation] = field(default_factory=dict)
     cluster: ClusterDemand = field(init=False)
+    _factory: PolicyFactory = field(init=False)
+    _restored: set[str] = field(default_factory=set, init=False)
     _cluster_restored: bool = field(default=False, init=False)
     _cluster_feeds: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        self.cluster = ClusterDemand(self.interval_s, forecaster=self._forecaster())
-
-    def _forecaster(self) -> EbbtideForecaster:
         window = self.forecast_error_window
-        return EbbtideForecaster(EbbtideConfig(error_window=window, min_errors=min(30, window)))
+        self._factory = crd_policies(forecast_error_window=window)
+        forecaster = EbbtideForecaster(EbbtideConfig(error_window=window, min_errors=min(30, window)))
+        self.cluster = ClusterDemand(self.interval_s, forecaster=forecaster)
 
-    def scaler_for(self, key: str, svc: LLMService) -> ServiceScaler:
-        name = svc.spec.scaling.policy
-        knobs = policy_knobs(svc)
-        current = self.scalers.get(key)
-        if current is not None and current.policy_name == name and current.knobs == knobs:
-            return current
-        profile = profile_of(svc)
-        kwargs: dict[str, Any] = {"profile": profile, **knobs} if name in ("forecast", "reactive") else {}
-        if name == "forecast":
-            kwargs["forecaster"] = self._forecaster()
-        policy = make_policy(name, **kwargs)
-        restored = False
-        if current is not None and current.policy_name == name:
-            # A retuned knob must not cost the service its learned history: carry the state across.
-            to_state, restore = getattr(current.policy, "to_state", None), getattr(policy, "restore", None)
-            if to_state is not None and restore is not None:
-                restore(to_state())
-            restored = current.restored
-        cold_start = current.cold_start_s if current is not None else None
-        self.scalers[key] = ServiceScaler(name, policy, knobs, restored=restored, cold_start_s=cold_start)
-        return self.scalers[key]
+    def knobs(self, svc: LLMService) -> ScalingKnobs:
+        """The loop's knobs from the service's spec and the operator's interval and assumed cold start."""
+        return knobs_of(svc, interval_s=self.interval_s, default_cold_start_s=self.default_cold_start_s)
 
-    async def observe(
-        self, key: str, svc: LLMService, pods: list[PodView], now: float
-    ) -> tuple[ServiceObservation, bool]:
-        """The service's observation this tick, and whether its history could be stored."""
+    def loop_for(self, key: str, knobs: ScalingKnobs) -> ScalingLoop:
+        """The service's loop, configured for its current knobs (a retuned knob keeps the learned state)."""
+        loop = self.loops.get(key)
+        if loop is None:
+            loop = self.loops[key] = ScalingLoop(self._factory)
+        loop.configure(knobs)
+        return loop
+
+    async def observe(self, key: str, svc: LLMService, pods: list[PodView], now: float) -> ServiceObservation:
+        """The service's observation this tick; a fresh one is appended to the history store."""
         targets = [
             PodTarget(p.name, p.ip, svc.spec.engine.port, p.annotations.get(L.ENGINE_URL))
             for p in pods
             if p.ready and not p.deleting and p.draining_since is None and p.labels.get(L.ROLE) != "worker"
         ]
-        obs = await self.collector.observe(
+        obs = await self.metrics.observe(
             key, targets, replicas=svc.spec.replicas, ready_replicas=svc.status.ready_replicas
         )
-        stored = True
+        if obs.stale:
+            return obs  # only what a policy learns from is history worth reading back
         try:
-            await self.store.append(
-                key,
-                now,
-                {
-                    "request_rate": obs.request_rate,
-                    "prompt_token_rate": obs.prompt_token_rate,
-                    "generation_token_rate": obs.generation_token_rate,
-                },
-            )
+            await self.store.append(key, now, observed_rates(obs))
         except StoreUnavailable as e:
             log.warning("history store unavailable for %s: %s", key, e)
-            stored = False
-        return replace(obs, history_available=stored), stored
+            return replace(obs, history_available=False)
+        return obs
 
     async def decide(
         self, key: str, svc: LLMService, raw_pods: list[dict[str, Any]], pods: list[PodView], now: float
     ) -> ScalingDecision:
-        """Observe and decide for one service (the policy itself is pure)."""
-        scaler = self.scaler_for(key, svc)
-        if not scaler.restored:
-            scaler.restored = True
-            await self._restore(key, "policy", scaler.policy)
+        """Observe and decide for one service (the loop itself is pure)."""
+        knobs = self.knobs(svc)
+        loop = self.loop_for(key, knobs)
+        if key not in self._restored:
+            self._restored.add(key)
+            await self._restore(key, "policy", loop)
+            if loop.learns_from_history:
+                await self._warm(key, now, lambda history: loop.warm(history, knobs), loop.observed_until)
+        obs = await self.observe(key, svc, pods, now)
         measured = cold_start_of([p for p in raw_pods if not p["metadata"].get("deletionTimestamp")])
-        if measured is not None:
-            scaler.cold_start_s = measured
-        obs, _ = await self.observe(key, svc, pods, now)
-        self.last_observation[key] = obs
-        sc = svc.spec.scaling
-        bounds = ScalingBounds(
-            min_replicas=sc.min_replicas,
-            max_replicas=sc.max_replicas,
-            scale_to_zero=sc.scale_to_zero,
-            scale_down_stabilization_s=float(sc.scale_down_stabilization_seconds),
-            cold_start_s=scaler.cold_start_s or self.default_cold_start_s,
-            decision_interval_s=self.interval_s,
-        )
-        decision = scaler.policy.decide(obs, bounds, slo_of(svc))
-        scaler.ticks += 1
-        if scaler.ticks % STATE_EVERY_TICKS == 0:
-            await self._save(key, "policy", scaler.policy)
-        self.cluster.observe(key, obs, bounds.cold_start_s + bounds.decision_interval_s)
+        step = loop.tick(now, knobs, obs, measured)
+        self.last_observation[key] = step.observation
+        if step.save_state:
+            await self._save(key, "policy", loop)
+        self.cluster.observe(key, step.observation, lead_time(step.bounds))
         await self.tick_cluster(now)
-        return decision
+        return step.decision
 
     async def tick_cluster(self, now: float) -> ClusterForecast | None:
         """Feed the whole cluster's totals (once per interval) and keep its forecaster's state in the store."""
         if not self._cluster_restored:
             self._cluster_restored = True
             await self._restore(CLUSTER, "forecaster", self.cluster)
+            await self._warm(CLUSTER, now, self.cluster.warm, self.cluster.observed_until)
         fed_before = self.cluster.last
         try:
             forecast = self.cluster.tick(now)
@@ -201,36 +214,70 @@ class Autoscaler:
             await self._save(CLUSTER, "forecaster", self.cluster)
         return forecast
 
-    async def _restore(self, key: str, name: str, target: object) -> None:
-        """Load `target`'s saved state (a policy, or the cluster forecast), if it keeps any and there is one."""
-        restore = getattr(target, "restore", None)
-        if restore is None:
-            return
+    async def _restore(self, key: str, name: str, target: ScalingLoop | ClusterDemand) -> None:
+        """Load `target`'s saved state (a service's policy, or the cluster forecast), if there is one."""
         try:
             blob = await self.store.load_state(key, name)
         except StoreUnavailable:
             return
         if blob:
             try:
-                restore(json.loads(blob))
-                log.info("restored %s state of %s", name, key)
+                if target.restore(json.loads(blob)) is not False:
+                    log.info("restored %s state of %s", name, key)
             except (KeyError, ValueError, TypeError) as e:
                 log.warning("discarding unreadable %s state of %s: %s", name, key, e)
 
-    async def _save(self, key: str, name: str, target: object) -> None:
-        to_state = getattr(target, "to_state", None)
-        if to_state is None:
+    async def _warm(self, key: str, now: float, warm: Callable[[History], int], since: float | None) -> None:
+        """Read back the stored history the restored state has not seen (all of the last WARM_WINDOW_S when
+        there was no state) and let the forecaster learn from it, off the event loop."""
+        start = since if since is not None else now - WARM_WINDOW_S
+        try:
+            history = await self._history(key, start, now)
+        except StoreUnavailable as e:
+            log.warning("could not read back the history of %s: %s", key, e)
+            return
+        if history:
+            taken = await asyncio.to_thread(warm, history)
+            log.info("read back %d of %d stored observations of %s", taken, len(history), key)
+
+    async def _history(self, key: str, start: float, end: float) -> list[tuple[float, dict[str, float]]]:
+        """The stored indicator series of `key` in [start, end], joined by time, oldest first."""
+        points: dict[float, dict[str, float]] = {}
+        for indicator in INDICATORS:
+            for t, v in await self.store.range(key, indicator, start, end):
+                points.setdefault(t, {})[indicator] = v
+        return sorted(points.items())
+
+    async def _save(self, key: str, name: str, target: ScalingLoop | ClusterDemand) -> None:
+        state = target.to_state()
+        if state is None:
             return
         try:
-            await self.store.save_state(key, name, json.dumps(to_state()).encode())
+            await self.store.save_state(key, name, json.dumps(state).encode())
         except StoreUnavailable as e:
             log.warning("could not save %s state of %s: %s", name, key, e)
 
     def forget(self, key: str) -> None:
-        self.scalers.pop(key, None)
+        """A deleted service, or one no longer autoscaled: drop its loop, observation and cluster share."""
+        self.loops.pop(key, None)
+        self._restored.discard(key)
         self.cluster.forget(key)
         self.last_observation.pop(key, None)
-        self.collector.forget(key)
+        self.metrics.forget(key)
+
+
+def knobs_of(svc: LLMService, *, interval_s: float, default_cold_start_s: float) -> ScalingKnobs:
+    """A service's scaling knobs: spec.scaling's policy, tuning, bounds and SLO, and its engine profile."""
+    sc = svc.spec.scaling
+    bounds = ScalingBounds(
+        min_replicas=sc.min_replicas,
+        max_replicas=sc.max_replicas,
+        scale_to_zero=sc.scale_to_zero,
+        scale_down_stabilization_s=float(sc.scale_down_stabilization_seconds),
+        cold_start_s=default_cold_start_s,
+        decision_interval_s=interval_s,
+    )
+    return ScalingKnobs(sc.policy, policy_knobs(svc), bounds, slo_of(svc), profile_of(svc))
 
 
 def policy_knobs(svc: LLMService) -> dict[str, float]:

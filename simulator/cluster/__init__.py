@@ -1,4 +1,4 @@
-"""The discrete-event cluster simulator: one service's replicas, a scaling policy and virtual time.
+"""The discrete-event cluster simulator: one service's replicas, its scaling loop and virtual time.
 
 Engine model: `FastReplica` (continuous batching in closed form between events, derived from PerfModel and
 validated against the engine's `BatchScheduler`, which `SteppedReplica` drives step by step).
@@ -7,7 +7,7 @@ validated against the engine's `BatchScheduler`, which `SteppedReplica` drives s
 from simulator.cluster.records import LogCapacityError, OutcomeAccumulator, RequestLog
 from simulator.cluster.replica import CachedStepCost, FastReplica, IntervalStats, ReplicaModel, StepCost
 from simulator.cluster.seams import PackingPolicy, PowerPolicy, ReplicaRequest, ReplicaView
-from simulator.cluster.simulator import ClusterConfig, ClusterSimulator, ReplicaRecord, SimResult
+from simulator.cluster.simulator import ClusterConfig, ClusterSimulator, ReplicaRecord, SimResult, SimTick
 from simulator.cluster.stepped import SteppedReplica
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ReplicaView",
     "RequestLog",
     "SimResult",
+    "SimTick",
     "StepCost",
     "SteppedReplica",
 ]

@@ -130,6 +130,7 @@ class ReplicaModel(Protocol):
     busy_s: float  # virtual seconds spent executing steps
     generated_tokens: int
     prefilled_tokens: int
+    completed: int  # requests finished (vLLM's request_success_total)
 
     def submit(self, req: int, now: float) -> None:
         """Accept request `req` at `now`."""
@@ -213,6 +214,7 @@ class FastReplica:
         self.busy_s = 0.0
         self.generated_tokens = 0
         self.prefilled_tokens = 0
+        self.completed = 0
         self.waiting: deque[tuple[int, int, int, bool]] = deque()  # (req, ctx, out_left, resumed)
         self.prefill: list[_Prefill] = []
         self._prefill_by_req: dict[int, _Prefill] = {}
@@ -394,6 +396,7 @@ class FastReplica:
         log.finish[req] = now
         log.status[req] = RequestLog.OK
         self.outstanding -= 1
+        self.completed += 1
         if self.on_finish is not None:
             self.on_finish(self, req, now)
 

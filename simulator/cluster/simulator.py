@@ -1,17 +1,22 @@
-"""The discrete-event cluster simulator: one service, N replicas, a scaling policy, virtual time.
+"""The discrete-event cluster simulator: one service, N replicas, its scaling loop, virtual time.
 
 Events live on a heap ordered by (virtual time, sequence number): replica engine wake-ups, replicas
 becoming ready after their cold start, and decision ticks every `bounds.decision_interval_s`. Arrivals are
-read in order from the trace. At each tick the simulator builds a `ServiceObservation` from simulated engine
-state (as the live operator builds one from vLLM metrics), asks the `ScalingPolicy` for a replica count and
-applies it: new replicas start (cold start, GPUs held from binding), surplus ones drain (no new requests,
+read in order from the trace. At each tick the simulator scrapes its ready replicas (metrics.py: vLLM's
+counters, gauges and histograms), aggregates the scrape with `autoscaler.observation.ScrapeAggregator` and
+ticks the service's `autoscaler.loop.ScalingLoop` — the same aggregation and the same loop the operator
+runs, with the virtual clock, the simulated engines and the simulated replicas as its ports — then applies
+the decision: new replicas start (cold start, GPUs held from binding), surplus ones drain (no new requests,
 in-flight ones finish, then removal). Requests are routed to the ready replica with the fewest outstanding
 requests; with none ready they wait at the gateway and fail after `gateway_timeout_s`.
 
-Observations use vLLM's metric semantics: TTFT quantiles over requests whose first token came in the
-interval, ITL quantiles over individual token gaps (the inter-token-latency histogram), rates from arrivals
-and from prefilled and generated token counters. Request outcomes (`SimResult.summary`) judge ITL per
-request as its mean gap, which is what the SLO bounds.
+So the observation has vLLM's semantics, as the operator's has: the request rate counts requests that
+completed in the interval (arrivals show up as a growing queue), TTFT quantiles come from the deltas of the
+TTFT histogram, ITL quantiles from the inter-token-latency histogram (every token gap); draining replicas
+and requests waiting at the gateway are not scraped; the first tick has no previous scrape and is stale.
+The cold start the loop plans with is measured from the replicas (creation to ready), like the operator's
+from its pods. Request outcomes (`SimResult.summary`) judge ITL per request as its mean gap, which is what
+the SLO bounds.
 """
 
 from __future__ import annotations
@@ -21,17 +26,22 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Literal
 
 import numpy as np
 
-from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScalingPolicy, ServiceObservation
+from autoscaler.capacity import EngineProfile
+from autoscaler.loop import LoopDecision, PolicyFactory, ScalingKnobs, ScalingLoop, crd_policies
+from autoscaler.observation import ScrapeAggregator, ScrapeResult
+from autoscaler.profile import engine_profile
+from autoscaler.types import SLO, ScalingBounds, ScalingPolicy, ServiceObservation
 from catalogue.gpus import lookup_gpu
 from catalogue.models import lookup_model
 from catalogue.perf import PerfModel
+from simulator.cluster.metrics import EngineExposition
 from simulator.cluster.records import OutcomeAccumulator, RequestLog
 from simulator.cluster.replica import CachedStepCost, FastReplica, IntervalStats, ReplicaModel, StepCost
 from simulator.cluster.seams import PackingPolicy, PowerPolicy, ReplicaRequest, ReplicaView
@@ -46,7 +56,7 @@ _INF = math.inf
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """One simulated service: model, hardware, engine limits, lifecycle timings, bounds and SLO."""
+    """One simulated service: model, hardware, engine limits, lifecycle timings, scaling knobs and SLO."""
 
     service: str = "llm"
     model: str = "llama-3.1-70b"  # catalogue name (catalogue.models)
@@ -58,8 +68,11 @@ class ClusterConfig:
     load_gbps: float = 2.0  # cold start part 2: reading the weights at this rate
     cold_start_s: float | None = None  # overrides the two above when set
     initial_replicas: int = 1  # ready at t = 0
-    bounds: ScalingBounds = field(default_factory=ScalingBounds)
+    bounds: ScalingBounds = field(default_factory=ScalingBounds)  # cold_start_s: what the loop assumes until measured
     slo: SLO = field(default_factory=SLO)
+    policy: str = "forecast"  # as spec.scaling.policy (or a baseline the simulator's policy factory knows)
+    tuning: Mapping[str, float] = field(default_factory=dict)  # the policy's knobs, as from spec.scaling
+    profile: EngineProfile | None = None  # the policies' seed capacity; None: from the catalogue, as the operator
     engine: EngineKind = "fast"  # FastReplica, or the engine's own BatchScheduler stepped ("stepped")
     gateway_timeout_s: float = 60.0  # a request waiting for any ready replica fails after this
     drain_tail_s: float = 3600.0  # after the trace ends, in-flight requests may finish within this
@@ -83,6 +96,16 @@ class ClusterConfig:
         perf.require_fit()
         return perf
 
+    def knobs(self) -> ScalingKnobs:
+        """The service's scaling knobs, as the operator reads them from an LLMService."""
+        profile = self.profile
+        if profile is None:
+            model = lookup_model(self.model)
+            gpu = lookup_gpu(self.gpu)
+            assert model is not None and gpu is not None
+            profile = engine_profile(model, gpu, self.tensor_parallel, self.slo)
+        return ScalingKnobs(self.policy, dict(self.tuning), self.bounds, self.slo, profile)
+
     def resolved_cold_start_s(self) -> float:
         """Seconds from binding a replica to it serving."""
         if self.cold_start_s is not None:
@@ -97,6 +120,8 @@ class _Replica:
         "bound_at",
         "busy_mark",
         "engine",
+        "exposition",
+        "initial",
         "node",
         "power_limit_w",
         "ready_at",
@@ -104,12 +129,14 @@ class _Replica:
         "requested_at",
         "rid",
         "state",
+        "stats",
     )
 
-    def __init__(self, rid: int, requested_at: float) -> None:
+    def __init__(self, rid: int, requested_at: float, initial: bool = False) -> None:
         self.rid = rid
         self.state = "pending"
         self.requested_at = requested_at
+        self.initial = initial  # ready at the start: warm before the run, so no cold start was measured
         self.bound_at: float | None = None
         self.ready_at: float | None = None
         self.removed_at: float | None = None
@@ -117,6 +144,13 @@ class _Replica:
         self.engine: ReplicaModel | None = None
         self.power_limit_w: float | None = None
         self.busy_mark = 0.0
+        self.stats = IntervalStats()
+        self.exposition = EngineExposition()
+
+    @property
+    def pod(self) -> str:
+        """The name its engine pod would have."""
+        return f"r{self.rid}"
 
 
 @dataclass(frozen=True)
@@ -130,6 +164,7 @@ class ReplicaRecord:
     removed_at: float | None
     node: str | None
     power_limit_w: float | None  # last per-GPU cap applied
+    initial: bool = False  # ready at t = 0 (warm before the run): no cold start to measure
 
 
 @dataclass(frozen=True)
@@ -203,16 +238,13 @@ class SimResult:
 ArrivalSource = Trace | Iterable[tuple[float, Trace]]
 
 
-def _weighted_quantiles(values: list[float], weights: list[int], qs: tuple[float, ...]) -> list[float | None]:
-    """Quantiles of values repeated weights times (None without samples)."""
-    if not values:
-        return [None] * len(qs)
-    v = np.asarray(values)
-    w = np.asarray(weights, dtype=float)
-    order = np.argsort(v, kind="stable")
-    cum = np.cumsum(w[order])
-    idx = np.searchsorted(cum, np.asarray(qs) * cum[-1], side="left")
-    return [float(v[order][min(i, len(v) - 1)]) for i in idx]
+def _always(policy: ScalingPolicy) -> PolicyFactory:
+    """A factory that hands out one given policy object, whatever the knobs."""
+
+    def build(_knobs: ScalingKnobs) -> ScalingPolicy:
+        return policy
+
+    return build
 
 
 def _chunks(source: ArrivalSource) -> Iterator[tuple[float, Trace]]:
@@ -222,29 +254,50 @@ def _chunks(source: ArrivalSource) -> Iterator[tuple[float, Trace]]:
         yield from source
 
 
-class ClusterSimulator:
-    """Runs one service under a scaling policy over a trace; see the module docstring.
+@dataclass(frozen=True)
+class SimTick:
+    """What one decision tick saw and decided (for callers that follow a run, e.g. the parity test)."""
 
+    now: float
+    scrape: ScrapeResult  # the ready replicas' metrics pages, parsed
+    step: LoopDecision  # the loop's decision, with the observation and bounds it used
+    replicas: tuple[ReplicaRecord, ...]  # replicas not yet removed, before the decision is applied
+
+
+class ClusterSimulator:
+    """Runs one service and its scaling loop over a trace; see the module docstring.
+
+    The loop builds the policy `config.knobs()` names through `factory` (the operator's, `crd_policies()`, by
+    default); a `policy` object instead is used as it is (scripted policies in tests, calibration).
     Optional: `packing`/`power` policies (seams.py), `engine_factory` (a ReplicaModel class taking
-    FastReplica's arguments), `log_capacity` (bounded request log for multi-day runs; summaries only).
+    FastReplica's arguments), `log_capacity` (bounded request log for multi-day runs; summaries only),
+    `on_tick` (called with every `SimTick`).
     """
 
     def __init__(
         self,
         config: ClusterConfig,
-        policy: ScalingPolicy,
+        policy: ScalingPolicy | None = None,
         *,
+        factory: PolicyFactory | None = None,
         policy_name: str | None = None,
         packing: PackingPolicy | None = None,
         power: PowerPolicy | None = None,
         engine_factory: Callable[..., ReplicaModel] | None = None,
         log_capacity: int | None = None,
+        on_tick: Callable[[SimTick], None] | None = None,
     ) -> None:
         self.config = config
-        self.policy = policy
-        self.policy_name = policy_name or type(policy).__name__
+        if policy is None:
+            self.loop = ScalingLoop(factory or crd_policies())
+            self.knobs = config.knobs()
+        else:
+            self.loop = ScalingLoop(_always(policy))
+            self.knobs = ScalingKnobs(config.policy, {}, config.bounds, config.slo)
+        self.policy_name = policy_name or (type(policy).__name__ if policy is not None else config.policy)
         self.packing = packing
         self.power = power
+        self.on_tick = on_tick
         self._engine_factory = engine_factory
         self._perf_by_cap: dict[float | None, PerfModel] = {}
         self._cost_by_cap: dict[float | None, StepCost] = {}
@@ -252,7 +305,7 @@ class ClusterSimulator:
         self._gpus = config.tensor_parallel
         # A bounded log keeps memory flat over days; unbounded keeps every request for the result
         self.log = RequestLog(config.slo, capacity=log_capacity)
-        self.stats = IntervalStats()
+        self._metrics = ScrapeAggregator()
         # (time, sequence number, engine to wake or None, replica becoming ready or None, engine version)
         self._heap: list[tuple[float, int, ReplicaModel | None, _Replica | None, int]] = []
         self._seq = itertools.count()
@@ -262,7 +315,6 @@ class ClusterSimulator:
         self._by_engine: dict[int, _Replica] = {}
         self._gateway: deque[int] = deque()
         self._desired = config.initial_replicas
-        self._retired = {"busy": 0.0, "gen": 0, "prefill": 0}
         self._energy_j = 0.0
         self._measure_from = 0.0
         self._decisions = 0
@@ -276,6 +328,7 @@ class ClusterSimulator:
                 "ready",
                 "draining",
                 "demand_rps",
+                "observed_rps",
                 "waiting",
                 "running",
                 "kv_usage",
@@ -283,6 +336,11 @@ class ClusterSimulator:
                 "itl_p95_s",
             )
         }
+
+    @property
+    def policy(self) -> ScalingPolicy:
+        """The policy the loop runs."""
+        return self.loop.policy
 
     # --- perf and engines ------------------------------------------------------------------------------
 
@@ -303,7 +361,7 @@ class ClusterSimulator:
     def _schedule(self, engine: ReplicaModel, t: float) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), engine, None, engine.version))
 
-    def _new_engine(self, rid: int, cap: float | None) -> ReplicaModel:
+    def _new_engine(self, rid: int, cap: float | None, stats: IntervalStats) -> ReplicaModel:
         cfg = self.config
         factory = self._engine_factory
         if factory is None:
@@ -312,7 +370,7 @@ class ClusterSimulator:
             rid,
             self._cost(cap),
             self.log,
-            self.stats,
+            stats,
             self._schedule,
             max_num_batched_tokens=cfg.max_num_batched_tokens,
             max_num_seqs=cfg.max_num_seqs,
@@ -336,7 +394,7 @@ class ClusterSimulator:
         heapq.heappush(self._heap, (now + self._cold_start, next(self._seq), None, rep, 0))
 
     def _add_replica(self, now: float, ready: bool = False) -> None:
-        rep = _Replica(len(self._replicas), now)
+        rep = _Replica(len(self._replicas), now, initial=ready)
         self._replicas.append(rep)
         self._alive.append(rep)
         if ready:
@@ -349,7 +407,7 @@ class ClusterSimulator:
     def _make_ready(self, rep: _Replica, now: float) -> None:
         rep.state = "ready"
         rep.ready_at = now
-        engine = self._new_engine(rep.rid, rep.power_limit_w)
+        engine = self._new_engine(rep.rid, rep.power_limit_w, rep.stats)
         rep.engine = engine
         self._by_engine[id(engine)] = rep
         self._routable.append(engine)
@@ -361,11 +419,6 @@ class ClusterSimulator:
         rep.state = "gone"
         rep.removed_at = now
         self._alive.remove(rep)
-        if rep.engine is not None:
-            e = rep.engine
-            self._retired["busy"] += e.busy_s
-            self._retired["gen"] += e.generated_tokens
-            self._retired["prefill"] += e.prefilled_tokens
         if self.packing is not None and prev != "pending":
             self.packing.release(rep.rid, now)
 
@@ -437,40 +490,27 @@ class ClusterSimulator:
     def _engines(self) -> list[ReplicaModel]:
         return [r.engine for r in self._alive if r.engine is not None and r.state in ("ready", "draining")]
 
-    def _counters(self) -> tuple[float, int, int]:
-        busy, gen, pre = self._retired["busy"], self._retired["gen"], self._retired["prefill"]
-        for e in self._engines():
-            busy += e.busy_s
-            gen += e.generated_tokens
-            pre += e.prefilled_tokens
-        return busy, int(gen), int(pre)
+    def _scrape(self, now: float) -> ScrapeResult:
+        """Every ready replica's metrics page at `now`, as the operator scrapes the pods it routes to."""
+        samples = {}
+        for r in self._alive:
+            if r.engine is None:
+                continue
+            r.exposition.fold(r.stats)
+            if r.state == "ready":
+                samples[r.pod] = r.exposition.sample(r.pod, now, r.engine)
+        return ScrapeResult(now, samples)
 
-    def _observe(self, now: float, interval: float, arrivals: int, gen: int, pre: int) -> ServiceObservation:
-        ready = [r for r in self._alive if r.state == "ready"]
-        engines = [r.engine for r in ready if r.engine is not None]
-        waiting = sum(e.num_waiting for e in engines) + len(self._gateway)
-        running = sum(e.num_running for e in engines)
-        kv = sum(e.kv_usage for e in engines) / len(engines) if engines else 0.0
-        ttft = np.asarray(self.stats.ttft)
-        gap_p50, gap_p95 = _weighted_quantiles(self.stats.gap_s, self.stats.gap_count, (0.5, 0.95))
-        return ServiceObservation(
-            service=self.config.service,
-            now=now,
-            replicas=self._desired,
-            ready_replicas=len(ready),
-            request_rate=arrivals / interval,
-            prompt_token_rate=pre / interval,
-            generation_token_rate=gen / interval,
-            queue_length=float(waiting),
-            running=float(running),
-            kv_cache_usage=kv,
-            ttft_p50_s=float(np.quantile(ttft, 0.5)) if len(ttft) else None,
-            ttft_p95_s=float(np.quantile(ttft, 0.95)) if len(ttft) else None,
-            itl_p50_s=gap_p50,
-            itl_p95_s=gap_p95,
-        )
+    def _measured_cold_start(self) -> float | None:
+        """Mean creation-to-ready time of the replicas serving now (the operator's, from its pods)."""
+        samples = [
+            r.ready_at - r.requested_at
+            for r in self._alive
+            if not r.initial and r.ready_at is not None and r.state in ("ready", "draining")
+        ]
+        return sum(samples) / len(samples) if samples else None
 
-    def _record(self, obs: ServiceObservation) -> None:
+    def _record(self, obs: ServiceObservation, demand_rps: float) -> None:
         counts = {"pending": 0, "starting": 0, "ready": 0, "draining": 0}
         for r in self._alive:
             if r.state in counts:
@@ -480,7 +520,8 @@ class ClusterSimulator:
         tl["desired"].append(self._desired)
         for k, v in counts.items():
             tl[k].append(v)
-        tl["demand_rps"].append(obs.request_rate)
+        tl["demand_rps"].append(demand_rps)
+        tl["observed_rps"].append(obs.request_rate)
         tl["waiting"].append(obs.queue_length)
         tl["running"].append(obs.running)
         tl["kv_usage"].append(obs.kv_cache_usage)
@@ -513,11 +554,6 @@ class ClusterSimulator:
             if rep.engine is not None:
                 rep.engine.set_cost(self._cost(cap))
 
-    def _clamp(self, decision: ScalingDecision) -> int:
-        b = self.config.bounds
-        low = 0 if b.scale_to_zero else b.min_replicas
-        return max(low, min(b.max_replicas, int(decision.replicas)))
-
     # --- main loop -------------------------------------------------------------------------------------
 
     def run(self, arrivals: ArrivalSource, end_s: float, *, measure_from_s: float = 0.0) -> SimResult:
@@ -540,7 +576,6 @@ class ClusterSimulator:
         by_outstanding = attrgetter("outstanding")
         next_tick = interval
         arrived_in_interval = 0
-        prev_counters = (0.0, 0, 0)
         chunk_iter = _chunks(arrivals)
         ring = log.capacity
         times: list[float] = []
@@ -567,22 +602,21 @@ class ClusterSimulator:
                 for e in self._engines():
                     e.sync(now)
                 self._expire_gateway(now)
-                counters = self._counters()
-                gen = counters[1] - prev_counters[1]
-                pre = counters[2] - prev_counters[2]
-                prev_counters = counters
-                obs = self._observe(now, interval, arrived_in_interval, gen, pre)
+                scrape = self._scrape(now)
+                ready = sum(1 for r in self._alive if r.state == "ready")
+                obs = self._metrics.observe(cfg.service, scrape, replicas=self._desired, ready_replicas=ready)
                 views = self._account_energy(now, interval)
                 self._apply_power(now, views)
                 for rep in list(self._alive):
                     if rep.state == "pending":
                         self._try_bind(rep, now)
-                decision = self.policy.decide(obs, cfg.bounds, cfg.slo)
+                step = self.loop.tick(now, self.knobs, obs, self._measured_cold_start())
+                if self.on_tick is not None:
+                    self.on_tick(SimTick(now, scrape, step, tuple(self._record_of(r) for r in self._alive)))
                 self._decisions += 1
-                self._desired = self._clamp(decision)
+                self._desired = step.decision.replicas
                 self._scale_to(self._desired, now)
-                self._record(obs)
-                self.stats.clear()
+                self._record(step.observation, arrived_in_interval / interval)
                 arrived_in_interval = 0
                 next_tick += interval
                 continue
@@ -606,6 +640,12 @@ class ClusterSimulator:
         self._finish(end_s)
         return self._result(end_s, time.perf_counter() - wall0)
 
+    @staticmethod
+    def _record_of(r: _Replica) -> ReplicaRecord:
+        return ReplicaRecord(
+            r.rid, r.requested_at, r.bound_at, r.ready_at, r.removed_at, r.node, r.power_limit_w, r.initial
+        )
+
     def _finish(self, end_s: float) -> None:
         """Requests still queued or in flight when the tail ran out count as failed; fold all records."""
         self.log.finalize()
@@ -626,10 +666,7 @@ class ClusterSimulator:
             requests=self.log.arrays(),
             outcomes=self.log.accumulator,
             timeline={k: np.asarray(v, dtype=float) for k, v in self._timeline.items()},
-            replicas=[
-                ReplicaRecord(r.rid, r.requested_at, r.bound_at, r.ready_at, r.removed_at, r.node, r.power_limit_w)
-                for r in self._replicas
-            ],
+            replicas=[self._record_of(r) for r in self._replicas],
             gpu_seconds=gpu_s,
             energy_j=self._energy_j,
             preemptions=self.log.preemptions,

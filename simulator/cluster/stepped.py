@@ -48,6 +48,7 @@ class SteppedReplica:
         self.busy_s = 0.0
         self.generated_tokens = 0
         self.prefilled_tokens = 0
+        self.completed = 0
         self._pending: StepResult | None = None
         self._t0 = 0.0
 
@@ -107,6 +108,7 @@ class SteppedReplica:
             log.finish[req] = now
             log.status[req] = RequestLog.OK
             self.outstanding -= 1
+            self.completed += 1
             if self.on_finish is not None:
                 self.on_finish(self, req, now)
         self._step(now)

@@ -325,7 +325,7 @@ class TestPrometheusMode:
 
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
             source = PrometheusQuerySource(client, "http://prometheus:9090", lambda: 42.0)
-            o = await source.observe("ns", "svc", replicas=2, ready_replicas=2)
+            o = await source.observe("ns/svc", replicas=2, ready_replicas=2)
         assert o.service == "ns/svc" and o.now == 42.0 and not o.stale
         assert (o.request_rate, o.prompt_token_rate, o.generation_token_rate) == (3.0, 1500.0, 450.0)
         assert o.ttft_p95_s == 0.4 and o.itl_p95_s is None
@@ -336,7 +336,7 @@ class TestPrometheusMode:
 
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
             source = PrometheusQuerySource(client, "http://prometheus:9090", lambda: 1.0)
-            o = await source.observe("ns", "svc", replicas=2, ready_replicas=2)
+            o = await source.observe("ns/svc", replicas=2, ready_replicas=2)
         assert o.stale
         assert source.stats.failures == len(build_promql_queries("x"))
 

@@ -9,8 +9,7 @@ import pytest
 from redis import asyncio as aioredis
 
 from adapters.store import HistoryStore, MemoryStore, RedisStore, Retention, StoreUnavailable
-
-from .conftest import RedisServer
+from tests.unit.conftest import RedisServer
 
 SMALL = Retention(max_points=5, max_age_s=100.0)
 

@@ -1,4 +1,5 @@
-"""Scaling policies through the ScalingPolicy contract: Ebbtide's, the baselines, safety and the registry."""
+"""Scaling policies through the ScalingPolicy contract: Ebbtide's, reactive, safety and the registry (the
+benchmark-only baselines are tested in tests/unit/bench/test_autoscaler_baselines.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,41 +19,12 @@ from autoscaler.policies import (
     STALE,
     STORE_DOWN,
     EbbtideForecast,
-    KPALike,
     NoScaling,
-    Oracle,
-    PointForecast,
     ReactiveTargetTracking,
-    StaticPeak,
     make_policy,
 )
-from autoscaler.types import ScalingBounds, ScalingDecision, ScalingPolicy
 
-from .builders import PROFILE, SLO_DEFAULT, bounds, obs
-
-TICK = 30.0
-
-
-def drive(
-    policy: ScalingPolicy,
-    rates: Iterable[float],
-    b: ScalingBounds | None = None,
-    *,
-    start: float = 0.0,
-    replicas: int = 2,
-    **fields: object,
-) -> list[ScalingDecision]:
-    """Feed one observation per tick, applying each decision at once (replicas ready immediately)."""
-    b = b or bounds()
-    out: list[ScalingDecision] = []
-    for i, r in enumerate(rates):
-        o = obs(now=start + i * TICK, rate=r, replicas=replicas)
-        if fields:
-            o = replace(o, **fields)  # type: ignore[arg-type]
-        d = policy.decide(o, b, SLO_DEFAULT)
-        out.append(d)
-        replicas = d.replicas
-    return out
+from .builders import PROFILE, SLO_DEFAULT, TICK, bounds, drive, obs
 
 
 def noisy(level: float, n: int, seed: int = 0, sigma: float = 0.1) -> list[float]:
@@ -202,49 +172,10 @@ class TestReactive:
         assert (d.replicas, d.degraded) == (3, STALE)
 
 
-class TestKPA:
-    def test_panics_on_a_burst_and_does_not_scale_down_in_panic(self) -> None:
-        policy = KPALike(concurrency_per_replica=10.0, target_utilization=1.0)
-        b = bounds(scale_down_stabilization_s=0.0, max_replicas=50)
-        calm = policy.decide(obs(now=0.0, rate=1.0, replicas=2, running=20.0), b, SLO_DEFAULT)
-        assert calm.replicas == 2
-        burst = policy.decide(obs(now=30.0, rate=5.0, replicas=2, running=80.0), b, SLO_DEFAULT)
-        assert burst.replicas == 8 and "panic" in burst.reason
-        after = policy.decide(obs(now=60.0, rate=1.0, replicas=8, running=10.0), b, SLO_DEFAULT)
-        assert after.replicas == 8  # still in panic: no scale-down
-
-    def test_stable_mode_follows_the_window_average(self) -> None:
-        policy = KPALike(concurrency_per_replica=10.0, target_utilization=1.0)
-        b = bounds(scale_down_stabilization_s=0.0)
-        policy.decide(obs(now=0.0, replicas=3, running=30.0), b, SLO_DEFAULT)
-        d = policy.decide(obs(now=30.0, replicas=3, running=10.0), b, SLO_DEFAULT)
-        assert d.replicas == 2 and "stable" in d.reason
-
-
-class TestPointForecast:
-    def test_headroom_is_the_knob(self) -> None:
-        no_margin = drive(PointForecast(PROFILE, headroom=0.0), [4.0] * 40)
-        margin = drive(PointForecast(PROFILE, headroom=0.3), [4.0] * 40)
-        assert no_margin[-1].replicas == 2
-        assert margin[-1].replicas == 3
-        assert no_margin[-1].forecast_quantiles["p50"] == pytest.approx(4.0, rel=0.01)
-
-
-class TestOracle:
-    def test_sees_the_peak_within_the_lead_time(self) -> None:
-        def load(t: float) -> dict[str, float]:
-            return {"request_rate": 20.0 if 100.0 <= t < 130.0 else 2.0}
-
-        policy = Oracle(load, PROFILE)
-        assert policy.decide(obs(now=0.0, replicas=1), bounds(), SLO_DEFAULT).replicas == 10
-        assert policy.decide(obs(now=200.0, replicas=10), bounds(), SLO_DEFAULT).replicas == 1
-
-
 class TestRegistry:
-    def test_crd_enum_and_baselines_are_registered(self) -> None:
-        assert set(CRD_POLICIES) <= set(POLICIES)
-        assert {"static-peak", "kpa", "point-forecast", "oracle"} <= set(POLICIES)
-        for cls in (EbbtideForecast, ReactiveTargetTracking, KPALike, PointForecast, Oracle, StaticPeak):
+    def test_the_registry_holds_exactly_what_a_user_can_select(self) -> None:
+        assert set(POLICIES) == set(CRD_POLICIES) == {"forecast", "reactive", "none"}
+        for cls in (EbbtideForecast, ReactiveTargetTracking):
             assert cls.KNOB, cls.__name__
 
     def test_make_policy(self) -> None:
@@ -253,8 +184,7 @@ class TestRegistry:
         with pytest.raises(ValueError, match="unknown scaling policy"):
             make_policy("magic")
 
-    def test_static_and_none(self) -> None:
-        assert StaticPeak(7).decide(obs(replicas=2), bounds(max_replicas=5), SLO_DEFAULT).replicas == 5
+    def test_none_reports_the_replicas_unchanged(self) -> None:
         assert NoScaling().decide(obs(replicas=13), bounds(), SLO_DEFAULT).replicas == 13
 
 

@@ -1,25 +1,31 @@
-"""The autoscaler shell: spec.scaling knobs reach the policy, retuning keeps what it learned, and the
-whole-cluster forecast keeps its history and state in the store."""
+"""The autoscaler shell: spec.scaling knobs reach the policy, retuning keeps what it learned, the whole-cluster
+forecast keeps its history and state in the store, and a restarted operator reads the history back."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
+from redis import asyncio as aioredis
 
-from adapters.engine_metrics import ServiceMetricsCollector
-from adapters.store import MemoryStore
+from adapters.engine_metrics import PodTarget, ServiceMetricsCollector
+from adapters.store import MemoryStore, RedisStore
 from autoscaler.forecast import EbbtideForecaster
+from autoscaler.loop import ScalingLoop
 from autoscaler.policies import EbbtideForecast, ReactiveTargetTracking
-from autoscaler.types import SLO, ScalingBounds, ServiceObservation
+from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ServiceObservation
 from controllers.shells.autoscaling import CLUSTER, Autoscaler, policy_knobs
+from crds.llmservice import LLMService
+from tests.unit.conftest import RedisServer
 from tests.unit.controllers.builders import service
 
 
 def autoscaler(store: MemoryStore | None = None) -> Autoscaler:
     return Autoscaler(
-        collector=ServiceMetricsCollector(scraper=None),  # type: ignore[arg-type]
+        metrics=ServiceMetricsCollector(scraper=None),  # type: ignore[arg-type]
         store=store or MemoryStore(),
         interval_s=30.0,
     )
@@ -42,25 +48,30 @@ def test_coverage_and_target_utilisation_reach_their_own_policy_only() -> None:
     assert policy_knobs(service(**scaling())) == {}
 
 
+def loop_for(shell: Autoscaler, svc: LLMService) -> ScalingLoop:
+    return shell.loop_for("ns/svc", shell.knobs(svc))
+
+
 def test_forecast_policy_uses_the_coverage_set_in_the_spec() -> None:
-    scaler = autoscaler().scaler_for("ns/svc", service(**scaling(forecastCoverage=0.75)))
-    assert isinstance(scaler.policy, EbbtideForecast)
-    assert scaler.policy.risk == pytest.approx(0.25)
-    reactive = autoscaler().scaler_for("ns/svc", service(**scaling(policy="reactive", targetUtilization=0.5)))
-    assert isinstance(reactive.policy, ReactiveTargetTracking)
-    assert reactive.policy.target_utilization == 0.5
+    policy = loop_for(autoscaler(), service(**scaling(forecastCoverage=0.75))).policy
+    assert isinstance(policy, EbbtideForecast)
+    assert policy.risk == pytest.approx(0.25)
+    reactive = loop_for(autoscaler(), service(**scaling(policy="reactive", targetUtilization=0.5))).policy
+    assert isinstance(reactive, ReactiveTargetTracking)
+    assert reactive.target_utilization == 0.5
 
 
 def test_retuning_the_coverage_keeps_the_learned_history() -> None:
     shell = autoscaler()
-    before = shell.scaler_for("ns/svc", service(**scaling(forecastCoverage=0.9)))
-    assert shell.scaler_for("ns/svc", service(**scaling(forecastCoverage=0.9))) is before
+    loop = loop_for(shell, service(**scaling(forecastCoverage=0.9)))
+    before = loop.policy
+    assert loop_for(shell, service(**scaling(forecastCoverage=0.9))).policy is before
     for i in range(40):
-        before.policy.decide(obs(30.0 * i, 10.0 + i % 3), ScalingBounds(max_replicas=8), SLO())
-    learned = before.policy.to_state()  # type: ignore[attr-defined]
-    after = shell.scaler_for("ns/svc", service(**scaling(forecastCoverage=0.99)))
-    assert after is not before and after.policy.risk == pytest.approx(0.01)  # type: ignore[attr-defined]
-    assert after.policy.to_state() == learned  # type: ignore[attr-defined]
+        before.decide(obs(30.0 * i, 10.0 + i % 3), ScalingBounds(max_replicas=8), SLO())
+    learned = loop.to_state()
+    after = loop_for(shell, service(**scaling(forecastCoverage=0.99))).policy
+    assert after is not before and after.risk == pytest.approx(0.01)  # type: ignore[attr-defined]
+    assert loop.to_state() == learned
 
 
 def test_out_of_range_knobs_are_rejected_naming_the_field() -> None:
@@ -98,3 +109,67 @@ async def test_a_failing_cluster_forecaster_does_not_stop_the_services() -> None
     shell.cluster.forecaster = Broken()
     shell.cluster.observe("a/chat", obs(0.0, 4.0), 210.0)
     assert await shell.tick_cluster(0.0) is None
+
+
+class Ticking:
+    """The metrics-source port, faked: each tick answers with the observation scripted for the test's clock."""
+
+    def __init__(self, rates: dict[float, float]) -> None:
+        self.rates = rates
+        self.now = 0.0
+
+    async def observe(
+        self, service: str, targets: Sequence[PodTarget], *, replicas: int, ready_replicas: int
+    ) -> ServiceObservation:
+        return obs(self.now, self.rates[self.now])
+
+    def forget(self, service: str) -> None:
+        pass
+
+
+async def run_ticks(shell: Autoscaler, source: Ticking, times: Sequence[float]) -> list[ScalingDecision]:
+    svc = service(**scaling())
+    out = []
+    for t in times:
+        source.now = t
+        out.append(await shell.decide("ns/svc", svc, [], [], t))
+    return out
+
+
+async def test_a_restarted_operator_reads_the_history_back_before_its_first_decision(
+    redis_server: RedisServer,
+) -> None:
+    rng = np.random.default_rng(5)
+    times = [30.0 * i for i in range(26)]
+    rates = {t: 6.0 + 2.0 * math.sin(t / 600) + rng.normal(0.0, 0.3) for t in times}
+
+    never_stopped = Ticking(rates)
+    reference = (
+        await run_ticks(Autoscaler(metrics=never_stopped, store=MemoryStore(), interval_s=30.0), never_stopped, times)
+    )[-1]
+
+    before, after, state_only = Ticking(rates), Ticking(rates), Ticking(rates)
+    stores = [RedisStore.from_url(redis_server.url) for _ in range(3)]
+    try:
+        # 25 ticks, state saved at the 10th and 20th: the last five live only in the Redis history.
+        await run_ticks(Autoscaler(metrics=before, store=stores[0], interval_s=30.0), before, times[:25])
+        restarted = Autoscaler(metrics=after, store=stores[1], interval_s=30.0)
+        first = (await run_ticks(restarted, after, times[25:]))[0]
+        assert first.forecast_quantiles == pytest.approx(reference.forecast_quantiles)
+        policy = restarted.loops["ns/svc"].to_state()
+        assert policy is not None and policy["forecaster"]["n"] == 26
+        assert restarted.cluster.to_state()["forecaster"]["n"] == 26
+
+        # The same restart with the history gone (state only) misses those five ticks and forecasts otherwise.
+        raw = aioredis.Redis.from_url(redis_server.url)
+        try:
+            await raw.delete(*[k async for k in raw.scan_iter("ebbtide:hist:*")])
+        finally:
+            await raw.aclose()
+        lost = (
+            await run_ticks(Autoscaler(metrics=state_only, store=stores[2], interval_s=30.0), state_only, times[25:])
+        )[0]
+        assert lost.forecast_quantiles != pytest.approx(reference.forecast_quantiles)
+    finally:
+        for s in stores:
+            await s.close()

@@ -102,6 +102,18 @@ def test_monitors_render_when_enabled_and_engines_get_a_service_label() -> None:
     assert {"sourceLabels": ["__meta_kubernetes_pod_label_ebbtide_dev_service"], "targetLabel": "service"} in relabel
 
 
+def test_the_operator_queries_prometheus_by_the_labels_the_pod_monitor_gives_engine_series() -> None:
+    from adapters.engine_metrics import DEFAULT_SELECTOR
+
+    objs = render("metrics.podMonitor.enabled=true")
+    relabel = find(objs, "PodMonitor", "-engines")["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    service_label = next(
+        r["targetLabel"] for r in relabel if r["sourceLabels"] == ["__meta_kubernetes_pod_label_ebbtide_dev_service"]
+    )
+    # prometheus-operator labels every PodMonitor target with its pod's `namespace`.
+    assert DEFAULT_SELECTOR.split(",") == ['namespace="{namespace}"', f'{service_label}="{{service}}"']
+
+
 def test_example_priority_classes_match_the_repository_examples() -> None:
     import yaml
 
@@ -122,6 +134,9 @@ def test_example_priority_classes_match_the_repository_examples() -> None:
         ("operator.metricsPort=70000", "/operator/metricsPort"),
         ("redis.external.url=http://not-redis", "/redis/external/url"),
         ("operator.replica=2", "'replica'"),
+        ("operator.metricsSource=kafka", "/operator/metricsSource"),
+        ("operator.metricsSource=prometheus", "/operator/prometheus/url"),
+        ("operator.prometheus.url=prometheus:9090", "/operator/prometheus/url"),
     ],
 )
 def test_invalid_values_fail_on_the_schema_naming_the_value(override: str, named: str) -> None:
@@ -156,3 +171,21 @@ def test_operator_accepts_every_flag_and_variable_the_chart_passes() -> None:
     assert s.packer and s.autoscaler and s.redis_url == "redis://eb-ebbtide-redis.ebbtide-system.svc:6379/0"
     s = operator_settings(render("operator.packer=false", "operator.schedulerName=default-scheduler"))
     assert not s.packer and s.scheduler_name == "default-scheduler"
+    assert s.metrics_source == "pod" and s.prometheus_url is None
+
+
+def test_the_autoscaler_can_read_engine_metrics_from_prometheus() -> None:
+    url = "http://prometheus-operated.monitoring.svc:9090"
+    s = operator_settings(render("operator.metricsSource=prometheus", f"operator.prometheus.url={url}"))
+    assert (s.metrics_source, s.prometheus_url, s.prometheus_selector) == ("prometheus", url, None)
+    selector = 'namespace="{namespace}",job="vllm",app="{service}"'
+    s = operator_settings(
+        render(
+            "operator.metricsSource=prometheus",
+            f"operator.prometheus.url={url}",
+            f"operator.prometheus.selector={selector.replace(',', chr(92) + ',')}",
+        )
+    )
+    assert s.prometheus_selector == selector
+    with pytest.raises(ValueError, match="needs --prometheus-url"):
+        type(s).model_validate({"metrics_source": "prometheus"})

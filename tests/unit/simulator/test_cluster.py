@@ -9,7 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from autoscaler.policies import ReactiveTargetTracking
+from autoscaler.profile import engine_profile
 from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ServiceObservation
+from catalogue.gpus import lookup_gpu
+from catalogue.models import lookup_model
 from simulator.cluster import (
     CachedStepCost,
     ClusterConfig,
@@ -18,6 +22,7 @@ from simulator.cluster import (
     ReplicaView,
     RequestLog,
     SimResult,
+    SimTick,
 )
 from simulator.traces import LengthSampler, ServeGenTrace, Trace
 
@@ -176,16 +181,52 @@ class TestObservations:
     def test_policy_sees_engine_state_each_tick(self) -> None:
         trace = poisson_trace(10.0, 300.0, seed=5)
         policy = fixed(2)
-        run(config(initial_replicas=2), policy, trace)
+        res = run(config(initial_replicas=2), policy, trace)
         assert [o.now for o in policy.seen] == [30.0 * k for k in range(1, 11)]
+        # As from vLLM's request_success_total: requests that completed in each interval, not arrivals; the
+        # first tick has no previous scrape to take a rate against.
+        r = res.requests
+        assert r is not None
+        done = r["finish"][r["status"] == RequestLog.OK]
+        completed = [np.count_nonzero((done >= t - 30.0) & (done < t)) for t in np.arange(60.0, 301.0, 30.0)]
+        assert policy.seen[0].stale and not any(o.stale for o in policy.seen[1:])
+        np.testing.assert_allclose([o.request_rate for o in policy.seen[1:]], np.asarray(completed) / 30.0)
+        np.testing.assert_allclose(res.timeline["observed_rps"][1:], np.asarray(completed) / 30.0)
         arrivals = np.histogram(trace.arrival_s, bins=np.arange(0, 301, 30))[0]
-        np.testing.assert_allclose([o.request_rate for o in policy.seen], arrivals / 30.0)
+        np.testing.assert_allclose(res.timeline["demand_rps"], arrivals / 30.0)  # the plots' ground truth
         o = policy.seen[5]
         assert o.ready_replicas == 2 and o.replicas == 2
         assert o.ttft_p50_s is not None and 0 < o.ttft_p50_s < 1.0
         assert o.itl_p95_s is not None and 0 < o.itl_p95_s < 0.1
         assert 0 < o.kv_cache_usage < 1 and o.running > 0
         assert o.generation_token_rate > 0 and o.prompt_token_rate > 0
+
+    def test_the_scrape_holds_only_replicas_that_are_routed_to(self) -> None:
+        ticks: list[SimTick] = []
+        trace = poisson_trace(40.0, 600.0, seed=3, output=400)
+        schedule = Scripted([(0.0, 3), (300.0, 1), (450.0, 2)])
+        run(config(initial_replicas=3), schedule, trace, on_tick=ticks.append)
+        pods = {t.now: sorted(t.scrape.samples) for t in ticks}
+        assert pods[300.0] == ["r0", "r1", "r2"]
+        assert pods[330.0] == ["r0"]  # two drain from 300 s: no longer scraped, like unrouted pods
+        assert pods[450.0 + COLD + 30.0] == ["r0", "r3"]
+
+    def test_the_loop_plans_with_the_cold_start_measured_from_the_replicas(self) -> None:
+        ticks: list[SimTick] = []
+        assumed = ScalingBounds(min_replicas=1, max_replicas=8, cold_start_s=500.0, decision_interval_s=INTERVAL)
+        run(config(bounds=assumed), Scripted([(0.0, 1), (60.0, 2)]), poisson_trace(2.0, 400.0), on_tick=ticks.append)
+        lead = {t.now: t.step.bounds.cold_start_s for t in ticks}
+        # The replica ready from the start measured nothing; the one added at 60 s was ready at 60 + COLD.
+        assert lead[60.0 + COLD] == 500.0 and lead[90.0 + COLD] == COLD and lead[390.0] == COLD
+
+    def test_without_a_policy_object_the_config_names_the_policy_the_operator_would_build(self) -> None:
+        cfg = config(policy="reactive", tuning={"target_utilization": 0.5})
+        sim = ClusterSimulator(cfg)
+        sim.run(poisson_trace(5.0, 120.0), 120.0)
+        assert isinstance(sim.policy, ReactiveTargetTracking) and sim.policy.target_utilization == 0.5
+        model, gpu = lookup_model("llama-3.1-8b"), lookup_gpu("H100")
+        assert model is not None and gpu is not None
+        assert sim.policy.profile == engine_profile(model, gpu, 1, cfg.slo)  # the catalogue's, as profile_of
 
 
 @dataclass

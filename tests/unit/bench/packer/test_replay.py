@@ -27,7 +27,7 @@ UNUSED = TargetWorkload((WorkloadShape(0, 0, 1, 1000),), (1.0,))  # the FGD base
 
 
 def the_shells_packer() -> Packer:
-    """The Packer the operator's scheduling shell builds (it touches neither its Kube client nor its cache until a pass runs)."""
+    """The Packer the operator's scheduling shell builds (it touches neither Kube nor cache until a pass runs)."""
     return Scheduler(kube=cast(Any, None), cache=cast(Any, None)).packer
 
 

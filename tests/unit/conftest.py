@@ -1,4 +1,4 @@
-"""Fixtures for the autoscaler's unit tests: a real redis-server on a free port, started per test."""
+"""Fixtures shared by unit tests: a real redis-server on a free port, started per test (the autoscaler's store)."""
 
 from __future__ import annotations
 
