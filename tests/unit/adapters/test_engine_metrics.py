@@ -32,8 +32,8 @@ from autoscaler.observation import (
     histogram_quantile,
     merge_histograms,
 )
-from autoscaler.policies import KPALike
 from autoscaler.types import SLO, ScalingBounds
+from bench.autoscaler.baselines import KPALike
 from tests.unit.autoscaler.vllm_text import MODEL, exposition
 
 INF = math.inf
