@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -48,7 +49,11 @@ def main() -> None:
         vllm_env=args.vllm_env.resolve() if args.vllm_env else None,
         models_dir=args.models_dir.resolve() if args.models_dir else None,
     )
-    asyncio.run(Fleet(settings, args.kubeconfig).run())
+    # Probes of real engines would log every request at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # SIGTERM cancels the fleet's main task (Fleet.run), which stops its real engines first.
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(Fleet(settings, args.kubeconfig).run())
 
 
 if __name__ == "__main__":
