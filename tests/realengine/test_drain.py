@@ -16,7 +16,8 @@ from tests.conformance.engines import RealEngineEnv
 from tests.kube import Cluster, wait_until
 from tests.realengine.stories import READY_TIMEOUT_S, Outcome, failures, gateway, note, service_yaml, steady_load
 
-pytestmark = pytest.mark.realengine
+# Real servers start in minutes on a loaded 2-core machine: the stories outlast the suite's 300 s default.
+pytestmark = [pytest.mark.realengine, pytest.mark.timeout(1200)]
 
 RATE = 6.0
 # Answers long enough (a second or more on a loaded CPU) that the replica leaving has requests in flight.
@@ -61,6 +62,7 @@ def scale_in_under_load(cluster: Cluster, ns: str, env: RealEngineEnv, drain_gra
 
 def test_scale_in_under_steady_load_drops_no_request(cluster: Cluster, ns: str, real_engine_env: RealEngineEnv) -> None:
     outcomes = scale_in_under_load(cluster, ns, real_engine_env, drain_grace_s=30)
+    print(f"[realengine] scale-in with the drain: {failures(outcomes)}")
     assert len(outcomes) >= 20
     assert all(o.ok for o in outcomes), failures(outcomes)
 
@@ -69,5 +71,6 @@ def test_the_same_scale_in_without_a_drain_fails_requests(
     cluster: Cluster, ns: str, real_engine_env: RealEngineEnv
 ) -> None:
     outcomes = scale_in_under_load(cluster, ns, real_engine_env, drain_grace_s=0)
+    print(f"[realengine] scale-in without a drain: {failures(outcomes)}")
     bad = [o for o in outcomes if not o.ok]
     assert bad, f"no request failed although the replica was deleted under load: {failures(outcomes)}"

@@ -12,7 +12,8 @@ from tests.conformance.engines import RealEngineEnv
 from tests.kube import Cluster, condition, wait_until
 from tests.realengine.stories import READY_TIMEOUT_S, SERVED, gateway, note, service_yaml
 
-pytestmark = pytest.mark.realengine
+# Real servers start in minutes on a loaded 2-core machine: the stories outlast the suite's 300 s default.
+pytestmark = [pytest.mark.realengine, pytest.mark.timeout(900)]
 
 
 def test_a_vllm_service_turns_ready_and_answers_through_the_gateway(
