@@ -56,6 +56,7 @@ class RunningEngine:
     runner: web.AppRunner | None = None
     task: asyncio.Task[None] | None = None
     process: RealProcess | None = None  # a real engine's process
+    ready: bool = False  # the readiness the fleet last reported (and re-asserts, as the kubelet's status manager)
     grace_s: float = 30.0  # the pod's terminationGracePeriodSeconds
 
 
@@ -145,7 +146,10 @@ class Fleet:
             await self.stop(key)
             return
         node = spec.get("nodeName")
-        if not node or key in self.engines:
+        if key in self.engines:
+            await self.reassert_ready(self.engines[key], pod)
+            return
+        if not node:
             return
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             return
@@ -166,6 +170,17 @@ class Fleet:
         self.nodes[name] = state
         await self.serve_dcgm(state)
         return state
+
+    async def reassert_ready(self, eng: RunningEngine, pod: dict[str, Any]) -> None:
+        """Puts back the readiness the engine has when another writer changed it: the node controller marks a
+        node's pods NotReady when kwok's heartbeat lags on a loaded machine, and a kubelet would re-sync."""
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        shown = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        if shown != eng.ready:
+            log.info("pod %s: Ready was set to %s by another writer; back to %s", eng.name, shown, eng.ready)
+            await self.patch_status(eng.namespace, eng.name, ready=eng.ready)
 
     def claim_gpus(self, key: str, container: dict[str, Any], node: NodeState) -> list[int]:
         want = int((container.get("resources", {}).get("limits") or {}).get(GPU_RESOURCE, "0"))
@@ -225,6 +240,7 @@ class Fleet:
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.1)
+        eng.ready = True
         await self.patch_status(eng.namespace, eng.name, ready=True)
         log.info("pod %s ready at %s after a %.0f s cold start", key, eng.url, cold)
         if not eng.trainer:
@@ -288,15 +304,16 @@ class Fleet:
                 ok = False
             failures = 0 if ok else failures + 1
             if ok and not ready:
-                ready = True
+                ready = eng.ready = True
                 await self.patch_status(eng.namespace, eng.name, ready=True)
                 took = asyncio.get_running_loop().time() - started
                 log.info("pod %s ready (real vLLM) after %.1f s", key, took)
             elif ready and failures >= probe.failure_threshold:
-                ready = False
+                ready = eng.ready = False
                 await self.patch_status(eng.namespace, eng.name, ready=False)
             await asyncio.sleep(probe.period_s if ready else 1.0)
         code = eng.process.proc.returncode
+        eng.ready = False
         log.warning("pod %s: real vLLM exited with %s (log %s)", key, code, eng.process.log)
         await self.patch_status(eng.namespace, eng.name, failed=f"vllm exited with {code}; see {eng.process.log.name}")
 
