@@ -19,8 +19,16 @@ from typing import Any
 
 # Where model_uri_to_path (controllers/planners/engines.py) mounts weights inside an engine pod.
 MODELS_MOUNT = "/models/"
-# The node's environment for the CPU build: no Hub downloads, a 1 GiB KV cache, no usage reports.
-NODE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
+# The node's environment for the CPU build: no Hub downloads, a 1 GiB KV cache, no usage reports, and no OpenMP
+# thread pinning: a kubelet gives each pod its own CPUs, but here every server sees all of them, and vLLM's "auto"
+# binding pins every server's worker to the same first core (measured: a second and third server starting beside
+# a loaded one took over 4 minutes, their workers at 2% CPU).
+NODE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+}
 
 
 class RealEngineError(ValueError):
