@@ -66,6 +66,7 @@ def test_readiness_probe_and_environment_come_from_the_pod() -> None:
     env = container_env(container, pod)
     assert (env["EBBTIDE_SERVICE"], env["POD_NAME"], env["GPU"]) == ("chat", "chat-0", "L4")
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"  # servers sharing this machine's cores must not all pin core 0
 
 
 def test_kwok_leaves_vllm_pods_to_the_fleet_only_in_a_real_engine_cluster(tmp_path: Path) -> None:
