@@ -9,7 +9,7 @@ CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
 .PHONY: venv binaries control-plane redis test unit integration e2e lint manifests demo demo-down cluster-up \
-        cluster-down real-engine conformance bench kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
+        cluster-down real-engine conformance realengine-test bench kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
 venv: $(STAMP)
@@ -49,6 +49,11 @@ real-engine:
 # The conformance tier: the same checks against the real vLLM and the simulated engine (tests/conformance).
 conformance: venv real-engine
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m conformance -rsx tests/conformance
+
+# The real-engine tier: stories on the local control plane where the fleet runs a real vLLM for each engine: vllm
+# pod (tests/realengine). Everything is built first: the env and model, the control plane, Redis.
+realengine-test: venv real-engine binaries redis
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m realengine -rs -s tests/realengine
 
 # ruff; mypy (strict on the cores, see pyproject.toml); the folder rule as import-linter contracts (.importlinter).
 lint: venv

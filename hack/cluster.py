@@ -2,8 +2,9 @@
 """The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on 127.0.0.1.
 
 `python hack/cluster.py up [--nodes N] [--dir DIR]` starts it (idempotent) and prints the kubeconfig path;
-`python hack/cluster.py down` stops it. Fake GPU nodes carry GPU feature discovery labels and rack/zone
-topology. Standard library only, so it runs before the project's venv exists.
+`python hack/cluster.py down` stops it. With `--real-engines`, kwok leaves pods of `engine: vllm` to the fleet too,
+which runs a real vLLM for them (simulator/fleet/real.py). Fake GPU nodes carry GPU feature discovery labels and
+rack/zone topology. Standard library only, so it runs before the project's venv exists.
 """
 
 from __future__ import annotations
@@ -176,7 +177,22 @@ def node_manifests(pools: list[tuple[int, str, int]]) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
 
-def up(state: Path, nodes: int) -> Path:
+def kwok_stages(state: Path, real_engines: bool) -> Path:
+    """kwok's stage config: hack/kwok-stages.yaml, whose pod-ready stage skips simulated-engine pods, or with
+    `real_engines` a copy of it in `state` that skips `engine: vllm` pods as well."""
+    stages = HERE / "kwok-stages.yaml"
+    if not real_engines:
+        return stages
+    text = stages.read_text()
+    left_to_fleet = "      - 'simulated'\n"
+    if text.count(left_to_fleet) != 1:
+        raise SystemExit(f"{stages.name}: expected one pod-ready exclusion of 'simulated'")
+    out = state / "kwok-stages.yaml"
+    out.write_text(text.replace(left_to_fleet, left_to_fleet + "      - 'vllm'\n"))
+    return out
+
+
+def up(state: Path, nodes: int, real_engines: bool = False) -> Path:
     state.mkdir(parents=True, exist_ok=True)
     if all(alive(state, c) for c in COMPONENTS) and api_get(state, "/readyz")[0] == 200:
         bins = binaries()
@@ -223,8 +239,8 @@ def up(state: Path, nodes: int) -> Path:
     start(state, "kwok", [
         str(bins / "kwok"), f"--kubeconfig={kcfg}", "--manage-all-nodes=false",
         "--manage-nodes-with-label-selector=kwok.x-k8s.io/node=fake",
-        # Pods of simulated engines get their status from the simulated fleet, not from kwok.
-        f"--config={HERE / 'kwok-stages.yaml'}",
+        # Pods of simulated engines (and with --real-engines, of vLLM) get their status from the fleet, not kwok.
+        f"--config={kwok_stages(state, real_engines)}",
         "--cidr=10.0.0.1/16", "--node-ip=127.0.0.1", f"--server-address=127.0.0.1:{free_port()}",
     ])
     wait_for("default namespace", lambda: api_get(state, "/api/v1/namespaces/default")[0] == 200)
@@ -275,10 +291,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down", "binaries"])
     parser.add_argument("--nodes", type=int, default=int(os.environ.get("EBBTIDE_NODES", "8")))
+    parser.add_argument("--real-engines", action="store_true", help="leave engine=vllm pods to the fleet")
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("EBBTIDE_CLUSTER_DIR", DEFAULT_DIR)))
     args = parser.parse_args()
     if args.action == "up":
-        print(up(args.dir.resolve(), args.nodes))
+        print(up(args.dir.resolve(), args.nodes, args.real_engines))
     elif args.action == "down":
         down(args.dir.resolve())
     else:

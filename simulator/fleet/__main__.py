@@ -1,10 +1,16 @@
-"""`python -m simulator.fleet --kubeconfig PATH`: run the simulated fleet against a cluster with KWOK nodes."""
+"""`python -m simulator.fleet --kubeconfig PATH`: run the simulated fleet against a cluster with KWOK nodes.
+
+With `--vllm-env` (a venv holding the real vLLM, `hack/real-engine-env.sh` prints one) and `--models-dir` (the
+folder standing for the engine pods' /models mount), pods of `engine: vllm` run a real `vllm serve` too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 from simulator.fleet.fleet import Fleet, FleetSettings
@@ -18,7 +24,21 @@ def main() -> None:
     p.add_argument("--cold-start-scale", type=float, default=30.0, help="cold starts run this much faster")
     p.add_argument("--image-pull-seconds", type=float, default=60.0)
     p.add_argument("--load-gbps", type=float, default=2.0, help="weight load bandwidth per replica, GB/s")
+    p.add_argument(
+        "--vllm-env",
+        type=Path,
+        default=os.environ.get("EBBTIDE_REAL_ENGINE_ENV") or None,
+        help="venv with the real vLLM (bin/vllm); engine=vllm pods run it (default $EBBTIDE_REAL_ENGINE_ENV)",
+    )
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=os.environ.get("EBBTIDE_MODELS_DIR") or None,
+        help="local folder for the pods' /models mount: pvc://NAME serves DIR/NAME (default $EBBTIDE_MODELS_DIR)",
+    )
     args = p.parse_args()
+    if args.vllm_env is not None and not (args.vllm_env / "bin" / "vllm").exists():
+        p.error(f"--vllm-env {args.vllm_env} has no bin/vllm (build one with hack/real-engine-env.sh)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s fleet %(message)s")
     settings = FleetSettings(
         state_dir=args.state_dir.resolve(),
@@ -26,8 +46,14 @@ def main() -> None:
         cold_start_scale=args.cold_start_scale,
         image_pull_seconds=args.image_pull_seconds,
         load_gbps=args.load_gbps,
+        vllm_env=args.vllm_env.resolve() if args.vllm_env else None,
+        models_dir=args.models_dir.resolve() if args.models_dir else None,
     )
-    asyncio.run(Fleet(settings, args.kubeconfig).run())
+    # Probes of real engines would log every request at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # SIGTERM cancels the fleet's main task (Fleet.run), which stops its real engines first.
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(Fleet(settings, args.kubeconfig).run())
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""The fleet process: watches pods on fake GPU nodes and runs a simulated engine per pod."""
+"""The fleet process: watches pods on fake GPU nodes and runs a simulated engine per pod, or a real `vllm serve`
+for pods of `engine: vllm` when it is given the real-engine venv (simulator/fleet/real.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from crds import labels as L
 from simulator.engine.config import EngineConfigError, parse_args
 from simulator.engine.server import create_app, shutdown
 from simulator.fleet import dcgm
+from simulator.fleet.real import RealEngineError, RealProcess, container_env, readiness_probe, vllm_argv
 from simulator.fleet.rewrite import engine_argv
 
 log = logging.getLogger("fleet")
@@ -37,6 +40,8 @@ class FleetSettings:
     cold_start_scale: float = 30.0
     image_pull_seconds: float = 60.0
     load_gbps: float = 2.0
+    vllm_env: Path | None = None  # a venv with the real vLLM (bin/vllm): engine=vllm pods run it for real
+    models_dir: Path | None = None  # the local folder that stands for the engine pods' /models mount
 
 
 @dataclass
@@ -51,6 +56,9 @@ class RunningEngine:
     trainer: bool
     runner: web.AppRunner | None = None
     task: asyncio.Task[None] | None = None
+    process: RealProcess | None = None  # a real engine's process
+    ready: bool = False  # the readiness the fleet last reported (and re-asserts, as the kubelet's status manager)
+    grace_s: float = 30.0  # the pod's terminationGracePeriodSeconds
 
 
 @dataclass
@@ -86,6 +94,10 @@ class Fleet:
         self.http = httpx.AsyncClient(timeout=2.0)
         self._next_ip = 0
         self.pod_ips: dict[str, str] = {}
+        self.terminating: set[asyncio.Task[None]] = set()
+        self.processes: set[RealProcess] = set()  # every real engine process not yet reaped
+        engines = "simulated,vllm" if settings.vllm_env else "simulated"
+        self.selector = f"{L.ENGINE} in ({engines})"
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,7 +111,7 @@ class Fleet:
                     w = watch.Watch()
                     for ev in w.stream(
                         self.core.list_pod_for_all_namespaces,
-                        label_selector=f"{L.ENGINE}=simulated",
+                        label_selector=self.selector,
                         timeout_seconds=60,
                         _preload_content=False,
                     ):
@@ -110,7 +122,11 @@ class Fleet:
                     stop.wait(1.0)
 
         threading.Thread(target=pump, daemon=True, name="pod-watch").start()
-        log.info("fleet started; state in %s", self.s.state_dir)
+        main = asyncio.current_task()
+        if main is not None:
+            # SIGTERM ends the fleet through the finally below, which takes its real engines with it.
+            loop.add_signal_handler(signal.SIGTERM, main.cancel)
+        log.info("fleet started; state in %s; pods selected by %s", self.s.state_dir, self.selector)
         try:
             while True:
                 kind, pod = await queue.get()
@@ -120,6 +136,9 @@ class Fleet:
                     log.exception("handling pod %s failed", pod.get("metadata", {}).get("name"))
         finally:
             stop.set()
+            # A real engine holds a GiB of memory and its own process session: none may outlive the fleet.
+            for process in self.processes:
+                process.kill()
 
     async def handle(self, kind: str, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod.get("spec", {})
@@ -129,7 +148,10 @@ class Fleet:
             await self.stop(key, DEFAULT_GRACE_S if grace is None else float(grace))
             return
         node = spec.get("nodeName")
-        if not node or key in self.engines:
+        if key in self.engines:
+            await self.reassert_ready(self.engines[key], pod)
+            return
+        if not node:
             return
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             return
@@ -151,14 +173,38 @@ class Fleet:
         await self.serve_dcgm(state)
         return state
 
-    async def start(self, key: str, pod: dict[str, Any], node: NodeState) -> None:
-        ns, name = key.split("/", 1)
-        container = pod["spec"]["containers"][0]
+    async def reassert_ready(self, eng: RunningEngine, pod: dict[str, Any]) -> None:
+        """Puts back the readiness the engine has when another writer changed it: the node controller marks a
+        node's pods NotReady when kwok's heartbeat lags on a loaded machine, and a kubelet would re-sync."""
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        shown = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        if shown != eng.ready:
+            log.info("pod %s: Ready was set to %s by another writer; back to %s", eng.name, shown, eng.ready)
+            await self.patch_status(eng.namespace, eng.name, ready=eng.ready)
+
+    def claim_gpus(self, key: str, container: dict[str, Any], node: NodeState) -> list[int]:
         want = int((container.get("resources", {}).get("limits") or {}).get(GPU_RESOURCE, "0"))
         free = [i for i in range(node.gpus) if i not in node.owner]
         gpus = free[:want]
         for i in gpus:
             node.owner[i] = key
+        return gpus
+
+    def next_pod_ip(self, key: str) -> None:
+        # Endpoints reject loopback addresses, so each pod gets a unique fake IP (as kwok gives its pods); the
+        # engine itself is reached through the ebbtide.dev/engine-url annotation.
+        self._next_ip += 1
+        self.pod_ips[key] = f"10.244.{self._next_ip // 250}.{self._next_ip % 250 + 1}"
+
+    async def start(self, key: str, pod: dict[str, Any], node: NodeState) -> None:
+        if pod["metadata"].get("labels", {}).get(L.ENGINE) == "vllm":
+            await self.start_real(key, pod, node)
+            return
+        ns, name = key.split("/", 1)
+        container = pod["spec"]["containers"][0]
+        gpus = self.claim_gpus(key, container, node)
         port = _free_port()
         argv = engine_argv(
             list(container.get("args", [])), node.product, port, self.s.state_dir, self.s.engine_time_scale
@@ -170,10 +216,7 @@ class Fleet:
             await self.patch_status(ns, name, failed=str(e))
             return
         url = f"http://127.0.0.1:{port}"
-        # Endpoints reject loopback addresses, so each pod gets a unique fake IP (as kwok gives its pods); the
-        # engine itself is reached through the ebbtide.dev/engine-url annotation.
-        self._next_ip += 1
-        self.pod_ips[key] = f"10.244.{self._next_ip // 250}.{self._next_ip % 250 + 1}"
+        self.next_pod_ip(key)
         eng = RunningEngine(ns, name, node.name, url, gpus, cfg.mode == "trainer")
         self.engines[key] = eng
         await asyncio.to_thread(
@@ -199,6 +242,7 @@ class Fleet:
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.1)
+        eng.ready = True
         await self.patch_status(eng.namespace, eng.name, ready=True)
         log.info("pod %s ready at %s after a %.0f s cold start", key, eng.url, cold)
         if not eng.trainer:
@@ -213,6 +257,67 @@ class Fleet:
                 await self.patch_status(eng.namespace, eng.name, succeeded=True)
                 await self.stop(key)
                 return
+
+    async def start_real(self, key: str, pod: dict[str, Any], node: NodeState) -> None:
+        """A real `vllm serve` with the pod's command line; Ready once the pod's readiness probe answers 200."""
+        ns, name = key.split("/", 1)
+        container = pod["spec"]["containers"][0]
+        port = _free_port()
+        assert self.s.vllm_env is not None
+        try:
+            if self.s.models_dir is None:
+                raise RealEngineError("the fleet has no models folder (--models-dir) for real engines")
+            argv = vllm_argv(
+                list(container.get("command", [])),
+                list(container.get("args", [])),
+                self.s.vllm_env / "bin" / "vllm",
+                self.s.models_dir,
+                port,
+            )
+        except RealEngineError as e:
+            log.warning("pod %s: cannot run as a real engine: %s", key, e)
+            await self.patch_status(ns, name, failed=str(e))
+            return
+        url = f"http://127.0.0.1:{port}"
+        self.next_pod_ip(key)
+        grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        eng = RunningEngine(ns, name, node.name, url, self.claim_gpus(key, container, node), False, grace_s=grace)
+        self.engines[key] = eng
+        await asyncio.to_thread(
+            self.core.patch_namespaced_pod, name, ns, {"metadata": {"annotations": {L.ENGINE_URL: url}}}
+        )
+        await self.patch_status(ns, name, ready=False)
+        logfile = self.s.state_dir / "real-engines" / f"{ns}_{name}.log"
+        eng.process = await RealProcess.start(argv, container_env(container, pod), logfile)
+        self.processes.add(eng.process)
+        log.info("pod %s: real vLLM pid %d at %s (log %s): %s", key, eng.process.pid, url, logfile, " ".join(argv))
+        eng.task = asyncio.get_running_loop().create_task(self.probe_real(key, eng, readiness_probe(container)))
+
+    async def probe_real(self, key: str, eng: RunningEngine, probe: Any) -> None:
+        """The kubelet's readiness probing: every second until the first success (as the pods' startup probe
+        would find it, sooner), then every periodSeconds; a process that exits fails the pod."""
+        assert eng.process is not None
+        started = asyncio.get_running_loop().time()
+        ready, failures = False, 0
+        while not eng.process.exited():
+            try:
+                ok = (await self.http.get(f"{eng.url}{probe.path}")).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            failures = 0 if ok else failures + 1
+            if ok and not ready:
+                ready = eng.ready = True
+                await self.patch_status(eng.namespace, eng.name, ready=True)
+                took = asyncio.get_running_loop().time() - started
+                log.info("pod %s ready (real vLLM) after %.1f s", key, took)
+            elif ready and failures >= probe.failure_threshold:
+                ready = eng.ready = False
+                await self.patch_status(eng.namespace, eng.name, ready=False)
+            await asyncio.sleep(probe.period_s if ready else 1.0)
+        code = eng.process.proc.returncode
+        eng.ready = False
+        log.warning("pod %s: real vLLM exited with %s (log %s)", key, code, eng.process.log)
+        await self.patch_status(eng.namespace, eng.name, failed=f"vllm exited with {code}; see {eng.process.log.name}")
 
     async def stop(self, key: str, grace_s: float = 0.0) -> None:
         """Stop a pod's engine as a kubelet does: SIGTERM (the engine's own graceful shutdown, in the background),
@@ -233,10 +338,25 @@ class Fleet:
             except TimeoutError:
                 log.warning("pod %s/%s: still busy after its %.0f s grace period", eng.namespace, eng.name, grace_s)
             await eng.runner.cleanup()  # the hard stop: whatever is still running ends as aborted
+        if eng.process is not None:
+            # The pod is gone from routing already; its engine gets the grace period to finish in-flight work.
+            key = f"{eng.namespace}/{eng.name}"
+            grace = grace_s if grace_s > 0 else eng.grace_s
+            task = asyncio.get_running_loop().create_task(self.terminate_real(key, eng.process, grace))
+            self.terminating.add(task)
+            task.add_done_callback(self.terminating.discard)
         node = self.nodes.get(eng.node)
         if node:
             for i in eng.gpus:
                 node.owner.pop(i, None)
+
+    async def terminate_real(self, key: str, process: RealProcess, grace_s: float) -> None:
+        t0 = asyncio.get_running_loop().time()
+        code = await process.terminate(grace_s)
+        self.processes.discard(process)
+        took = asyncio.get_running_loop().time() - t0
+        how = f"exited with {code}" if code is not None else f"killed after the {grace_s:.0f} s grace period"
+        log.info("pod %s: real vLLM %s %.1f s after SIGTERM", key, how, took)
 
     async def patch_status(
         self, ns: str, name: str, ready: bool = False, succeeded: bool = False, failed: str | None = None

@@ -19,14 +19,16 @@ from tests.kube import ROOT, Cluster, wait_until
 RUN = ROOT / ".run"
 
 
-def _up() -> Cluster:
-    state = Path(os.environ.get("EBBTIDE_TEST_CLUSTER_DIR", RUN / "test-cluster"))
+def _up(state: Path | None = None, *extra: str) -> Cluster:
+    """The session's control plane in `state` (default: $EBBTIDE_TEST_CLUSTER_DIR or .run/test-cluster);
+    `extra` goes to `hack/cluster.py up`."""
+    state = state or Path(os.environ.get("EBBTIDE_TEST_CLUSTER_DIR", RUN / "test-cluster"))
     # The binaries come from `make binaries`; without them the script says so (tests/conftest.py), and so do we.
     found = subprocess.run([str(ROOT / "hack" / "build-control-plane.sh")], capture_output=True, text=True)
     if found.returncode != 0:
         pytest.fail(found.stderr.strip(), pytrace=False)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "hack" / "cluster.py"), "up", "--dir", str(state), "--nodes", "8"],
+        [sys.executable, str(ROOT / "hack" / "cluster.py"), "up", "--dir", str(state), "--nodes", "8", *extra],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
