@@ -19,8 +19,10 @@ from tests.realengine.stories import READY_TIMEOUT_S, Outcome, failures, gateway
 # Real servers start in minutes on a loaded 2-core machine: the stories outlast the suite's 300 s default.
 pytestmark = [pytest.mark.realengine, pytest.mark.timeout(1200)]
 
-RATE = 6.0
-# Answers long enough (a second or more on a loaded CPU) that the replica leaving has requests in flight.
+# Within what two servers sustain on 2 busy cores: at 6 requests/s queues grew until requests took over 30 s and
+# outlived the drain's grace period (24 of 309 failed in one run). Answers long enough (a second or more on a
+# loaded CPU) that the replica leaving has requests in flight.
+RATE = 4.0
 MAX_TOKENS = 128
 
 
@@ -61,7 +63,7 @@ def scale_in_under_load(cluster: Cluster, ns: str, env: RealEngineEnv, drain_gra
 
 
 def test_scale_in_under_steady_load_drops_no_request(cluster: Cluster, ns: str, real_engine_env: RealEngineEnv) -> None:
-    outcomes = scale_in_under_load(cluster, ns, real_engine_env, drain_grace_s=30)
+    outcomes = scale_in_under_load(cluster, ns, real_engine_env, drain_grace_s=60)
     print(f"[realengine] scale-in with the drain: {failures(outcomes)}")
     assert len(outcomes) >= 20
     assert all(o.ok for o in outcomes), failures(outcomes)
