@@ -14,7 +14,7 @@ import kopf
 from pydantic import BaseModel, ValidationError
 
 from adapters import operator_metrics as M
-from adapters.cache import Change, ClusterCache, Obj
+from adapters.cache import Change, ClusterCache, Informer, Obj
 from adapters.engine_api import EngineClient, engine_url
 from adapters.kube import ApiError, FieldManager, Kube, NetworkError
 from autoscaler.cluster import ClusterForecast
@@ -451,8 +451,23 @@ def on_object_change(kind: str) -> Callable[[Change, Obj | None, Obj | None], No
     return listener
 
 
+def count_managed(kind: str, informer: Informer) -> Callable[[Change, Obj | None, Obj | None], None]:
+    """Keep `ebbtide_managed_objects{kind}` at the number of cached objects of that kind."""
+
+    def listener(type_: Change, old: Obj | None, new: Obj | None) -> None:
+        M.MANAGED.labels(kind).set(len(informer))
+
+    return listener
+
+
 def listen(cache: ClusterCache) -> None:
     """Wire the cache's events to the reconcile triggers (called once the cache exists)."""
     cache.pods.listen(on_pod_change)
     cache.llmservices.listen(on_object_change("LLMService"))
     cache.finetunejobs.listen(on_object_change("FineTuneJob"))
+    for kind, informer in (
+        ("LLMService", cache.llmservices),
+        ("FineTuneJob", cache.finetunejobs),
+        ("PowerBudget", cache.powerbudgets),
+    ):
+        informer.listen(count_managed(kind, informer))

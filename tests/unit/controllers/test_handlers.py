@@ -75,3 +75,18 @@ async def test_a_reconcile_the_cache_triggered_reports_an_invalid_spec_with_an_e
     await asyncio.sleep(0.4)
     calls = cast(RecordingKube, runtime.kube).calls
     assert ("status", "svc") in calls and ("event", "InvalidSpec") in calls
+
+
+def managed(kind: str) -> float | None:
+    return REGISTRY.get_sample_value("ebbtide_managed_objects", {"kind": kind})
+
+
+async def test_the_managed_objects_gauge_follows_the_cache(runtime: handlers.Runtime) -> None:
+    def budget(name: str) -> dict[str, Any]:
+        return {"apiVersion": "ebbtide.dev/v1alpha1", "kind": "PowerBudget", "metadata": {"name": name, "uid": name}}
+
+    runtime.cache.powerbudgets.apply("ADDED", budget("rack-a"))
+    runtime.cache.powerbudgets.apply("ADDED", budget("rack-b"))
+    assert managed("PowerBudget") == 2.0
+    runtime.cache.powerbudgets.apply("DELETED", budget("rack-a"))
+    assert managed("PowerBudget") == 1.0
