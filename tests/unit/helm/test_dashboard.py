@@ -120,7 +120,7 @@ def test_chart_ships_the_dashboard_as_a_grafana_sidecar_config_map() -> None:
     cm = find(render(), "ConfigMap", "-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["ebbtide.json"]) == DASHBOARD
-    assert not [o for o in render("dashboards.enabled=false") if o["kind"] == "ConfigMap"]
+    assert not [o for o in render("dashboards.enabled=false") if o["metadata"]["name"].endswith("-dashboard")]
 
 
 def store_with(series: dict[str, list[tuple[dict[str, str], list[tuple[float, float]]]]]) -> Any:
