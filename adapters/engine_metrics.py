@@ -52,6 +52,10 @@ class MetricsParseError(ValueError):
     """The exposition text could not be parsed, or holds none of the vLLM engine metrics."""
 
 
+class ModelNotServedError(MetricsParseError):
+    """The engine's series name other models than the one asked for (a wrong model filter)."""
+
+
 def _bound(le: str) -> float:
     return math.inf if le in ("+Inf", "Inf", "inf") else float(le)
 
@@ -81,12 +85,13 @@ def _vllm_name(name: str) -> str | None:
 def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) -> PodSample:
     """Parse one pod's /metrics text (vLLM's names, or SGLang's) into a PodSample, summing series over engines
     (and over models unless `model` names one). Raises MetricsParseError on malformed text or when no engine
-    metric is present."""
+    metric is present, and ModelNotServedError when `model` is none of the `model_name`s the engine reports."""
     gauges: dict[str, float] = {}
     kv: dict[str, list[float]] = {name: [] for name in KV_CACHE}
     hist: dict[str, dict[float, float]] = {}
     hist_sum: dict[str, float] = {}
     seen = False
+    models: set[str] = set()
     try:
         families = list(text_string_to_metric_families(text))
     except (ValueError, TypeError, IndexError) as err:
@@ -97,6 +102,9 @@ def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) 
             if mapped is None:
                 continue
             name = mapped
+            if "model_name" in labels:
+                models.add(labels["model_name"])
+            # Engine-wide series carry no model_name: they count whatever the filter.
             if model is not None and labels.get("model_name", model) != model:
                 continue
             if not math.isfinite(value):
@@ -114,6 +122,10 @@ def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) 
                 hist_sum[base] = hist_sum.get(base, 0.0) + value
             else:
                 gauges[name] = gauges.get(name, 0.0) + value
+    if model is not None and models and model not in models:
+        raise ModelNotServedError(
+            f"pod {pod}: no metrics for model {model!r}; the engine reports model_name {', '.join(sorted(models))}"
+        )
     if not seen:
         raise MetricsParseError(f"pod {pod}: no vllm: or sglang: metrics in the exposition text")
     kv_values = kv[KV_CACHE[0]] or kv[KV_CACHE[1]]

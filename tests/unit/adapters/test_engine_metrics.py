@@ -13,6 +13,7 @@ import pytest
 
 from adapters.engine_metrics import (
     MetricsParseError,
+    ModelNotServedError,
     PodScraper,
     PodTarget,
     PrometheusQuerySource,
@@ -34,6 +35,7 @@ from autoscaler.observation import (
 )
 from autoscaler.types import SLO, ScalingBounds
 from bench.autoscaler.baselines import KPALike
+from tests.kube import ROOT
 from tests.unit.autoscaler.vllm_text import MODEL, exposition
 
 INF = math.inf
@@ -68,8 +70,19 @@ class TestParse:
 
     def test_model_filter(self) -> None:
         assert parse_vllm_metrics(exposition(), "p", 0.0, model=MODEL).request_success == 100.0
-        with pytest.raises(MetricsParseError, match="no vllm"):
+        with pytest.raises(ModelNotServedError, match=f"'other-model'.*model_name {MODEL}"):
             parse_vllm_metrics(exposition(), "p", 0.0, model="other-model")
+
+    def test_a_wrong_model_filter_on_real_vllm_metrics_names_the_models_served_instead_of_reading_zeros(self) -> None:
+        """vLLM 0.32.0's /metrics (recorded by the conformance tier) holds engine-wide series without model_name
+        (vllm:cache_config_info): a filter for a model the engine does not serve must not read them as an idle
+        engine."""
+        text = (ROOT / "tests/conformance/fixtures/vllm-0.32.0/metrics.txt").read_text()
+        assert parse_vllm_metrics(text, "p", 0.0, model="<model>").request_success == 4.0
+        with pytest.raises(ModelNotServedError) as err:
+            parse_vllm_metrics(text, "p", 0.0, model="llama-3-8b")
+        assert str(err.value) == "pod p: no metrics for model 'llama-3-8b'; the engine reports model_name <model>"
+        assert isinstance(err.value, MetricsParseError)  # a failed scrape of that pod, never a sample of zeros
 
     def test_rejects_garbage_and_pages_without_vllm_metrics(self) -> None:
         with pytest.raises(MetricsParseError):
