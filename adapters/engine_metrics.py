@@ -30,7 +30,7 @@ from autoscaler.observation import (
     observation_from_promql,
     parse_promql_scalar,
 )
-from autoscaler.types import ServiceObservation
+from autoscaler.types import ScrapeFailure, ServiceObservation
 
 DEFAULT_URL_TEMPLATE = "http://{podIP}:{port}/metrics"
 # SGLang (0.5.x, `--enable-metrics`; sglang/srt/observability/metrics_collector.py) exports the same signals under
@@ -200,28 +200,30 @@ class PodScraper:
         self._model = model
         self.stats = ScrapeStats()
 
-    async def _one(self, target: PodTarget) -> PodSample | str:
+    async def _one(self, target: PodTarget) -> PodSample | ScrapeFailure:
         try:
             url = target_url(self._template, target)
         except ValueError as err:
-            return str(err)
+            return ScrapeFailure(None, None, str(err))
         async with self._semaphore:
             try:
                 response = await self._client.get(url, timeout=self._timeout)
-                response.raise_for_status()
             except httpx.HTTPError as err:
-                return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                return ScrapeFailure(url, None, f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
             t = self._clock()
+        if not response.is_success:
+            # A 404 is what an engine without metrics answers (SGLang without --enable-metrics): never a sample.
+            return ScrapeFailure(url, response.status_code, f"HTTP {response.status_code} {response.reason_phrase}")
         try:
             return parse_vllm_metrics(response.text, target.name, t, self._model)
         except MetricsParseError as err:
-            return str(err)
+            return ScrapeFailure(url, response.status_code, str(err))
 
     async def scrape(self, targets: Sequence[PodTarget]) -> ScrapeResult:
         """Scrape every target concurrently; never raises for a single pod's failure."""
         results = await asyncio.gather(*(self._one(t) for t in targets))
         samples: dict[str, PodSample] = {}
-        failures: dict[str, str] = {}
+        failures: dict[str, ScrapeFailure] = {}
         for target, result in zip(targets, results, strict=True):
             if isinstance(result, PodSample):
                 samples[target.name] = result

@@ -33,7 +33,7 @@ from autoscaler.observation import (
     histogram_quantile,
     merge_histograms,
 )
-from autoscaler.types import SLO, ScalingBounds
+from autoscaler.types import SLO, ScalingBounds, ScrapeFailure
 from bench.autoscaler.baselines import KPALike
 from tests.kube import ROOT
 from tests.unit.autoscaler.vllm_text import MODEL, exposition
@@ -243,9 +243,36 @@ class TestScraper:
         assert peak <= 3
         assert len(result.samples) == 10
         assert set(result.failures) == {"slow", "sick", "new"}
-        assert "ReadTimeout" in result.failures["slow"]
-        assert "no IP" in result.failures["new"]
+        assert "ReadTimeout" in str(result.failures["slow"]) and result.failures["slow"].status is None
+        assert "no IP" in str(result.failures["new"]) and result.failures["new"].url is None
+        sick = ScrapeFailure("http://10.0.0.99:8000/metrics", 503, "HTTP 503 Service Unavailable")
+        assert result.failures["sick"] == sick
         assert (scraper.stats.scrapes, scraper.stats.failures) == (13, 3)
+
+    @pytest.mark.parametrize(
+        ("status", "body", "detail"),
+        [
+            (404, '{"detail":"Not Found"}', "HTTP 404 Not Found"),  # SGLang without --enable-metrics
+            (500, "Internal Server Error", "HTTP 500 Internal Server Error"),
+            (200, "<html>a proxy's login page</html>", "unparseable"),
+            (200, "# TYPE up gauge\nup 1\n", "no vllm: or sglang: metrics"),
+        ],
+    )
+    async def test_an_error_status_or_a_page_without_engine_metrics_is_a_failure_naming_url_and_status(
+        self, status: int, body: str, detail: str
+    ) -> None:
+        """Never a sample of zeros: the autoscaler would read an idle service and scale it in."""
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(status, text=body)
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            result = await PodScraper(client, lambda: 1.0).scrape([PodTarget("chat-0", pod_ip="10.0.0.7")])
+        assert not result.samples
+        failure = result.failures["chat-0"]
+        assert (failure.url, failure.status) == ("http://10.0.0.7:8000/metrics", status)
+        assert detail in failure.detail
+        assert str(failure).startswith("GET http://10.0.0.7:8000/metrics")
 
     async def test_collector_turns_two_scrapes_into_rates(self) -> None:
         pages = iter([exposition(success_stop=100, prompt=0), exposition(success_stop=160, prompt=30_000)])
