@@ -127,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metric-names",
-        choices=("vllm", "sglang"),
+        choices=("vllm", "sglang", "none"),
         default="vllm",
-        help="export /metrics under vLLM's names or under SGLang's (as `sglang.launch_server --enable-metrics`)",
+        help="export /metrics under vLLM's names or under SGLang's (as `sglang.launch_server --enable-metrics`); "
+        "none: /metrics answers 404, as SGLang's without --enable-metrics",
     )
     p.add_argument(
         "--fail-after",

@@ -583,7 +583,8 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     app[CONFIG_KEY] = cfg
     app.router.add_get("/health", health)
     app.router.add_get("/version", version)
-    app.router.add_get("/metrics", metrics)
+    if cfg.metric_names != "none":
+        app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/power", power)
     app.router.add_put("/admin/power", power)
     if cfg.mode == "trainer":

@@ -389,3 +389,10 @@ async def test_health_stays_200_through_a_drain_until_the_core_dies() -> None:
         await e.app[ENGINE_KEY].die()
         assert (await http.get("/health")).status_code == 503
         await asyncio.wait_for(stopping, 5)
+
+
+async def test_metric_names_none_serves_no_metrics_as_sglang_without_enable_metrics() -> None:
+    async with serve_engine(engine_argv(MODEL, "H100", 100, "--metric-names", "none")) as e, e.http() as http:
+        missing = await http.get("/metrics")
+        assert (missing.status_code, missing.json()) == (404, {"detail": "Not Found"})
+        assert (await http.get("/health")).status_code == 200
