@@ -44,6 +44,11 @@ class Engine:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
+    def kill(self) -> None:
+        """SIGKILL to the whole process session, as the kubelet ends a container whose grace period ran out."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
     def stop(self, grace_s: float = 60.0) -> None:
         if self.proc.poll() is None:
             self.terminate()
