@@ -24,6 +24,7 @@ from catalogue.power import PowerLimitError
 from simulator.engine.clock import Clock
 from simulator.engine.config import EngineConfig
 from simulator.engine.core import (
+    EngineDead,
     EngineDraining,
     ExpertLayoutBusy,
     ExpertLayoutError,
@@ -280,8 +281,9 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
                 return await _collect(events, meta)
             finally:
                 engine.abort(rids)  # no-op for finished sequences; frees KV cache if the client went away
-    except EngineDraining as exc:
-        # What vLLM answers during a graceful shutdown: its engine client refuses new work with this 500.
+    except (EngineDraining, EngineDead) as exc:
+        # What vLLM answers during a graceful shutdown (its engine client refuses new work) and after its engine
+        # core died (EngineDeadError): this 500.
         raise ApiError(500, str(exc), "InternalServerError") from None
 
 
@@ -481,8 +483,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health: 200 while the process serves (vLLM's liveness semantics)."""
-    return web.Response(status=200)
+    """GET /health: 200 while the engine core lives, draining included; 503 once it died (vLLM's EngineDeadError)."""
+    engine = request.app.get(ENGINE_KEY)
+    return web.Response(status=503 if engine is not None and engine.dead else 200)
 
 
 async def version(request: web.Request) -> web.Response:
@@ -580,7 +583,8 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     app[CONFIG_KEY] = cfg
     app.router.add_get("/health", health)
     app.router.add_get("/version", version)
-    app.router.add_get("/metrics", metrics)
+    if cfg.metric_names != "none":
+        app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/power", power)
     app.router.add_put("/admin/power", power)
     if cfg.mode == "trainer":
