@@ -18,7 +18,8 @@ How caps are chosen (one domain):
    a cap: it is bandwidth-bound); within a tier every GPU gets the same water level (spreading the cut costs less
    throughput than a deep cut on one GPU: the cap curve is concave). `Proportional` puts every GPU in one tier.
 4. No cap goes below max(floorWattsPerGpu, the board's minimum limit). GPUs above `exemptPriorityAbove` are never
-   capped. If floors alone exceed the budget, the domain is Infeasible (every cappable GPU at its floor).
+   capped. If floors alone exceed the budget (every GPU with work at its floor, idle GPUs at their idle draw), the
+   domain is Infeasible (every cappable GPU at its floor).
 5. A GPU in several domains takes the lowest cap any of them gives it (the tighter budget wins per GPU).
 """
 
@@ -155,17 +156,26 @@ class PowerPlan:
 @dataclass
 class _Memory:
     over_since: float | None = None
+    tightened_at: float | None = None  # when a cap of the domain last went down
 
 
 @dataclass
 class PowerCapper:
-    """The power core with its memory (when each domain went over budget); `tick` is pure given that memory."""
+    """The power core with its memory (when each domain went over budget or last tightened a cap, each GPU's
+    recent draw); `tick` is pure given that memory."""
 
+    # A GPU's need is at least its peak draw over this window: the short-horizon forecast that keeps a bursty
+    # workload from winning back watts at every dip of its draw.
+    peak_window_s: float = 10.0
+    # Hold-down: no cap is raised within this long of a cap going down (caps move by the forecast, not the noise).
+    lift_dwell_s: float = 5.0
     memory: dict[str, _Memory] = field(default_factory=dict)
+    draws: dict[GPUKey, list[tuple[float, float]]] = field(default_factory=dict)
 
     def tick(self, now: float, domains: Sequence[Domain], gpus: Sequence[GPUState]) -> PowerPlan:
         """Caps for every GPU of every domain, and each domain's outcome, at time `now`."""
         by_key = {g.key: g for g in gpus}
+        self._remember(now, gpus)
         owners: dict[GPUKey, list[str]] = {}
         for d in domains:
             for k in d.members:
@@ -184,6 +194,18 @@ class PowerCapper:
                 del self.memory[name]
         return PowerPlan(caps, plans)
 
+    def _remember(self, now: float, gpus: Sequence[GPUState]) -> None:
+        horizon = now - self.peak_window_s
+        for g in gpus:
+            seen = [(t, w) for t, w in self.draws.get(g.key, []) if t > horizon]
+            seen.append((now, g.drawn_w))
+            self.draws[g.key] = seen
+        for key in set(self.draws) - {g.key for g in gpus}:
+            del self.draws[key]
+
+    def _peak(self, g: GPUState) -> float:
+        return max((w for _, w in self.draws.get(g.key, [])), default=g.drawn_w)
+
     def _domain(self, now: float, d: Domain, members: list[GPUState], overlaps: tuple[str, ...]) -> DomainPlan:
         mem = self.memory.setdefault(d.name, _Memory())
         drawn = sum(g.drawn_w for g in members)
@@ -194,24 +216,30 @@ class PowerCapper:
             mem.over_since = None
         seconds_over = 0.0 if mem.over_since is None else now - mem.over_since
         emergency = over
-        need = {g.key: _need(g, emergency) for g in members}
+        need = {g.key: _need(g, emergency, self._peak(g)) for g in members}
         cappable = [g for g in members if not _exempt(d, g)]
         floors = {g.key: _floor(d, g) for g in cappable}
         fixed = sum(need[g.key] for g in members if _exempt(d, g))
         least = fixed + sum(min(need[k], f) for k, f in floors.items())
-        floors_sum = sum(floors.values())
+        # The domain's floors: every GPU with work at its floor, idle GPUs at their idle draw. Idle GPUs' floors do
+        # not count: new work on them is a scale-up, which the admission check (PowerPlan.admit) gates.
+        floors_sum = sum(floors[g.key] if g.workload is not None else need[g.key] for g in cappable)
         uncapped = sum(need.values())
         tight = _allocate(d, cappable, need, floors, d.budget_w - fixed)
         if emergency:
             new = tight
         else:
             lift = _allocate(d, cappable, need, floors, d.budget_w * (1 - d.hysteresis_percent / 100) - fixed)
+            held = mem.tightened_at is not None and now - mem.tightened_at < self.lift_dwell_s
             new = {}
             for g in cappable:
-                # Tighten at once; lift only as far as the hysteresis band allows; never above what the budget allows.
+                # Tighten at once; lift only as far as the hysteresis band allows, and not during the hold-down;
+                # never above what the budget allows.
                 old = g.limit_w if g.limit_w is not None else g.tdp_w
                 t, lifted = _or_tdp(tight[g.key], g), _or_tdp(lift[g.key], g)
-                new[g.key] = _default_if_full(min(t, max(old, lifted)), g)
+                new[g.key] = _default_if_full(min(t, old if held else max(old, lifted)), g)
+        if any(_or_tdp(new[g.key], g) < (g.limit_w if g.limit_w is not None else g.tdp_w) for g in cappable):
+            mem.tightened_at = now
         for g in members:
             if _exempt(d, g):
                 new[g.key] = None
@@ -220,7 +248,8 @@ class PowerCapper:
         if fixed + floors_sum > d.budget_w:
             state = DomainState.INFEASIBLE
             message = (
-                f"floors alone exceed the budget: {len(cappable)} GPU(s) at their floors draw {floors_sum:.0f} W"
+                f"floors alone exceed the budget: {sum(1 for g in cappable if g.workload is not None)} working GPU(s) "
+                f"at their floors and the idle ones draw {floors_sum:.0f} W"
                 + (f" plus {fixed:.0f} W of exempt GPUs" if fixed else "")
                 + f", over the {d.budget_w:.0f} W budget"
             )
@@ -299,13 +328,14 @@ def _floor(d: Domain, g: GPUState) -> float:
     return min(g.tdp_w, max(d.floor_w, g.min_limit_w))
 
 
-def _need(g: GPUState, emergency: bool) -> float:
-    """What the GPU would draw with no cap: forecast or measured, whichever is larger."""
-    need = max(g.drawn_w, g.forecast_w if g.forecast_w is not None else g.drawn_w)
+def _need(g: GPUState, emergency: bool, peak_w: float) -> float:
+    """What the GPU would draw with no cap: the largest of its forecast, its draw and its recent peak; a GPU whose
+    cap binds is assumed to want at least its cap (the cap hides its demand)."""
+    need = max(g.drawn_w, peak_w, g.forecast_w if g.forecast_w is not None else g.drawn_w)
     if g.pinned and emergency:
-        # The cap hides the true demand; in an emergency assume the worst the board can draw.
+        # In an emergency a binding cap is assumed to hide the worst the board can draw.
         need = g.tdp_w
-    elif g.pinned:
+    elif g.pinned and g.workload is not None:
         need = max(need, g.limit_w or g.tdp_w)
     return min(g.tdp_w, need)
 

@@ -214,9 +214,11 @@ def budget_status(
         "demandWatts": round(d.demand_w, 1),
         "headroomWatts": round(d.headroom_w, 1),
         "secondsOverBudget": round(d.seconds_over, 1),
-        "caps": caps,
         "conditions": conditions,
     }
+    if caps:
+        # Left out when empty: under server-side apply an absent field this manager owned is removed.
+        status["caps"] = caps
     return status, events
 
 

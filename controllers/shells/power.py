@@ -59,6 +59,7 @@ class PowerManager:
     gpus: list[GPUState] = field(default_factory=list)
     _service_caps: dict[str, float | None] = field(default_factory=dict)
     _refusals: dict[str, str] = field(default_factory=dict)  # node -> last NVML refusal text reported
+    _annotated: set[str] = field(default_factory=set)  # nodes this manager has written caps on
 
     def _nodes(self) -> list[NodeGPUs]:
         out = []
@@ -110,12 +111,19 @@ class PowerManager:
     async def tick(self, now: float) -> PowerPlan | None:
         """One pass: measure, decide, apply. Returns the plan (None when there is no PowerBudget)."""
         budgets = self._budgets()
-        if not budgets:
-            self.last = None
-            return None
         nodes = self._nodes()
         doms = domains([pb for _, pb in budgets], nodes)
         members = {node for d in doms for node, _ in d.members}
+        for node in sorted(self._annotated - members):
+            # No budget covers the node any more (deleted, or its selector changed): every GPU back to default.
+            try:
+                await self.kube.annotate_node(node, {CAPS_ANNOTATION: render_caps({})})
+                self._annotated.discard(node)
+            except (ApiError, *NetworkError) as exc:
+                log.warning("cannot lift caps on node %s: %s", node, exc)
+        if not budgets:
+            self.last = None
+            return None
         urls = {
             n["metadata"]["name"]: (n["metadata"].get("annotations") or {}).get(DCGM_URL_ANNOTATION)
             for n in self.cache.nodes.items()
@@ -134,6 +142,7 @@ class PowerManager:
         for node, caps in node_annotations(plan, self.gpus).items():
             try:
                 await self.kube.annotate_node(node, {CAPS_ANNOTATION: render_caps(caps)})
+                self._annotated.add(node)
                 M.POWER_CAP_CHANGES.inc(
                     sum(1 for g in self.gpus if g.node == node and plan.caps.get(g.key) != g.limit_w)
                 )
@@ -175,7 +184,9 @@ class PowerManager:
                 self._service_caps.pop(key, None)
                 continue
             try:
-                await self.kube.apply_status("llmservices", ns, name, {"powerCapWatts": cap}, FieldManager.POWER)
+                # Server-side apply: leaving the field out releases it, which removes it (uncapped).
+                body = {} if cap is None else {"powerCapWatts": cap}
+                await self.kube.apply_status("llmservices", ns, name, body, FieldManager.POWER)
                 self._service_caps[key] = cap
             except (ApiError, *NetworkError) as exc:
                 log.warning("cannot write powerCapWatts of %s: %s", key, exc)

@@ -142,9 +142,28 @@ class TestHysteresis:
         kept = capper.tick(1.0, [d], warm).caps
         assert kept[("lo", 0)] is not None
         assert kept[("lo", 0)] >= low_cap  # only ever raised, never tightened, while under budget
-        # Load falls well below the band: caps are lifted entirely.
+        # Load falls well below the band: caps are lifted entirely once the recent peaks have aged out.
         cool = [replace(g, drawn_w=400.0, forecast_w=400.0, limit_w=kept[g.key]) for g in hot]
-        assert all(c is None for c in capper.tick(2.0, [d], cool).caps.values())
+        assert capper.tick(2.0, [d], cool).caps[("lo", 0)] is not None  # the 680 W peak is still recent
+        assert all(c is None for c in capper.tick(20.0, [d], cool).caps.values())
+
+    def test_no_cap_is_raised_during_the_hold_down_after_a_cut(self) -> None:
+        capper = PowerCapper(peak_window_s=0.0, lift_dwell_s=5.0)
+        d = domain(4 * 600.0, rack(2, 2), hysteresis_percent=10.0)
+        hot = rack(2, 2, drawn=560.0, forecast_w=680.0)
+        caps = capper.tick(0.0, [d], hot).caps
+        cool = [replace(g, drawn_w=300.0, forecast_w=300.0, limit_w=caps[g.key]) for g in hot]
+        assert capper.tick(3.0, [d], cool).caps == caps  # within the hold-down: kept
+        assert all(c is None for c in capper.tick(6.0, [d], cool).caps.values())
+
+    def test_a_bursty_gpu_is_planned_at_its_recent_peak(self) -> None:
+        capper = PowerCapper(peak_window_s=10.0)
+        d = domain(4 * 600.0, rack(2, 2))
+        capper.tick(0.0, [d], rack(2, 2, drawn=690.0, forecast_w=690.0))  # a burst
+        dip = rack(2, 2, drawn=450.0)
+        plan = capper.tick(5.0, [d], dip)
+        assert plan.domains["rack"].demand_w == pytest.approx(4 * 690.0)
+        assert plan.domains["rack"].state is DomainState.CAPPING
 
     def test_no_cap_is_introduced_inside_the_band(self) -> None:
         gpus = rack(2, 2, drawn=590.0)

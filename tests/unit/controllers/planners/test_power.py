@@ -112,5 +112,5 @@ def test_infeasible_budget_warns_with_the_numbers() -> None:
     status, events = budget_status({}, plan.domains["rack-a"], 0.0, 1)
     assert cond(status, ConditionType.INFEASIBLE)["status"] == "True"
     (warning,) = [e for e in events if e[1] == Reason.INFEASIBLE]
-    # The four measured GPUs at their 200 W floors.
-    assert warning[0] == EventType.WARNING and "300 W" in warning[2] and "800 W" in warning[2]
+    # Three working GPUs at their 200 W floors and an idle one at 70 W.
+    assert warning[0] == EventType.WARNING and "300 W" in warning[2] and "670 W" in warning[2]
