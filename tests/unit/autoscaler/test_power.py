@@ -201,6 +201,12 @@ class TestBadInput:
         assert "1000 W" in d.message and "700 W" in d.message
         assert all(c == 250.0 for c in d.caps.values())
 
+    def test_idle_gpus_count_at_their_idle_draw_not_their_floor(self) -> None:
+        gpus = [*rack(0, 1, drawn=650.0), *[gpu("lo", i, drawn=70.0, workload=None) for i in range(1, 8)]]
+        d = PowerCapper().tick(0.0, [domain(650 + 7 * 70, gpus, floor_w=300.0)], gpus).domains["rack"]
+        assert d.state is not DomainState.INFEASIBLE  # 7 idle GPUs at a 300 W floor would be 2100 W
+        assert d.floors_w == pytest.approx(300 + 7 * 70)
+
     def test_a_domain_with_no_gpus_is_within_budget(self) -> None:
         d = PowerCapper().tick(0.0, [Domain("empty", 1000.0, ())], []).domains["empty"]
         assert d.state is DomainState.WITHIN_BUDGET and d.caps == {}
