@@ -58,78 +58,18 @@ def make_pki(pki: Path) -> None:
     if (pki / "admin.crt").exists():
         return
     pki.mkdir(parents=True, exist_ok=True)
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=ebbtide-local-ca",
-        "-keyout",
-        str(pki / "ca.key"),
-        "-out",
-        str(pki / "ca.crt"),
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/O=system:masters/CN=ebbtide-admin",
-        "-keyout",
-        str(pki / "admin.key"),
-        "-out",
-        str(pki / "admin.csr"),
-    )
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(pki / "admin.csr"),
-        "-CA",
-        str(pki / "ca.crt"),
-        "-CAkey",
-        str(pki / "ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "3650",
-        "-out",
-        str(pki / "admin.crt"),
-    )
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=ebbtide-local-ca",
+            "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=system:masters/CN=ebbtide-admin",
+            "-keyout", str(pki / "admin.key"), "-out", str(pki / "admin.csr"))
+    openssl("x509", "-req", "-in", str(pki / "admin.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
+            str(pki / "ca.key"), "-CAcreateserial", "-days", "3650", "-out", str(pki / "admin.crt"))
     (pki / "serving.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=kube-apiserver",
-        "-keyout",
-        str(pki / "apiserver.key"),
-        "-out",
-        str(pki / "apiserver.csr"),
-    )
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(pki / "apiserver.csr"),
-        "-CA",
-        str(pki / "ca.crt"),
-        "-CAkey",
-        str(pki / "ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "3650",
-        "-extfile",
-        str(pki / "serving.ext"),
-        "-out",
-        str(pki / "apiserver.crt"),
-    )
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
+            "-keyout", str(pki / "apiserver.key"), "-out", str(pki / "apiserver.csr"))
+    openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
+            str(pki / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(pki / "serving.ext"),
+            "-out", str(pki / "apiserver.crt"))
     openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
 
@@ -199,13 +139,8 @@ def wait_for(what: str, check, timeout: float = 120.0) -> None:  # type: ignore[
 
 
 def kubectl(bins: Path, state: Path, *args: str, stdin: str | None = None) -> str:
-    out = subprocess.run(
-        [str(bins / "kubectl"), "--kubeconfig", str(state / "kubeconfig"), *args],
-        input=stdin,
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    out = subprocess.run([str(bins / "kubectl"), "--kubeconfig", str(state / "kubeconfig"), *args],
+                         input=stdin, check=True, stdout=subprocess.PIPE, text=True)
     return out.stdout
 
 
@@ -218,34 +153,26 @@ def node_manifests(pools: list[tuple[int, str, int]]) -> str:
         for _ in range(count):
             rack, zone = i // 4, i // 8
             name = f"gpu-{short}-{i}"
-            items.append(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "metadata": {
-                        "name": name,
-                        "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
-                        "labels": {
-                            "kubernetes.io/hostname": name,
-                            "kubernetes.io/os": "linux",
-                            "kubernetes.io/arch": "amd64",
-                            "type": "kwok",
-                            "kwok.x-k8s.io/node": "fake",
-                            "nvidia.com/gpu.present": "true",
-                            "nvidia.com/gpu.product": product,
-                            "nvidia.com/gpu.count": "8",
-                            "nvidia.com/gpu.memory": str(mem),
-                            "topology.kubernetes.io/zone": f"zone-{zone}",
-                            "ebbtide.dev/rack": f"rack-{rack}",
-                        },
+            items.append({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+                    "labels": {
+                        "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                        "type": "kwok", "kwok.x-k8s.io/node": "fake",
+                        "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": product,
+                        "nvidia.com/gpu.count": "8", "nvidia.com/gpu.memory": str(mem),
+                        "topology.kubernetes.io/zone": f"zone-{zone}", "ebbtide.dev/rack": f"rack-{rack}",
                     },
-                    "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
-                    "status": {
-                        "allocatable": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8"},
-                        "capacity": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8"},
-                    },
-                }
-            )
+                },
+                "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+                "status": {
+                    "allocatable": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8"},
+                    "capacity": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8"},
+                },
+            })
             i += 1
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
@@ -281,87 +208,41 @@ def up(state: Path, nodes: int, real_engines: bool = False) -> Path:
     (state / "ports.json").write_text(json.dumps(ports))
     kcfg = kubeconfig(state, ports["apiserver"])
     pki = state / "pki"
-    start(
-        state,
-        "etcd",
-        [
-            str(bins / "etcd"),
-            "--data-dir",
-            str(state / "etcd-data"),
-            "--name",
-            "ebbtide",
-            "--listen-client-urls",
-            f"http://127.0.0.1:{ports['etcd']}",
-            "--advertise-client-urls",
-            f"http://127.0.0.1:{ports['etcd']}",
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{ports['etcd_peer']}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{ports['etcd_peer']}",
-            "--initial-cluster",
-            f"ebbtide=http://127.0.0.1:{ports['etcd_peer']}",
-            "--unsafe-no-fsync",
-            "--quota-backend-bytes",
-            str(2 * 1024**3),
-        ],
-    )
-    start(
-        state,
-        "kube-apiserver",
-        [
-            str(bins / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={ports['apiserver']}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc",
-            "--service-cluster-ip-range=10.96.0.0/16",
-            "--authorization-mode=RBAC",
-            "--allow-privileged=true",
-            "--enable-priority-and-fairness=false",
-            f"--cert-dir={state / 'apiserver-certs'}",
-            "--v=1",
-        ],
-    )
+    start(state, "etcd", [str(bins / "etcd"), "--data-dir", str(state / "etcd-data"), "--name", "ebbtide",
+                          "--listen-client-urls", f"http://127.0.0.1:{ports['etcd']}",
+                          "--advertise-client-urls", f"http://127.0.0.1:{ports['etcd']}",
+                          "--listen-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
+                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
+                          "--initial-cluster", f"ebbtide=http://127.0.0.1:{ports['etcd_peer']}",
+                          "--unsafe-no-fsync", "--quota-backend-bytes", str(2 * 1024**3)])
+    start(state, "kube-apiserver", [
+        str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}", f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/16",
+        "--authorization-mode=RBAC", "--allow-privileged=true", "--enable-priority-and-fairness=false",
+        f"--cert-dir={state / 'apiserver-certs'}", "--v=1",
+    ])
     wait_for("kube-apiserver", lambda: api_get(state, "/readyz")[0] == 200)
     common = [f"--kubeconfig={kcfg}", "--leader-elect=false", "--bind-address=127.0.0.1"]
-    start(
-        state,
-        "kube-controller-manager",
-        [
-            str(bins / "kube-controller-manager"),
-            *common,
-            f"--secure-port={free_port()}",
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
-            "--concurrent-gc-syncs=10",
-            "--v=1",
-            # kwok's heartbeats can lag on a loaded 2-core machine; fake nodes must not flap NotReady.
-            "--node-monitor-grace-period=300s",
-        ],
-    )
+    start(state, "kube-controller-manager", [
+        str(bins / "kube-controller-manager"), *common, f"--secure-port={free_port()}",
+        f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+        "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
+        "--concurrent-gc-syncs=10", "--v=1",
+        # kwok's heartbeats can lag on a loaded 2-core machine; fake nodes must not flap NotReady.
+        "--node-monitor-grace-period=300s",
+    ])
     start(state, "kube-scheduler", [str(bins / "kube-scheduler"), *common, f"--secure-port={free_port()}"])
-    start(
-        state,
-        "kwok",
-        [
-            str(bins / "kwok"),
-            f"--kubeconfig={kcfg}",
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-label-selector=kwok.x-k8s.io/node=fake",
-            # Pods of simulated engines (and with --real-engines, of vLLM) get their status from the fleet, not kwok.
-            f"--config={kwok_stages(state, real_engines)}",
-            "--cidr=10.0.0.1/16",
-            "--node-ip=127.0.0.1",
-            f"--server-address=127.0.0.1:{free_port()}",
-        ],
-    )
+    start(state, "kwok", [
+        str(bins / "kwok"), f"--kubeconfig={kcfg}", "--manage-all-nodes=false",
+        "--manage-nodes-with-label-selector=kwok.x-k8s.io/node=fake",
+        # Pods of simulated engines (and with --real-engines, of vLLM) get their status from the fleet, not kwok.
+        f"--config={kwok_stages(state, real_engines)}",
+        "--cidr=10.0.0.1/16", "--node-ip=127.0.0.1", f"--server-address=127.0.0.1:{free_port()}",
+    ])
     wait_for("default namespace", lambda: api_get(state, "/api/v1/namespaces/default")[0] == 200)
     kubectl(bins, state, "apply", "-f", "-", stdin=node_manifests(_pools(nodes)))
     wait_for("nodes Ready", lambda: _nodes_ready(bins, state, nodes))
@@ -375,22 +256,13 @@ def _pools(nodes: int) -> list[tuple[int, str, int]]:
     # Keep the mix's shape: half H100, a quarter each A100 and L4.
     h = max(1, nodes // 2)
     a = max(0, nodes // 4)
-    return [
-        (h, GPU_POOLS[0][1], GPU_POOLS[0][2]),
-        (a, GPU_POOLS[1][1], GPU_POOLS[1][2]),
-        (nodes - h - a, GPU_POOLS[2][1], GPU_POOLS[2][2]),
-    ]
+    return [(h, GPU_POOLS[0][1], GPU_POOLS[0][2]), (a, GPU_POOLS[1][1], GPU_POOLS[1][2]),
+            (nodes - h - a, GPU_POOLS[2][1], GPU_POOLS[2][2])]
 
 
 def _nodes_ready(bins: Path, state: Path, nodes: int) -> bool:
-    out = kubectl(
-        bins,
-        state,
-        "get",
-        "nodes",
-        "-o",
-        "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
-    )
+    out = kubectl(bins, state, "get", "nodes", "-o",
+                  "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}")
     return out.split().count("True") >= nodes
 
 
