@@ -316,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         "GPU's peak draw over the last 10 s); the operator also scales draw by the autoscaler's p90 demand "
         "forecast, which this benchmark does not feed (fixed replicas, no autoscaler).",
         "- The load does not saturate the servers, so capped low-priority work still completes within the window: "
-        "its cost shows as low-priority p99 TTFT (x uncapped), not as lost tokens. High priority is never capped "
-        "by Ebbtide here, so its latency ratio is 1; the price is paid by low priority, steeply at +40-50%.",
+        "its cost shows as low-priority p99 TTFT (x uncapped), not as lost tokens. Ebbtide leaves high priority "
+        "as long as the low priorities can give enough, so its latency ratio stays 1; the price is paid by low "
+        "priority (its p99 TTFT column).",
         "- Static caps split the budget evenly over every GPU (Dynamo-style per-pod cap); POLCA-like caps low "
         "priority to 60% of TDP above 90% of the budget and everything (high to 80%) above 97%, releasing below "
         "80%. Cap changes count per GPU over the whole run.",
