@@ -9,7 +9,7 @@ CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
 .PHONY: venv binaries control-plane redis test unit integration e2e lint manifests demo demo-down cluster-up \
-        cluster-down real-engine real-engine-tier conformance realengine-test bench kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
+        cluster-down real-engine real-engine-tier conformance realengine-test bench bench-power kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
 venv: $(STAMP)
@@ -119,6 +119,10 @@ dashboard-screenshot: venv control-plane
 # `export EBBTIDE_DATA=<the folder it prints>`. DATA_DIR defaults to $EBBTIDE_DATA, else ~/.cache/ebbtide/data.
 data:
 	hack/fetch-data.sh $(DATA_DIR)
+
+# POLCA's experiment in the discrete-event simulator (needs EBBTIDE_DATA): bench/results/power.md.
+bench-power: venv
+	$(BIN)/python -m bench.power
 
 clean: cluster-down
 	rm -rf .run
