@@ -28,6 +28,8 @@ class FieldManager(StrEnum):
 
     RECONCILER = "ebbtide-reconciler"  # the reconcilers: gangs, replicas, phase, Ready/Progressing/Degraded, ...
     AUTOSCALER = "ebbtide-autoscaler"  # the autoscaler: desiredReplicas, forecast, AutoscalerDegraded, SLOAttainable
+    POWER = "ebbtide-power"  # the power manager: PowerBudget drawn/forecast/headroom/caps and the four power
+    # conditions; LLMService powerCapWatts
 
 
 # The facade's errors. Shells catch these names, never the client library's, so only this module depends on
@@ -102,6 +104,10 @@ class Kube:
         await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body
         )
+
+    async def annotate_node(self, name: str, annotations: dict[str, str | None]) -> None:
+        """Merge-patch a node's annotations (None removes one): the power manager's caps for the node agent."""
+        await asyncio.to_thread(self.core.patch_node, name, {"metadata": {"annotations": annotations}})
 
     async def scale(self, plural: str, namespace: str, name: str, replicas: int) -> None:
         """Write spec.replicas through the scale subresource, as HPA and KEDA do."""

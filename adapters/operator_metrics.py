@@ -39,6 +39,14 @@ SLO_ITL = Gauge(
     "ebbtide_slo_itl_seconds", "spec.scaling.slo.interTokenLatencySeconds per LLMService", ["namespace", "service"]
 )
 POWER_BUDGET = Gauge("ebbtide_power_budget_watts", "spec.budgetWatts per PowerBudget", ["budget"])
+POWER_DRAWN = Gauge("ebbtide_power_drawn_watts", "Measured draw (DCGM) per PowerBudget", ["budget"])
+POWER_FORECAST = Gauge("ebbtide_power_forecast_watts", "Forecast draw under the caps per PowerBudget", ["budget"])
+POWER_HEADROOM = Gauge("ebbtide_power_headroom_watts", "Budget minus max(drawn, forecast)", ["budget"])
+POWER_OVER_SECONDS = Gauge("ebbtide_power_seconds_over_budget", "Seconds measured draw has been over", ["budget"])
+POWER_CAP = Gauge(
+    "ebbtide_power_cap_watts", "Per-GPU cap in force by workload priority (0 = uncapped)", ["node", "gpu", "priority"]
+)
+POWER_CAP_CHANGES = Counter("ebbtide_power_cap_changes_total", "Per-GPU cap changes written for node agents")
 PREEMPTIONS = Counter("ebbtide_preemptions_total", "Gangs preempted to make room", ["namespace", "kind"])
 PENDING_GANGS = Gauge(
     "ebbtide_pending_gangs", "Gangs waiting for placement, by PriorityClass", ["namespace", "priority_class"]

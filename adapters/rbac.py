@@ -46,6 +46,7 @@ REQUIRED_RULES: tuple[Rule, ...] = (
     ),
     Rule("scheduling.k8s.io", ("priorityclasses",), ("list", "watch"), "controllers", "priorityClassName exists"),
     Rule("", ("nodes",), ("list", "watch"), "controllers", "GPU nodes a PowerBudget covers and the packer places on"),
+    Rule("", ("nodes",), ("patch",), "controllers", "the power manager writes per-GPU caps for the node agent"),
     Rule("", ("bindings",), ("create",), "controllers", "the packer binds whole gangs (a secondary scheduler)"),
     Rule("", ("pods/status",), ("patch",), "controllers", "the packer marks gangs it cannot place Unschedulable"),
     Rule("", ("events",), ("create",), "controllers", "the packer's Preempting and PreemptionRequested Events"),

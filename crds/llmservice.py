@@ -287,7 +287,9 @@ class LLMServiceStatus(ApiModel):
     expert_layout: dict[str, list[int]] | None = Field(
         default=None, description="MoE: expert ids held by each expert-parallel rank." + RESERVED
     )
-    power_cap_watts: float | None = Field(default=None, description="Per-GPU power cap in force, if any." + RESERVED)
+    power_cap_watts: float | None = Field(
+        default=None, description="Lowest per-GPU power cap in force on the service's GPUs; absent when uncapped."
+    )
     conditions: list[Condition] = conditions_field("Ready, Progressing, Degraded, ...")
 
 

@@ -19,6 +19,13 @@ class ConditionType(StrEnum):
     PREEMPTED = "Preempted"
     AUTOSCALER_DEGRADED = "AutoscalerDegraded"
     SLO_ATTAINABLE = "SLOAttainable"
+    # PowerBudget: exactly one of the four is True, the domain's state after the power manager's last tick.
+    WITHIN_BUDGET = "WithinBudget"
+    CAPPING = "Capping"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    INFEASIBLE = "Infeasible"
+    # LLMService: a scale-up was held back because its power domain has no room for it.
+    POWER_LIMITED = "PowerLimited"
     # Kubernetes' own pod condition; the packer sets it False/Unschedulable like kube-scheduler does.
     POD_SCHEDULED = "PodScheduled"
 
@@ -79,3 +86,13 @@ class Reason(StrEnum):
     FAILED_SCHEDULING = "FailedScheduling"
     # PowerBudget.
     REPORTED = "Reported"
+    WITHIN_BUDGET = "WithinBudget"
+    CAPPING = "Capping"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    INFEASIBLE = "Infeasible"
+    CAPS_CHANGED = "CapsChanged"
+    OVERLAPPING_DOMAINS = "OverlappingDomains"
+    NVML_REFUSED = "NvmlRefused"
+    # LLMService under a power budget.
+    POWER_LIMITED = "PowerLimited"
+    POWER_AVAILABLE = "PowerAvailable"

@@ -23,6 +23,7 @@ import prometheus_client  # noqa: E402
 from settings import OperatorSettings, parse  # noqa: E402
 
 from adapters.cache import ClusterCache  # noqa: E402
+from adapters.dcgm import DcgmScraper  # noqa: E402
 from adapters.engine_api import EngineClient  # noqa: E402
 from adapters.engine_metrics import (  # noqa: E402
     DEFAULT_SELECTOR,
@@ -35,6 +36,7 @@ from adapters.store import HistoryStore, MemoryStore, RedisStore  # noqa: E402
 from controllers.shells import handlers  # noqa: E402
 from controllers.shells.autoscaling import Autoscaler, MetricsSource  # noqa: E402
 from controllers.shells.leadership import Leadership, own_identity  # noqa: E402
+from controllers.shells.power import PowerManager  # noqa: E402
 from controllers.shells.scheduling import Scheduler  # noqa: E402
 
 
@@ -114,6 +116,15 @@ def main(argv: list[str] | None = None) -> None:
         autoscaler=build_autoscaler(settings) if settings.autoscaler else None,
         deregistration_seconds=settings.deregistration_seconds,
     )
+    if settings.power:
+        handlers.RUNTIME.power = PowerManager(
+            kube,
+            cache,
+            DcgmScraper(),
+            autoscaler=handlers.RUNTIME.autoscaler,
+            interval_s=settings.power_interval_seconds,
+            leader=leadership.active,
+        )
     handlers.register()
 
     @kopf.on.startup()
@@ -156,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
             scheduler.listen()
             scheduler.notify()
             tasks.append(asyncio.get_running_loop().create_task(scheduler.run_forever()))
+        if handlers.RUNTIME is not None and handlers.RUNTIME.power is not None:
+            tasks.append(asyncio.get_running_loop().create_task(handlers.RUNTIME.power.run_forever()))
 
     @kopf.on.cleanup()
     async def cleanup(**_: Any) -> None:

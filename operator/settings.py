@@ -48,6 +48,14 @@ class OperatorSettings(BaseSettings):
         default=15.0, gt=0, le=3600, description="Autoscaler decision interval per service."
     )
     autoscaler: bool = Field(default=True, description="Run the autoscaler (spec.scaling.policy forecast/reactive).")
+    power: bool = Field(default=True, description="Run the power manager (per-GPU caps under every PowerBudget).")
+    power_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Power manager tick: DCGM scrape, caps, status. One second lets the emergency path cap within "
+        "a second of measured draw crossing a budget.",
+    )
     metrics_source: Literal["pod", "prometheus"] = Field(
         default="pod",
         description="Where the autoscaler reads engine metrics: pod (scrape every engine pod, see "

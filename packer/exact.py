@@ -106,8 +106,11 @@ def solve(
     With an injected monotonic `clock`, model building counts against the budget too; without one the budget
     bounds the solver alone (the core never reads the wall clock itself).
     """
+    # Heavy, and only the exact path needs it; imported before the clock starts, since a first import under load
+    # can take longer than the whole budget and would leave the solver no time at all.
+    from ortools.sat.python import cp_model
+
     started = clock() if clock is not None else 0.0
-    from ortools.sat.python import cp_model  # heavy; only the exact path needs it
 
     model = cp_model.CpModel()
     rows = [int(r) for r in sorted(set(int(x) for x in scope))]

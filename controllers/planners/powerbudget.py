@@ -24,8 +24,11 @@ def report(pb: PowerBudget, nodes: list[NodeView], now: float) -> tuple[dict[str
     """(status, events) of one PowerBudget."""
     sel = pb.spec.node_selector
     matched = [n for n in nodes if n.gpus > 0 and all(n.labels.get(k) == v for k, v in sel.items())]
-    st = pb.status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    conditions: list[dict[str, Any]] = list(st.get("conditions", []))
+    # Only the reconciler's own fields: drawn/forecast/headroom/caps and the four power conditions belong to the
+    # power manager (controllers/shells/power.py), which applies them as its own field manager.
+    st: dict[str, Any] = {}
+    own = pb.status.model_dump(by_alias=True, exclude_none=True, mode="json").get("conditions", [])
+    conditions: list[dict[str, Any]] = [c for c in own if c.get("type") == ConditionType.READY]
     gen = pb.metadata.generation
     events: list[tuple[str, str, str]] = []
     unknown = sorted({n.labels.get(GPU_PRODUCT_LABEL, "?") for n in matched} - set(GPU_PROFILES))

@@ -35,7 +35,9 @@ from crds.llmservice import LLMService
 from crds.reasons import ConditionType, EventType, Reason
 
 log = logging.getLogger("ebbtide.autoscaler")
-AUTOSCALER_CONDITIONS = frozenset({ConditionType.AUTOSCALER_DEGRADED, ConditionType.SLO_ATTAINABLE})
+AUTOSCALER_CONDITIONS = frozenset(
+    {ConditionType.AUTOSCALER_DEGRADED, ConditionType.SLO_ATTAINABLE, ConditionType.POWER_LIMITED}
+)
 WARM_WINDOW_S = 6 * 3600.0  # history read back for a service with no saved state (the forecaster's warm-up)
 CLUSTER = "_cluster"  # the store's key for the whole cluster's history and forecaster (no "/": no service has it)
 
@@ -291,7 +293,11 @@ def policy_knobs(svc: LLMService) -> dict[str, float]:
 
 
 def decision_status(
-    status: dict[str, Any], decision: ScalingDecision, now: float, generation: int | None
+    status: dict[str, Any],
+    decision: ScalingDecision,
+    now: float,
+    generation: int | None,
+    power_limited: str | None = None,
 ) -> dict[str, Any]:
     """The status fields and conditions the autoscaler owns, and only those: it applies them as its own field
     manager, so the reconciler's fields and conditions are never in what it sends."""
@@ -334,6 +340,14 @@ def decision_status(
     elif decision.slo_attainable is True:
         conditions = set_condition(
             conditions, ConditionType.SLO_ATTAINABLE, True, Reason.ATTAINABLE, "", now, generation
+        )
+    if power_limited is not None:
+        conditions = set_condition(
+            conditions, ConditionType.POWER_LIMITED, True, Reason.POWER_LIMITED, power_limited[:500], now, generation
+        )
+    elif any(c.get("type") == ConditionType.POWER_LIMITED for c in conditions):
+        conditions = set_condition(
+            conditions, ConditionType.POWER_LIMITED, False, Reason.POWER_AVAILABLE, "", now, generation
         )
     return {"desiredReplicas": decision.replicas, "forecast": forecast, "conditions": conditions}
 

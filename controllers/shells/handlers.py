@@ -7,7 +7,7 @@ import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import kopf
@@ -29,6 +29,7 @@ from controllers.planners.powerbudget import NodeView
 from controllers.planners.powerbudget import report as power_report
 from controllers.planners.snapshot import PodView, pod_view
 from controllers.shells.autoscaling import Autoscaler, decision_status, scrape_failure_events
+from controllers.shells.power import PowerManager
 from crds import labels as L
 from crds.base import GROUP, VERSION
 from crds.finetunejob import FineTuneJob
@@ -57,6 +58,7 @@ class Runtime:
     scheduler_name: str = "default-scheduler"
     resync_seconds: float = 10.0
     autoscaler: Autoscaler | None = None
+    power: PowerManager | None = None  # keeps PowerBudgets under their watts; its headroom gates scale-ups
     deregistration_seconds: float = 5.0
     clock: Callable[[], float] = time.time
     leader: Callable[[], bool] = lambda: True
@@ -350,6 +352,17 @@ async def autoscale(namespace: str, name: str) -> None:
         if q in decision.forecast_quantiles:
             M.FORECAST_RPS_FOR.labels(namespace, name, q).set(decision.forecast_quantiles[q])
     publish_cluster_forecast(r.autoscaler.cluster.last)
+    held = r.power.admit(svc, decision.replicas, svc.spec.replicas) if r.power is not None else None
+    power_limited = None
+    if held is not None and not held.allowed:
+        # Never a silent breach: the scale-up waits for power, and the condition says why.
+        power_limited = f"holding {svc.spec.replicas} replicas (wanted {decision.replicas}): {held.message}"
+        if not any(
+            c.get("type") == ConditionType.POWER_LIMITED and c.get("status") == "True"
+            for c in (body.get("status") or {}).get("conditions", [])
+        ):
+            _event(body, EventType.WARNING, Reason.POWER_LIMITED, power_limited)
+        decision = replace(decision, replicas=svc.spec.replicas)
     if decision.replicas != svc.spec.replicas:
         await r.kube.scale("llmservices", namespace, name, decision.replicas)
         _event(
@@ -363,7 +376,7 @@ async def autoscale(namespace: str, name: str) -> None:
         for c in (body.get("status") or {}).get("conditions", [])
     ):
         _event(body, type=EventType.WARNING, reason=Reason.AUTOSCALER_DEGRADED, message=decision.degraded[:1000])
-    own = decision_status(body.get("status") or {}, decision, now, svc.metadata.generation)
+    own = decision_status(body.get("status") or {}, decision, now, svc.metadata.generation, power_limited)
     if not already_applied(body.get("status") or {}, own):  # an idle service costs the API server nothing
         await r.kube.apply_status("llmservices", namespace, name, own, FieldManager.AUTOSCALER)
 

@@ -20,7 +20,6 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from catalogue.power import PowerLimitError
 from simulator.engine.clock import Clock
 from simulator.engine.config import EngineConfig
 from simulator.engine.core import (
@@ -520,43 +519,6 @@ async def experts(request: web.Request) -> web.Response:
         raise bad_request(str(exc)) from None
 
 
-async def power(request: web.Request) -> web.Response:
-    """GET /admin/power: per-GPU limit and draw; PUT {"limit_w": watts | null} sets the limit (NVML rules)."""
-    engine = request.app.get(ENGINE_KEY)
-    trainer = request.app.get(TRAINER_KEY)
-    if request.method == "PUT":
-        body = await _json_object(request)
-        if "limit_w" not in body:
-            raise bad_request('body must be {"limit_w": <watts> | null}')
-        watts = body["limit_w"]
-        if watts is not None and not _is_number(watts):
-            raise bad_request(f"limit_w must be a number of watts or null, got {watts!r}")
-        try:
-            if engine is not None:
-                engine.set_power_limit(watts)
-            elif trainer is not None:
-                trainer.set_power_limit(watts)
-        except PowerLimitError as exc:
-            raise bad_request(str(exc)) from None
-    if engine is not None:
-        return web.json_response(engine.power_state())
-    assert trainer is not None
-    gpu = trainer.perf.gpu
-    limit = trainer.perf.power_limit_w if trainer.perf.power_limit_w is not None else gpu.tdp_w
-    draw = trainer.perf.power_w(0.0 if trainer.done else 1.0)
-    return web.json_response(
-        {
-            "gpu": gpu.product,
-            "gpus": trainer.perf.num_gpus,
-            "limit_w": limit,
-            "default_limit_w": gpu.tdp_w,
-            "min_limit_w": gpu.min_power_limit_w,
-            "max_limit_w": gpu.tdp_w,
-            "draw_w": draw,
-        }
-    )
-
-
 async def progress(request: web.Request) -> web.Response:
     """GET /admin/progress: {"step", "total", "done"}."""
     return web.json_response(request.app[TRAINER_KEY].progress())
@@ -585,8 +547,6 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     app.router.add_get("/version", version)
     if cfg.metric_names != "none":
         app.router.add_get("/metrics", metrics)
-    app.router.add_get("/admin/power", power)
-    app.router.add_put("/admin/power", power)
     if cfg.mode == "trainer":
         trainer = Trainer(cfg, clock)
         app[TRAINER_KEY] = trainer

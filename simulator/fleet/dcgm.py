@@ -50,7 +50,7 @@ class GPUReading:
 
 
 def gpu_reading(index: int, product: str, engine_power: Mapping[str, Any], pod: tuple[str, str] | None) -> GPUReading:
-    """A GPU's reading from its engine's /admin/power answer (empty when idle or unreachable)."""
+    """A GPU's reading from its NVML state ({"draw_w", "limit_w"}; empty: idle at the default limit)."""
     profile = GPU_PROFILES.get(product)
     idle = profile.idle_w if profile else 50.0
     tdp = profile.tdp_w if profile else 700.0

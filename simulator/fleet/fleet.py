@@ -18,11 +18,14 @@ from aiohttp import web
 from kubernetes import client, watch
 
 from adapters.kube import load_config
-from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from adapters.nvml import CAPS_ANNOTATION, ENFORCED_ANNOTATION, CapApplier, parse_caps, render_reports
+from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_PROFILES, GPU_RESOURCE
+from catalogue.power import demand_w
 from crds import labels as L
 from simulator.engine.config import EngineConfigError, parse_args
-from simulator.engine.server import create_app, shutdown
+from simulator.engine.server import ENGINE_KEY, TRAINER_KEY, create_app, shutdown
 from simulator.fleet import dcgm
+from simulator.fleet.nvml import SimulatedNvml
 from simulator.fleet.real import RealEngineError, RealProcess, container_env, readiness_probe, vllm_argv
 from simulator.fleet.rewrite import engine_argv
 
@@ -63,13 +66,17 @@ class RunningEngine:
 
 @dataclass
 class NodeState:
-    """A fake GPU node: its product, which GPU index belongs to which pod, its DCGM endpoint."""
+    """A fake GPU node: its product, which GPU index belongs to which pod, its DCGM endpoint, its NVML and the
+    node agent's apply step (the same `CapApplier` the real agent runs on nvidia-ml-py)."""
 
     name: str
     product: str
     gpus: int
+    nvml: SimulatedNvml
+    agent: CapApplier
     owner: dict[int, str] = field(default_factory=dict)  # gpu index -> pod key
     runner: web.AppRunner | None = None
+    caps_seen: str | None = None  # the caps annotation last applied
 
 
 def _now() -> str:
@@ -121,7 +128,24 @@ class Fleet:
                     log.warning("pod watch restarting: %s", e)
                     stop.wait(1.0)
 
+        def pump_nodes() -> None:
+            # The node agent's half: each fake node's desired caps arrive as an annotation on the node.
+            while not stop.is_set():
+                try:
+                    w = watch.Watch()
+                    for ev in w.stream(
+                        self.core.list_node,
+                        label_selector="kwok.x-k8s.io/node=fake",
+                        timeout_seconds=60,
+                        _preload_content=False,
+                    ):
+                        loop.call_soon_threadsafe(queue.put_nowait, ("NODE", ev["raw_object"]))
+                except Exception as e:
+                    log.warning("node watch restarting: %s", e)
+                    stop.wait(1.0)
+
         threading.Thread(target=pump, daemon=True, name="pod-watch").start()
+        threading.Thread(target=pump_nodes, daemon=True, name="node-watch").start()
         main = asyncio.current_task()
         if main is not None:
             # SIGTERM ends the fleet through the finally below, which takes its real engines with it.
@@ -141,6 +165,9 @@ class Fleet:
                 process.kill()
 
     async def handle(self, kind: str, pod: dict[str, Any]) -> None:
+        if kind == "NODE":
+            await self.node_caps(pod)
+            return
         meta, spec = pod["metadata"], pod.get("spec", {})
         key = f"{meta['namespace']}/{meta['name']}"
         if kind == "DELETED" or meta.get("deletionTimestamp"):
@@ -168,10 +195,66 @@ class Fleet:
         if labels.get("kwok.x-k8s.io/node") != "fake":
             return None
         gpus = int(((obj.status.allocatable if obj.status else None) or {}).get(GPU_RESOURCE, "0"))
-        state = NodeState(name, labels.get(GPU_PRODUCT_LABEL, "NVIDIA-H100-80GB-HBM3"), gpus)
+        product = labels.get(GPU_PRODUCT_LABEL, "NVIDIA-H100-80GB-HBM3")
+        nvml = SimulatedNvml(GPU_PROFILES.get(product, GPU_PROFILES["NVIDIA-H100-80GB-HBM3"]), gpus)
+        state = NodeState(name, product, gpus, nvml, CapApplier(nvml))
+        nvml.draw_w = lambda i: self.gpu_demand_w(state, i)
+        nvml.on_change = lambda i, _w: self.limit_changed(state, i)
         self.nodes[name] = state
         await self.serve_dcgm(state)
         return state
+
+    async def node_caps(self, obj: dict[str, Any]) -> None:
+        """Apply the caps the operator wrote on a node through its simulated NVML; answer the enforced limits."""
+        meta = obj.get("metadata", {})
+        annotation = (meta.get("annotations") or {}).get(CAPS_ANNOTATION)
+        state = self.nodes.get(meta.get("name", ""))
+        if state is None:
+            if annotation is None:
+                return
+            state = await self.node(meta["name"])
+            if state is None:
+                return
+        if annotation == state.caps_seen:
+            return
+        state.caps_seen = annotation
+        reports = state.agent.apply(parse_caps(annotation), asyncio.get_running_loop().time())
+        for r in reports:
+            if r.error:
+                log.warning("node %s GPU %d: %s", state.name, r.index, r.error)
+        await asyncio.to_thread(
+            self.core.patch_node,
+            state.name,
+            {"metadata": {"annotations": {ENFORCED_ANNOTATION: render_reports(reports)}}},
+        )
+
+    def _engine_app(self, key: str | None) -> web.Application | None:
+        eng = self.engines.get(key) if key else None
+        return eng.runner.app if eng is not None and eng.runner is not None else None
+
+    def gpu_demand_w(self, node: NodeState, index: int) -> float:
+        """What GPU `index` would draw with no limit: its engine's power activity on the board's power curve."""
+        app = self._engine_app(node.owner.get(index))
+        gpu = node.nvml.gpu
+        if app is None:
+            return gpu.idle_w
+        engine = app.get(ENGINE_KEY)
+        if engine is not None:
+            return demand_w(gpu, engine.utilization())
+        trainer = app[TRAINER_KEY]
+        return demand_w(gpu, 0.0 if trainer.done else 1.0)
+
+    def limit_changed(self, node: NodeState, index: int) -> None:
+        """A GPU's limit moved: its engine runs at the tightest limit among its GPUs (a TP step waits for all)."""
+        key = node.owner.get(index)
+        app = self._engine_app(key)
+        eng = self.engines.get(key) if key else None
+        if app is None or eng is None:
+            return
+        limits = [node.nvml.limit_w(i) for i in eng.gpus]
+        capped = [w for w in limits if w is not None]
+        worker = app.get(ENGINE_KEY) or app[TRAINER_KEY]
+        worker.set_power_limit(min(capped) if capped else None)
 
     async def reassert_ready(self, eng: RunningEngine, pod: dict[str, Any]) -> None:
         """Puts back the readiness the engine has when another writer changed it: the node controller marks a
@@ -235,6 +318,9 @@ class Fleet:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", cfg.port).start()
         eng.runner = runner
+        node = self.nodes.get(eng.node)
+        if node is not None and eng.gpus:
+            self.limit_changed(node, eng.gpus[0])  # GPUs capped while idle slow the engine from its start
         for _ in range(600):
             try:
                 if (await self.http.get(f"{eng.url}/health")).status_code == 200:
@@ -404,10 +490,9 @@ class Fleet:
                 raise
 
     async def serve_dcgm(self, node: NodeState) -> None:
-        """A DCGM-exporter-compatible /metrics for the node, and NVML-like per-GPU power limits."""
+        """A DCGM-exporter-compatible /metrics for the node, read from its simulated NVML."""
         app = web.Application()
         app.router.add_get("/metrics", lambda r: self.dcgm_metrics(node))
-        app.router.add_put("/gpu/{index}/power-limit", lambda r: self.set_limit(node, r))
         runner = web.AppRunner(app)
         await runner.setup()
         port = _free_port()
@@ -417,30 +502,14 @@ class Fleet:
             self.core.patch_node, node.name, {"metadata": {"annotations": {DCGM_URL: f"http://127.0.0.1:{port}"}}}
         )
 
-    async def _engine_power(self, key: str) -> dict[str, Any]:
-        eng = self.engines.get(key)
-        if eng is None or eng.runner is None:
-            return {}
-        try:
-            return dict((await self.http.get(f"{eng.url}/admin/power")).json())
-        except (httpx.HTTPError, ValueError, TypeError):
-            return {}
-
     async def dcgm_metrics(self, node: NodeState) -> web.Response:
-        cache: dict[str, dict[str, Any]] = {}
         readings = []
         for i in range(node.gpus):
             key = node.owner.get(i)
-            info = cache.setdefault(key, await self._engine_power(key)) if key else {}
+            power = {
+                "draw_w": node.nvml.power_usage_mw(i) / 1000,
+                "limit_w": node.nvml.enforced_limit_mw(i) / 1000,
+            }
             ns, _, pod = (key or "").partition("/")
-            readings.append(dcgm.gpu_reading(i, node.product, info, (ns, pod) if key else None))
+            readings.append(dcgm.gpu_reading(i, node.product, power, (ns, pod) if key else None))
         return web.Response(text=dcgm.render(node.name, node.product, readings), content_type="text/plain")
-
-    async def set_limit(self, node: NodeState, request: web.Request) -> web.Response:
-        index = int(request.match_info["index"])
-        body = await request.json()
-        key = node.owner.get(index)
-        if key is None or key not in self.engines:
-            return web.json_response({"error": f"GPU {index} runs no engine"}, status=404)
-        r = await self.http.put(f"{self.engines[key].url}/admin/power", json=body)
-        return web.Response(status=r.status_code, body=r.content, content_type="application/json")

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -124,6 +125,13 @@ class RealEngineEnv:
 
     venv: Path
     model: Path
+
+
+def absent(reason: str) -> NoReturn:
+    """Skip the tier with its reason, or fail where the tier was asked to run (`make test`'s real-engine step)."""
+    if os.environ.get("EBBTIDE_REQUIRE_REAL_ENGINE"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
 
 
 def find_real_engine_env() -> RealEngineEnv | str:

@@ -24,15 +24,19 @@ def release(cluster: Cluster) -> Iterator[tuple[str, str]]:
     cluster.kubectl("create", "namespace", ns)
     cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
                     "pod-security.kubernetes.io/warn=restricted")  # fmt: skip
+    # The node agent needs root and CAP_SYS_ADMIN for NVML: it gets its own namespace that admits privileged pods.
+    cluster.kubectl("create", "namespace", f"agents-{suffix}")
+    cluster.kubectl("label", "namespace", f"agents-{suffix}", "pod-security.kubernetes.io/enforce=privileged")
     yield f"eb-{suffix}", ns
     helm("uninstall", f"eb-{suffix}", "-n", ns, kubeconfig=cluster.kubeconfig, check=False)
     cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", f"agents-{suffix}", "--wait=false", check=False)
 
 
 def values(suffix: str) -> list[str]:
     return [
         "--set", f"operator.peering.name=ebbtide-{suffix}",
-        "--set", "nodeAgent.enabled=true",
+        "--set", "nodeAgent.enabled=true", "--set", f"nodeAgent.namespace=agents-{suffix}",
         "--set", f"priorityClasses.items[0].name=helm-high-{suffix}", "--set", "priorityClasses.items[0].value=5000",
         "--set", f"priorityClasses.items[1].name=helm-low-{suffix}", "--set", "priorityClasses.items[1].value=50",
     ]  # fmt: skip
@@ -59,7 +63,7 @@ def test_install_upgrade_uninstall_on_the_real_api_server(cluster: Cluster, rele
     out = helm("install", name, str(CHART), "-n", ns, *values(suffix), kubeconfig=kc).stdout
     assert "STATUS: deployed" in out
     notes = out.split("NOTES:")[1]
-    assert f"rollout status deployment/{name}-ebbtide-operator" in notes and "PLACEHOLDER" in notes
+    assert f"rollout status deployment/{name}-ebbtide-operator" in notes and f"agents-{suffix}" in notes
 
     objs = manifest_objects(cluster, name, ns)
     kinds = {o["kind"] for o in objs}
@@ -76,20 +80,24 @@ def test_install_upgrade_uninstall_on_the_real_api_server(cluster: Cluster, rele
         "ClusterKopfPeering",
         "PodDisruptionBudget",
     } <= kinds
-    missing = [f"{o['kind']}/{o['metadata']['name']}" for o in objs if not exists(cluster, o, ns)]
+    missing = [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in objs
+        if not exists(cluster, o, o["metadata"].get("namespace") or ns)
+    ]
     assert not missing, missing
 
     # Pod Security admission (restricted) checks pods, not Deployments: the controllers must get pods created.
-    def pods(component: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = cluster.get("pods", "-n", ns, "-l", f"app.kubernetes.io/component={component}")[
-            "items"
-        ]
+    def pods(component: str, namespace: str = ns) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = cluster.get(
+            "pods", "-n", namespace, "-l", f"app.kubernetes.io/component={component}"
+        )["items"]
         return items
 
     wait_until("2 operator pods admitted", lambda: len(pods("operator")) == 2, 30)
     wait_until("redis pod admitted", lambda: len(pods("redis")) == 1, 30)
     gpu_nodes = len(cluster.get("nodes", "-l", "nvidia.com/gpu.present=true")["items"])
-    wait_until("a node agent per GPU node", lambda: len(pods("node-agent")) == gpu_nodes, 30)
+    wait_until("a node agent per GPU node", lambda: len(pods("node-agent", f"agents-{suffix}")) == gpu_nodes, 30)
 
     sa = f"system:serviceaccount:{ns}:{name}-ebbtide-operator"
     can = {

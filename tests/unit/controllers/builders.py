@@ -151,6 +151,7 @@ class RecordingKube:
     def __init__(self) -> None:
         self.core = self.policy = self.scheduling = self.custom = Unlisted()
         self.calls: list[tuple[str, Any]] = []
+        self.statuses: list[tuple[str, str, dict[str, Any], str]] = []
 
     async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.calls.append(("patch_pod", name))
@@ -169,6 +170,10 @@ class RecordingKube:
         self, plural: str, namespace: str | None, name: str, status: dict[str, Any], manager: str
     ) -> None:
         self.calls.append(("status", name))
+        self.statuses.append((plural, name, status, manager))
+
+    async def annotate_node(self, name: str, annotations: dict[str, str | None]) -> None:
+        self.calls.append(("annotate_node", (name, annotations)))
 
     def bound(self) -> list[tuple[str, str]]:
         return [args for name, args in self.calls if name == "bind"]

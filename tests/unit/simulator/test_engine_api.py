@@ -7,9 +7,10 @@ import asyncio
 import openai
 import pytest
 
-from simulator.engine import InstantClock
+from catalogue.power import PowerLimitError
+from simulator.engine import ENGINE_KEY, InstantClock
 from simulator.engine.metrics import REQUEST_LATENCY_BUCKETS, TOKEN_LATENCY_BUCKETS, TTFT_BUCKETS
-from simulator.engine.server import ENGINE_KEY, shutdown
+from simulator.engine.server import shutdown
 from tests.unit.simulator.engine_support import Served, engine_argv, sample, serve_engine
 
 MODEL = "llama-3-8b"
@@ -262,14 +263,16 @@ async def test_client_disconnect_aborts_and_frees_the_sequence() -> None:
 
 class TestPower:
     async def test_limit_is_reported_validated_and_reset(self) -> None:
-        async with serve_engine(engine_argv()) as e, e.http() as http:
-            state = (await http.get("/admin/power")).json()
+        # The fleet's simulated NVML sets the limit in-process, as the board would; the engine has no endpoint.
+        async with serve_engine(engine_argv()) as e:
+            engine = e.app[ENGINE_KEY]
+            state = engine.power_state()
             assert (state["limit_w"], state["min_limit_w"], state["max_limit_w"]) == (700, 200, 700)
             assert state["draw_w"] == 70  # idle H100
-            assert (await http.put("/admin/power", json={"limit_w": 350})).json()["limit_w"] == 350
-            bad = await http.put("/admin/power", json={"limit_w": 100})
-            assert bad.status_code == 400 and "200-700 W" in bad.json()["error"]["message"]
-            assert (await http.put("/admin/power", json={"limit_w": None})).json()["limit_w"] == 700
+            assert engine.set_power_limit(350)["limit_w"] == 350
+            with pytest.raises(PowerLimitError, match="200-700 W"):
+                engine.set_power_limit(100)
+            assert engine.set_power_limit(None)["limit_w"] == 700
 
     async def test_cap_slows_decode_as_the_curve_says_and_prefill_more(self) -> None:
         async def timings(e: Served) -> tuple[float, float]:
@@ -283,9 +286,9 @@ class TestPower:
             itl = delta("vllm:inter_token_latency_seconds_sum") / delta("vllm:inter_token_latency_seconds_count")
             return delta("vllm:time_to_first_token_seconds_sum"), itl
 
-        async with serve_engine(engine_argv()) as e, e.http() as http:
+        async with serve_engine(engine_argv()) as e:
             ttft_full, itl_full = await timings(e)
-            await http.put("/admin/power", json={"limit_w": 300})
+            e.app[ENGINE_KEY].set_power_limit(300)
             ttft_capped, itl_capped = await timings(e)
         perf = e.cfg.perf_model()
         capped = perf.with_power_limit(300)
@@ -361,7 +364,7 @@ async def test_health_version_and_unknown_routes() -> None:
         assert (await http.post("/admin/drain")).status_code == 404, "no invented drain endpoint"
         assert "version" in (await http.get("/version")).json()
         assert (await http.get("/nope")).status_code == 404
-        assert (await http.delete("/admin/power")).status_code == 405
+        assert (await http.get("/admin/power")).status_code == 404, "power limits are NVML's, not the engine's"
 
 
 async def test_a_dead_engine_core_turns_health_503_and_refuses_requests_with_500() -> None:

@@ -72,10 +72,10 @@ def test_resume_from_an_unreadable_marker_is_a_start_up_error(tmp_path: Path) ->
 
 
 async def test_power_cap_stretches_training_steps_along_the_compute_curve() -> None:
-    async with serve_engine(trainer_argv()) as e, e.http() as http:
+    async with serve_engine(trainer_argv()) as e:
         trainer = e.app[TRAINER_KEY]
         assert trainer.step_seconds == 1.0
-        capped = await http.put("/admin/power", json={"limit_w": 350})
-        assert capped.status_code == 200 and capped.json()["limit_w"] == 350
+        trainer.set_power_limit(350)  # what the fleet's simulated NVML does for the trainer's GPUs
+        assert trainer.perf.power_limit_w == 350
         slowdown = 1 / e.cfg.perf_model().with_power_limit(350).compute_speed
         assert trainer.step_seconds == pytest.approx(slowdown) and slowdown > 1.2
