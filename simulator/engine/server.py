@@ -508,18 +508,22 @@ async def metrics(request: web.Request) -> web.Response:
 async def scale_elastic_ep(request: web.Request) -> web.Response:
     """POST /scale_elastic_ep {"new_data_parallel_size": n, "drain_timeout": s}, as vLLM 0.32.0 answers it."""
     engine = request.app[ENGINE_KEY]
+    if request.content_type != "application/json":
+        message = "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed"
+        raise ApiError(400, message, "Bad Request")
     try:
         body = json.loads(await request.read())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "Invalid JSON format", "Bad Request") from None
     if not isinstance(body, dict):
-        raise ApiError(500, "Internal Server Error", "InternalServerError")  # vLLM fails on .get of a non-object
+        # vLLM calls .get on whatever JSON came, and its generic handler reports the AttributeError.
+        raise ApiError(500, f"'{type(body).__name__}' object has no attribute 'get'", "InternalServerError")
     size = body.get("new_data_parallel_size")
     drain_timeout = body.get("drain_timeout", 120)
     if size is None:
         raise ApiError(400, "new_data_parallel_size is required", "Bad Request")
-    # vLLM checks isinstance(..., int), so JSON true passes as 1; the simulator keeps that quirk.
-    if not isinstance(size, int) or size <= 0:
+    # JSON true: vLLM 0.32.0 was seen to reset the connection; the simulator refuses it like any non-integer.
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise ApiError(400, "new_data_parallel_size must be a positive integer", "Bad Request")
     if not isinstance(drain_timeout, int) or drain_timeout <= 0:
         raise ApiError(400, "drain_timeout must be a positive integer", "Bad Request")

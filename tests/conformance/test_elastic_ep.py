@@ -22,6 +22,19 @@ def test_scale_without_a_size_is_400(engine: Engine) -> None:
 
 
 @both()
+def test_scale_needs_a_json_content_type_and_a_json_object(engine: Engine) -> None:
+    media = "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed"
+    with engine.client() as c:
+        plain = c.post("/scale_elastic_ep", content=b'{"new_data_parallel_size": 2}')
+        broken = c.post("/scale_elastic_ep", content=b"{not json", headers={"content-type": "application/json"})
+        listed = c.post("/scale_elastic_ep", json=[1, 2])
+    assert (plain.status_code, plain.json()) == error(400, media, "Bad Request")
+    assert (broken.status_code, broken.json()) == error(400, "Invalid JSON format", "Bad Request")
+    expected = error(500, "'list' object has no attribute 'get'", "InternalServerError")
+    assert (listed.status_code, listed.json()) == expected
+
+
+@both()
 def test_scale_with_a_bad_drain_timeout_is_400(engine: Engine) -> None:
     with engine.client() as c:
         r = c.post("/scale_elastic_ep", json={"new_data_parallel_size": 2, "drain_timeout": 0})

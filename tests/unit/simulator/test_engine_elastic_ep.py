@@ -80,6 +80,7 @@ class TestVllmRequestValidation:
             ({}, "new_data_parallel_size is required"),
             ({"new_data_parallel_size": 0}, "new_data_parallel_size must be a positive integer"),
             ({"new_data_parallel_size": "4"}, "new_data_parallel_size must be a positive integer"),
+            ({"new_data_parallel_size": True}, "new_data_parallel_size must be a positive integer"),
             ({"new_data_parallel_size": 4, "drain_timeout": 0}, "drain_timeout must be a positive integer"),
             ({"new_data_parallel_size": 4, "drain_timeout": 1.5}, "drain_timeout must be a positive integer"),
         ],
@@ -90,10 +91,14 @@ class TestVllmRequestValidation:
         assert r.status_code == 400
         assert r.json()["error"] == {"message": message, "type": "Bad Request", "param": None, "code": 400}
 
-    async def test_invalid_json_is_400(self) -> None:
+    async def test_invalid_json_is_400_and_a_non_json_content_type_too(self) -> None:
         async with serve_engine(elastic_argv()) as e, e.http() as http:
-            r = await http.post("/scale_elastic_ep", content=b"{not json")
-        assert r.status_code == 400 and r.json()["error"]["message"] == "Invalid JSON format"
+            broken = await http.post(
+                "/scale_elastic_ep", content=b"{not json", headers={"content-type": "application/json"}
+            )
+            plain = await http.post("/scale_elastic_ep", content=b'{"new_data_parallel_size": 2}')
+        assert broken.status_code == 400 and broken.json()["error"]["message"] == "Invalid JSON format"
+        assert plain.status_code == 400 and "Only 'application/json' is allowed" in plain.json()["error"]["message"]
 
     async def test_the_current_size_is_200_without_doing_anything(self) -> None:
         async with serve_engine(elastic_argv(2)) as e, e.http() as http:
