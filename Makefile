@@ -9,7 +9,7 @@ CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
 .PHONY: venv binaries control-plane redis test unit integration e2e lint manifests demo demo-down cluster-up \
-        cluster-down real-engine conformance realengine-test bench kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
+        cluster-down real-engine real-engine-tier conformance realengine-test bench kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
 venv: $(STAMP)
@@ -30,9 +30,16 @@ control-plane:
 redis:
 	hack/ensure-redis.sh
 
-# -rs lists every skipped test with its reason (the full-trace tests name EBBTIDE_DATA).
+# -rs lists every skipped test with its reason (the full-trace tests name EBBTIDE_DATA). Then the real-engine
+# tier (hack/real-engine-tier.sh): the real vLLM env and tiny model are built after the unit and integration tests
+# (so they never wait on the cold install) and before that tier's pytest starts.
 test: venv binaries redis
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
+	hack/real-engine-tier.sh
+
+# The real-engine tier alone: conformance checks and real-engine stories (see `test`).
+real-engine-tier: venv binaries redis
+	hack/real-engine-tier.sh
 
 unit: venv helm
 	$(BIN)/python -m pytest -q tests/unit

@@ -30,7 +30,7 @@ from autoscaler.observation import (
     observation_from_promql,
     parse_promql_scalar,
 )
-from autoscaler.types import ServiceObservation
+from autoscaler.types import ScrapeFailure, ServiceObservation
 
 DEFAULT_URL_TEMPLATE = "http://{podIP}:{port}/metrics"
 # SGLang (0.5.x, `--enable-metrics`; sglang/srt/observability/metrics_collector.py) exports the same signals under
@@ -50,6 +50,10 @@ _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 class MetricsParseError(ValueError):
     """The exposition text could not be parsed, or holds none of the vLLM engine metrics."""
+
+
+class ModelNotServedError(MetricsParseError):
+    """The engine's series name other models than the one asked for (a wrong model filter)."""
 
 
 def _bound(le: str) -> float:
@@ -81,12 +85,13 @@ def _vllm_name(name: str) -> str | None:
 def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) -> PodSample:
     """Parse one pod's /metrics text (vLLM's names, or SGLang's) into a PodSample, summing series over engines
     (and over models unless `model` names one). Raises MetricsParseError on malformed text or when no engine
-    metric is present."""
+    metric is present, and ModelNotServedError when `model` is none of the `model_name`s the engine reports."""
     gauges: dict[str, float] = {}
     kv: dict[str, list[float]] = {name: [] for name in KV_CACHE}
     hist: dict[str, dict[float, float]] = {}
     hist_sum: dict[str, float] = {}
     seen = False
+    models: set[str] = set()
     try:
         families = list(text_string_to_metric_families(text))
     except (ValueError, TypeError, IndexError) as err:
@@ -97,6 +102,9 @@ def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) 
             if mapped is None:
                 continue
             name = mapped
+            if "model_name" in labels:
+                models.add(labels["model_name"])
+            # Engine-wide series carry no model_name: they count whatever the filter.
             if model is not None and labels.get("model_name", model) != model:
                 continue
             if not math.isfinite(value):
@@ -114,6 +122,10 @@ def parse_vllm_metrics(text: str, pod: str, t: float, model: str | None = None) 
                 hist_sum[base] = hist_sum.get(base, 0.0) + value
             else:
                 gauges[name] = gauges.get(name, 0.0) + value
+    if model is not None and models and model not in models:
+        raise ModelNotServedError(
+            f"pod {pod}: no metrics for model {model!r}; the engine reports model_name {', '.join(sorted(models))}"
+        )
     if not seen:
         raise MetricsParseError(f"pod {pod}: no vllm: or sglang: metrics in the exposition text")
     kv_values = kv[KV_CACHE[0]] or kv[KV_CACHE[1]]
@@ -188,28 +200,30 @@ class PodScraper:
         self._model = model
         self.stats = ScrapeStats()
 
-    async def _one(self, target: PodTarget) -> PodSample | str:
+    async def _one(self, target: PodTarget) -> PodSample | ScrapeFailure:
         try:
             url = target_url(self._template, target)
         except ValueError as err:
-            return str(err)
+            return ScrapeFailure(None, None, str(err))
         async with self._semaphore:
             try:
                 response = await self._client.get(url, timeout=self._timeout)
-                response.raise_for_status()
             except httpx.HTTPError as err:
-                return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                return ScrapeFailure(url, None, f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
             t = self._clock()
+        if not response.is_success:
+            # A 404 is what an engine without metrics answers (SGLang without --enable-metrics): never a sample.
+            return ScrapeFailure(url, response.status_code, f"HTTP {response.status_code} {response.reason_phrase}")
         try:
             return parse_vllm_metrics(response.text, target.name, t, self._model)
         except MetricsParseError as err:
-            return str(err)
+            return ScrapeFailure(url, response.status_code, str(err))
 
     async def scrape(self, targets: Sequence[PodTarget]) -> ScrapeResult:
         """Scrape every target concurrently; never raises for a single pod's failure."""
         results = await asyncio.gather(*(self._one(t) for t in targets))
         samples: dict[str, PodSample] = {}
-        failures: dict[str, str] = {}
+        failures: dict[str, ScrapeFailure] = {}
         for target, result in zip(targets, results, strict=True):
             if isinstance(result, PodSample):
                 samples[target.name] = result

@@ -19,6 +19,7 @@ import numpy as np
 
 from autoscaler.capacity import CapacityEstimate
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE, Forecast, sorted_quantiles
+from autoscaler.observation import describe_scrape_failures
 from autoscaler.types import ScalingBounds, ScalingDecision, ServiceObservation
 from crds.reasons import Reason
 
@@ -235,7 +236,10 @@ def hold_decision(
     slo_attainable: bool | None = None,
 ) -> ScalingDecision:
     """Keep the current replicas (within max, never down to zero) because an input is missing; `floor` still
-    adds replicas when fresh metrics show the current ones overloaded. `cause` is the condition reason users see."""
+    adds replicas when fresh metrics show the current ones overloaded. `cause` is the condition reason users see;
+    when metrics are missing because engines failed to answer, the message says which and how."""
+    if cause == Reason.METRICS_UNAVAILABLE and obs.scrape_failures:
+        reason = f"{reason}: {describe_scrape_failures(obs.scrape_failures, obs.engines_asked)}"
     current = obs.replicas
     n = min(max(current, floor, bounds.min_replicas), bounds.max_replicas)
     if n > current:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoscaler.types import ServiceObservation
+from autoscaler.types import ScrapeFailure, ServiceObservation
 
 # Metric names as vLLM exposes them; the second name of a pair is what older (v0) engines call the same thing.
 RUNNING = "vllm:num_requests_running"
@@ -62,7 +62,7 @@ class ScrapeResult:
 
     t: float
     samples: Mapping[str, PodSample] = field(default_factory=dict)
-    failures: Mapping[str, str] = field(default_factory=dict)
+    failures: Mapping[str, ScrapeFailure] = field(default_factory=dict)
 
 
 def counter_delta(prev: float, cur: float) -> float:
@@ -136,6 +136,7 @@ def aggregate_scrapes(
     if expected == 0 and replicas == 0:
         # No pods and none wanted: demand at zero replicas has to come from the caller (e.g. a gateway queue).
         return ServiceObservation(service, cur.t, replicas, ready_replicas, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    failed = tuple(sorted(cur.failures.items()))
     coverage = len(cur.samples) / expected if expected else 0.0
     gauge_scale = 1.0 / coverage if coverage > 0 else 0.0
     running = sum(s.running for s in cur.samples.values()) * gauge_scale
@@ -182,7 +183,45 @@ def aggregate_scrapes(
         itl_p50_s=histogram_quantile(0.5, itl),
         itl_p95_s=histogram_quantile(0.95, itl),
         stale=stale,
+        engines_asked=expected,
+        scrape_failures=failed,
     )
+
+
+# What a failure on /metrics most often means, by the status the engine answered.
+_HINTS = {404: "is --enable-metrics set? (SGLang serves /metrics only with it)"}
+
+
+def describe_scrape_failures(failures: Iterable[tuple[str, ScrapeFailure]], asked: int) -> str:
+    """One line for users: how many of the engines asked failed, grouped by how, with the first pod and URL of
+    each group, e.g. "2/2 engines answered HTTP 404 on /metrics (pod chat-0: GET http://10.0.0.7:8000/metrics
+    answered HTTP 404): is --enable-metrics set? (...)"."""
+    groups: dict[tuple[str, int | None], list[tuple[str, ScrapeFailure]]] = {}
+    for pod, f in sorted(failures):
+        if f.url is None:
+            how = "had no metrics URL"
+        elif f.status is not None and f.status >= 400:
+            how = f"answered HTTP {f.status} on {_path(f.url)}"
+        elif f.status is not None:
+            how = f"answered {_path(f.url)} with no engine metrics"
+        else:
+            how = f"did not answer on {_path(f.url)}"
+        groups.setdefault((how, f.status), []).append((pod, f))
+    parts = []
+    for (how, status), members in sorted(groups.items(), key=lambda g: (-len(g[1]), g[0][0])):
+        pod, first = members[0]
+        on_metrics = first.url is not None and _path(first.url) == "/metrics"
+        hint = _HINTS.get(status) if status is not None and on_metrics else None
+        part = f"{len(members)}/{asked} engines {how} (pod {pod}: {first})"
+        parts.append(f"{part}: {hint}" if hint else part)
+    return "; ".join(parts)
+
+
+def _path(url: str) -> str:
+    """The path of an http(s) URL ("/metrics"), without scheme, host or query."""
+    rest = url.split("://", 1)[-1]
+    path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+    return path.split("?", 1)[0]
 
 
 class ScrapeAggregator:

@@ -23,6 +23,23 @@ class SLO:
 
 
 @dataclass(frozen=True)
+class ScrapeFailure:
+    """Why one engine's metrics could not be read: the URL asked, the HTTP status when the engine answered (a
+    2xx with a body that holds no engine metrics is a failure too), and what went wrong."""
+
+    url: str | None  # None: no URL could be built (the pod has no IP yet)
+    status: int | None  # None: no HTTP answer (refused, timed out)
+    detail: str
+
+    def __str__(self) -> str:
+        if self.url is None:
+            return self.detail
+        if self.status is not None and self.status >= 400:
+            return f"GET {self.url} answered HTTP {self.status}"
+        return f"GET {self.url}: {self.detail}"
+
+
+@dataclass(frozen=True)
 class ServiceObservation:
     """What the autoscaler knows about one service at one tick (aggregated over its ready pods)."""
 
@@ -42,6 +59,8 @@ class ServiceObservation:
     itl_p95_s: float | None = None
     stale: bool = False  # metrics missing or older than the staleness bound
     history_available: bool = True  # False when the shell could not reach the history store this tick
+    engines_asked: int = 0  # engines whose metrics were asked for this tick
+    scrape_failures: tuple[tuple[str, ScrapeFailure], ...] = ()  # (pod, why) of every engine that failed this tick
 
 
 @dataclass(frozen=True)

@@ -25,16 +25,21 @@ class GPUProfile:
     tdp_w: float  # board power limit at default (max) setting
     idle_w: float  # draw with nothing running
     min_power_limit_w: float  # lowest limit NVML accepts
+    # NVML's product name (nvmlDeviceGetName), as nvidia-smi and dcgm-exporter's modelName label print it; GPU
+    # feature discovery derives the node label from it by replacing spaces with dashes.
+    nvml_name: str
 
 
 GPU_PROFILES: dict[str, GPUProfile] = {
     p.product: p
     for p in (
-        GPUProfile("NVIDIA-H100-80GB-HBM3", "H100", 80.0, 3350.0, 989.0, 700.0, 70.0, 200.0),
-        GPUProfile("NVIDIA-A100-SXM4-80GB", "A100", 80.0, 2039.0, 312.0, 400.0, 55.0, 100.0),
-        GPUProfile("NVIDIA-A100-SXM4-40GB", "A100-40GB", 40.0, 1555.0, 312.0, 400.0, 50.0, 100.0),
-        GPUProfile("NVIDIA-L40S", "L40S", 48.0, 864.0, 362.0, 350.0, 35.0, 100.0),
-        GPUProfile("NVIDIA-L4", "L4", 24.0, 300.0, 121.0, 72.0, 16.0, 40.0),
+        GPUProfile("NVIDIA-H100-80GB-HBM3", "H100", 80.0, 3350.0, 989.0, 700.0, 70.0, 200.0, "NVIDIA H100 80GB HBM3"),
+        GPUProfile("NVIDIA-A100-SXM4-80GB", "A100", 80.0, 2039.0, 312.0, 400.0, 55.0, 100.0, "NVIDIA A100-SXM4-80GB"),
+        GPUProfile(
+            "NVIDIA-A100-SXM4-40GB", "A100-40GB", 40.0, 1555.0, 312.0, 400.0, 50.0, 100.0, "NVIDIA A100-SXM4-40GB"
+        ),
+        GPUProfile("NVIDIA-L40S", "L40S", 48.0, 864.0, 362.0, 350.0, 35.0, 100.0, "NVIDIA L40S"),
+        GPUProfile("NVIDIA-L4", "L4", 24.0, 300.0, 121.0, 72.0, 16.0, 40.0, "NVIDIA L4"),
     )
 }
 

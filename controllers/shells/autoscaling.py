@@ -25,14 +25,14 @@ from autoscaler.forecast import INDICATORS, EbbtideConfig, EbbtideForecaster
 from autoscaler.loop import STATE_EVERY_TICKS, PolicyFactory, ScalingKnobs, ScalingLoop, crd_policies
 from autoscaler.policies import lead_time, observed_rates
 from autoscaler.profile import engine_profile
-from autoscaler.types import SLO, History, ScalingBounds, ScalingDecision, ServiceObservation
+from autoscaler.types import SLO, History, ScalingBounds, ScalingDecision, ScrapeFailure, ServiceObservation
 from catalogue.gpus import lookup_gpu
 from catalogue.models import Architecture, resolve_model
 from controllers.planners.conditions import parse_rfc3339, set_condition
 from controllers.planners.snapshot import PodView
 from crds import labels as L
 from crds.llmservice import LLMService
-from crds.reasons import ConditionType, Reason
+from crds.reasons import ConditionType, EventType, Reason
 
 log = logging.getLogger("ebbtide.autoscaler")
 AUTOSCALER_CONDITIONS = frozenset({ConditionType.AUTOSCALER_DEGRADED, ConditionType.SLO_ATTAINABLE})
@@ -336,6 +336,18 @@ def decision_status(
             conditions, ConditionType.SLO_ATTAINABLE, True, Reason.ATTAINABLE, "", now, generation
         )
     return {"desiredReplicas": decision.replicas, "forecast": forecast, "conditions": conditions}
+
+
+def scrape_failure_events(before: ServiceObservation | None, now: ServiceObservation) -> list[tuple[str, str, str]]:
+    """A Warning Event for every engine whose metrics call newly failed, or fails differently than last tick
+    (another status or URL), naming the pod, the URL and the status; one that keeps failing the same way is
+    not repeated every tick."""
+    previous: dict[str, ScrapeFailure] = dict(before.scrape_failures) if before is not None else {}
+    return [
+        (EventType.WARNING, Reason.METRICS_UNAVAILABLE, f"engine pod {pod}: {failure}")
+        for pod, failure in now.scrape_failures
+        if (p := previous.get(pod)) is None or (p.url, p.status) != (failure.url, failure.status)
+    ]
 
 
 def _finite(v: Any) -> bool:

@@ -28,7 +28,7 @@ from controllers.planners.llmservice import plan_service
 from controllers.planners.powerbudget import NodeView
 from controllers.planners.powerbudget import report as power_report
 from controllers.planners.snapshot import PodView, pod_view
-from controllers.shells.autoscaling import Autoscaler, decision_status
+from controllers.shells.autoscaling import Autoscaler, decision_status, scrape_failure_events
 from crds import labels as L
 from crds.base import GROUP, VERSION
 from crds.finetunejob import FineTuneJob
@@ -334,9 +334,16 @@ async def autoscale(namespace: str, name: str) -> None:
         return
     raw = r.cache.pods.by_index("service", key)
     now = r.clock()
+    before = r.autoscaler.last_observation.get(key)
     decision = await r.autoscaler.decide(key, svc, raw, [pod_view(p) for p in raw], now)
     M.AUTOSCALER_DECISIONS.labels(svc.spec.scaling.policy, "degraded" if decision.degraded else "ok").inc()
     observed = r.autoscaler.last_observation.get(key)
+    if observed is not None:
+        # An engine that answers 404/5xx or no metrics is never a sample: say so, once per new failure.
+        failing = scrape_failure_events(before, observed)
+        for _, _, message in failing:
+            log.warning("LLMService %s: %s", key, message)
+        _emit(body, failing)
     if observed is not None:
         M.OBSERVED_RPS_FOR.labels(namespace, name).set(observed.request_rate)
     for q in FORECAST_QUANTILES:

@@ -69,7 +69,13 @@ class EngineConfig:
     checkpoint_dir: str | None = None
     shutdown_timeout_s: int = 0  # vLLM's --shutdown-timeout: seconds to finish in-flight work after SIGTERM
     metric_names: MetricNames = "vllm"  # whose /metrics names to export: vLLM's, or SGLang's
+    fail_after_s: float | None = None  # fault injection: virtual seconds after start until the engine core dies
     calibration: Calibration = DEFAULT_CALIBRATION
+
+    @property
+    def speaks_sglang(self) -> bool:
+        """Whether the engine plays SGLang (its metric names, or its /metrics switched off) for elastic EP too."""
+        return self.metric_names in ("sglang", "none")
 
     @property
     def served_model_name(self) -> str:
@@ -134,9 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metric-names",
-        choices=("vllm", "sglang"),
+        choices=("vllm", "sglang", "none"),
         default="vllm",
-        help="export /metrics under vLLM's names or under SGLang's (as `sglang.launch_server --enable-metrics`)",
+        help="export /metrics under vLLM's names or under SGLang's (as `sglang.launch_server --enable-metrics`); "
+        "none: /metrics answers 404, as SGLang's without --enable-metrics",
+    )
+    p.add_argument(
+        "--fail-after",
+        type=float,
+        help="simulator fault: the engine core dies this many (virtual) seconds after start, as vLLM's does on "
+        "EngineDeadError (/health 503, requests 500)",
     )
     p.add_argument("--power-limit", type=float, help="initial per-GPU power limit, watts (default TDP)")
     p.add_argument(
@@ -225,6 +238,8 @@ def parse_args(argv: list[str]) -> EngineConfig:
             f"got {ns.elastic_ep_max_dp_size}"
         )
     _positive("--shutdown-timeout", ns.shutdown_timeout, allow_zero=True)
+    if ns.fail_after is not None:
+        _positive("--fail-after", ns.fail_after, allow_zero=True)
     if not 0 < ns.gpu_memory_utilization <= 1:
         raise EngineConfigError(f"--gpu-memory-utilization: must be in (0, 1], got {ns.gpu_memory_utilization:g}")
     if not 0 <= ns.port <= 65535:
@@ -266,6 +281,7 @@ def parse_args(argv: list[str]) -> EngineConfig:
         checkpoint_dir=ns.checkpoint_dir,
         shutdown_timeout_s=ns.shutdown_timeout,
         metric_names=ns.metric_names,
+        fail_after_s=ns.fail_after,
     )
     if ns.mode == "trainer":
         # A trainer's pace is --step-seconds; its workers may shard the model, so serving memory rules do not apply.

@@ -39,6 +39,13 @@ class EngineDraining(Exception):
     """The engine is shutting down gracefully and admits no new requests."""
 
 
+class EngineDead(Exception):
+    """The engine core has died (vLLM's EngineDeadError): unrecoverable; /health answers 503, requests 500."""
+
+    def __init__(self) -> None:
+        super().__init__("EngineCore encountered an issue. See stack trace (above) for the root cause.")  # vLLM's
+
+
 class ElasticScaleRejected(ValueError):
     """A resize the engine refuses before anything moves (vLLM answers 400)."""
 
@@ -112,6 +119,7 @@ class SimEngine:
         self.scheduler = BatchScheduler(self.perf, cfg.max_num_batched_tokens, cfg.max_num_seqs, role=cfg.role)
         self.metrics = EngineMetrics(cfg.served_model_name, cfg.max_model_len, registry, cfg.metric_names)
         self.draining = False
+        self.dead = False
         self._inflight = 0
         self._seqs: dict[RequestId, _Sequence] = {}
         self._next_id = 0
@@ -120,6 +128,7 @@ class SimEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._fault: asyncio.Task[None] | None = None
         self._activity: deque[tuple[float, float, float]] = deque()
         self.elastic = self._initial_elastic()
         self._scale_lock = asyncio.Lock()
@@ -138,9 +147,30 @@ class SimEngine:
         self._wake = asyncio.Event()
         self._cursor = self.clock.now()
         self._task = asyncio.create_task(self._run(), name=f"sim-engine-{self.cfg.served_model_name}")
+        if self.cfg.fail_after_s is not None:
+            self._fault = asyncio.create_task(self._fail_at(self._cursor + self.cfg.fail_after_s))
+
+    async def _fail_at(self, t: float) -> None:
+        await self.clock.sleep_until(t)
+        await self.die()
+
+    async def die(self) -> None:
+        """The engine core process dies (an injected fault): every unfinished sequence ends as aborted, new
+        requests are refused with EngineDead, and /health turns 503. The API server keeps answering, as vLLM's
+        does with VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1 (without it, vLLM's watchdog exits the process within 5 s)."""
+        self.dead = True
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for seq in list(self._seqs.values()):
+            self._finish(seq, "abort", self.clock.now())
 
     async def stop(self) -> None:
         """Stop the loop and end every unfinished sequence as aborted."""
+        if self._fault is not None:
+            self._fault.cancel()
         if self._sglang_task is not None:
             self._sglang_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,6 +188,8 @@ class SimEngine:
     @contextlib.contextmanager
     def request_slot(self) -> Iterator[None]:
         """Count an HTTP request as in flight for its whole life; refuses new ones while draining."""
+        if self.dead:
+            raise EngineDead()
         if self.draining:
             raise EngineDraining("cannot schedule new futures after shutdown")  # vLLM 0.32.0's words
         self._inflight += 1
@@ -328,7 +360,7 @@ class SimEngine:
     @property
     def scaling(self) -> bool:
         """vLLM's flag: a resize is committing and every HTTP request is answered 503."""
-        return self.elastic is not None and self.elastic.scaling and self.cfg.metric_names == "vllm"
+        return self.elastic is not None and self.elastic.scaling and not self.cfg.speaks_sglang
 
     def expert_share(self) -> list[float]:
         """Each expert's share of routed tokens (the simulated router's popularity); empty for a dense model."""

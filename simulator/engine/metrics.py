@@ -15,7 +15,8 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-MetricNames = Literal["vllm", "sglang"]
+# "none": no /metrics route at all (404), as SGLang answers without --enable-metrics.
+MetricNames = Literal["vllm", "sglang", "none"]
 
 TTFT_BUCKETS = (
     0.001,

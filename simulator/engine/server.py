@@ -30,6 +30,7 @@ from simulator.engine.core import (
     ElasticScaleBusy,
     ElasticScaleFailed,
     ElasticScaleRejected,
+    EngineDead,
     EngineDraining,
     SequenceSpec,
     SimEngine,
@@ -286,8 +287,9 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
                 return await _collect(events, meta)
             finally:
                 engine.abort(rids)  # no-op for finished sequences; frees KV cache if the client went away
-    except EngineDraining as exc:
-        # What vLLM answers during a graceful shutdown: its engine client refuses new work with this 500.
+    except (EngineDraining, EngineDead) as exc:
+        # What vLLM answers during a graceful shutdown (its engine client refuses new work) and after its engine
+        # core died (EngineDeadError): this 500.
         raise ApiError(500, str(exc), "InternalServerError") from None
 
 
@@ -489,8 +491,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health: 200 while the process serves (vLLM's liveness semantics)."""
-    return web.Response(status=200)
+    """GET /health: 200 while the engine core lives, draining included; 503 once it died (vLLM's EngineDeadError)."""
+    engine = request.app.get(ENGINE_KEY)
+    return web.Response(status=503 if engine is not None and engine.dead else 200)
 
 
 async def version(request: web.Request) -> web.Response:
@@ -666,7 +669,8 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     app[CONFIG_KEY] = cfg
     app.router.add_get("/health", health)
     app.router.add_get("/version", version)
-    app.router.add_get("/metrics", metrics)
+    if cfg.metric_names != "none":
+        app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/power", power)
     app.router.add_put("/admin/power", power)
     if cfg.mode == "trainer":
@@ -682,7 +686,7 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
-    if cfg.metric_names == "sglang":
+    if cfg.speaks_sglang:
         app.router.add_post("/scale_elastic_ep", sglang_scale_elastic_ep)
         app.router.add_get("/is_scaling_elastic_ep", sglang_is_scaling)
     else:

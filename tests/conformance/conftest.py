@@ -7,14 +7,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conformance.engines import Engine, RealEngineEnv, find_real_engine_env, start_simulated, start_vllm
+from tests.conformance.engines import (
+    Engine,
+    RealEngineEnv,
+    absent,
+    find_real_engine_env,
+    start_simulated,
+    start_vllm,
+)
 
 
 @pytest.fixture(scope="session")
 def real_engine_env() -> RealEngineEnv:
     found = find_real_engine_env()
     if isinstance(found, str):
-        pytest.skip(found)
+        absent(found)
     return found
 
 

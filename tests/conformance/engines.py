@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -44,6 +45,11 @@ class Engine:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
+    def kill(self) -> None:
+        """SIGKILL to the whole process session, as the kubelet ends a container whose grace period ran out."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
     def stop(self, grace_s: float = 60.0) -> None:
         if self.proc.poll() is None:
             self.terminate()
@@ -55,6 +61,29 @@ class Engine:
         # vLLM's engine-core and worker processes share the session; none may outlive the test.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (Linux /proc), e.g. vLLM's engine-core and worker processes."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name may hold spaces and parentheses: the parent pid follows the last ')'.
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, pp in parents.items() if pp in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def process_title(pid: int) -> str:
+    """A process's command line as it shows in ps (vLLM retitles its children, e.g. VLLM::EngineCore)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def free_port() -> int:
@@ -98,6 +127,13 @@ class RealEngineEnv:
     model: Path
 
 
+def absent(reason: str) -> NoReturn:
+    """Skip the tier with its reason, or fail where the tier was asked to run (`make test`'s real-engine step)."""
+    if os.environ.get("EBBTIDE_REQUIRE_REAL_ENGINE"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
 def find_real_engine_env() -> RealEngineEnv | str:
     """The ready env (the tiny model is created on demand), or the reason it cannot be used."""
     check = subprocess.run(
@@ -123,7 +159,13 @@ def find_real_engine_env() -> RealEngineEnv | str:
     return RealEngineEnv(venv, Path(model.stdout.strip().splitlines()[-1]))
 
 
-def start_vllm(env: RealEngineEnv, name: str, *extra: str, max_model_len: int = MAX_MODEL_LEN) -> Engine:
+def start_vllm(
+    env: RealEngineEnv,
+    name: str,
+    *extra: str,
+    max_model_len: int = MAX_MODEL_LEN,
+    extra_env: dict[str, str] | None = None,
+) -> Engine:
     """`vllm serve` of the tiny model, as the issue's recipe runs it (float32, eager, 1 GiB of KV cache)."""
     port = free_port()
     argv = [
@@ -143,7 +185,13 @@ def start_vllm(env: RealEngineEnv, name: str, *extra: str, max_model_len: int = 
         str(port),
         *extra,
     ]
-    penv = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    penv = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        **(extra_env or {}),
+    }
     return _start("vllm", name, argv, penv, port, START_TIMEOUT_S)
 
 

@@ -1,6 +1,6 @@
 """SIGTERM as vLLM 0.32.0 handles it. With `--shutdown-timeout N`: requests in flight finish, new ones are refused
-with 500 while /health stays 200, then the process exits. Without it (0, the default): requests in flight are
-aborted and the process exits at once. Each check starts its own engine, since it ends it."""
+with 500 while /health stays 200, then the process exits. Without it (0, the default): requests in flight fail
+(aborted, or with vLLM under load left hanging until SIGKILL). Each check starts its own engine, since it ends it."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ CONTEXT = 2048  # the tiny model's longest context: long streams give the checks
 STREAMS = 4
 TOKENS = 1800
 SHUTDOWN_TIMEOUT_S = 60
+ABORT_WITHIN_S = 30.0  # without a shutdown timeout, streams end and the process exits well within this
 
 
 @dataclass
@@ -132,21 +133,41 @@ def test_with_a_shutdown_timeout_in_flight_requests_finish_and_new_ones_get_500(
     assert exited_after < SHUTDOWN_TIMEOUT_S + 30
 
 
+@pytest.mark.timeout(600)  # a vLLM start, the 30 s wait for the aborts and, when they never come, a SIGKILL
 @both(param="kind")
 def test_without_a_shutdown_timeout_in_flight_requests_are_aborted(kind: str, request: pytest.FixtureRequest) -> None:
+    """No request in flight completes. vLLM 0.32.0 ends them in one of two ways: its engine core aborts them
+    (`finish_reason: "abort"`) and the process exits within seconds; or, under load, its process manager
+    force-kills the core in the same instant it sends it SIGTERM (`timeout=0s`), the aborts never arrive, and the
+    HTTP server waits on the open streams until the kubelet's SIGKILL at the end of the grace period cuts them (2
+    of 3 runs on a loaded 2-core machine). The simulated engine models the first; a pod is lost either way."""
     engine = _start(kind, request, f"{kind}-abort")
+    hung = False
     try:
         streams = _streams_in_flight(engine)
         sigterm = time.monotonic()
         engine.terminate()
         for s in streams:
-            s.join(60)
-        engine.proc.wait(timeout=60)
+            s.join(max(0.0, ABORT_WITHIN_S - (time.monotonic() - sigterm)))
+        hung = any(s.running for s in streams)
+        if hung:
+            print(f"[conformance] {kind}: streams open {ABORT_WITHIN_S:.0f} s after SIGTERM; SIGKILL, as a kubelet")
+            engine.kill()
+            for s in streams:
+                s.join(30)
+        engine.proc.wait(timeout=ABORT_WITHIN_S)
         exited_after = time.monotonic() - sigterm
     finally:
         engine.stop(grace_s=5)
     for s in streams:
-        assert s.finish_reasons() == ["abort"], (s.error, s.finish_reasons())
+        assert not s.running
         tokens = s.completion_tokens()
-        assert tokens is not None and tokens < TOKENS
-    assert exited_after < 30
+        assert "length" not in s.finish_reasons() and (tokens is None or tokens < TOKENS), s.finish_reasons()
+        if hung:
+            assert s.error is not None, "a stream cut by SIGKILL ends with a transport error"
+        else:
+            assert s.finish_reasons() == ["abort"], (s.error, s.finish_reasons())
+    if kind == "simulated":
+        assert not hung, "the simulated engine aborts in-flight requests and exits at once"
+    if not hung:
+        assert exited_after < ABORT_WITHIN_S

@@ -147,3 +147,33 @@ def test_retuned_coverage_reaches_the_next_decision(cluster: Cluster, ns: str) -
     patch = '{"spec": {"scaling": {"forecastCoverage": 0.6}}}'
     cluster.kubectl("patch", "-n", ns, "llms/tuned", "--type=merge", "-p", patch)
     wait_until("the next decision at 60% coverage", lambda: "coverage 60.0%" in reason(), 60)
+
+
+def test_engines_without_metrics_degrade_the_autoscaler_with_the_pod_url_and_status(cluster: Cluster, ns: str) -> None:
+    """An engine that answers 404 on /metrics (here the simulated engine as SGLang answers without
+    --enable-metrics) is surfaced: a Warning Event naming the pod, its URL and the status, and AutoscalerDegraded
+    with reason MetricsUnavailable saying how many engines failed and how. Replicas hold rather than guess."""
+    blind = SERVICE.replace("name: chat", "name: blind").replace(
+        "engine: {type: simulated}", "engine: {type: simulated, args: [--metric-names, none]}"
+    )
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=blind)
+
+    def degraded() -> dict[str, Any] | None:
+        # Until the pod is ready there is no engine to ask: the condition says only that metrics are missing.
+        cond = condition(cluster.get("llms", "blind", "-n", ns), "AutoscalerDegraded")
+        return cond if cond and cond["status"] == "True" and "engines" in cond["message"] else None
+
+    cond = wait_until("AutoscalerDegraded=True naming the engines' failure", degraded, 120)
+    assert cond["reason"] == "MetricsUnavailable"
+    assert "1/1 engines answered HTTP 404 on /metrics" in cond["message"], cond["message"]
+    assert "is --enable-metrics set?" in cond["message"]
+    pod = cluster.get("pods", "-n", ns, "-l", "ebbtide.dev/service=blind")["items"][0]
+    url = pod["metadata"]["annotations"]["ebbtide.dev/engine-url"] + "/metrics"
+
+    def warning() -> list[dict[str, Any]]:
+        events = cluster.get("events", "-n", ns, "--field-selector", "reason=MetricsUnavailable")["items"]
+        return [e for e in events if e["type"] == "Warning" and pod["metadata"]["name"] in e["message"]]
+
+    events = wait_until("a MetricsUnavailable Warning naming the pod", warning, 30)
+    assert f"GET {url} answered HTTP 404" in events[0]["message"]
+    assert cluster.get("llms", "blind", "-n", ns)["spec"]["replicas"] == 1

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conformance.engines import RealEngineEnv, find_real_engine_env
+from tests.conformance.engines import RealEngineEnv, absent, find_real_engine_env
 from tests.integration.conftest import RUN, Proc, _free_port, _up, redis_url
 from tests.kube import Cluster, wait_until
 from tests.realengine.stories import note
@@ -24,7 +24,7 @@ __all__ = ["redis_url"]  # the integration suite's Redis fixture, shared
 def real_engine_env() -> RealEngineEnv:
     found = find_real_engine_env()
     if isinstance(found, str):
-        pytest.skip(found.replace("the conformance tier", "the real-engine tier"))
+        absent(found.replace("the conformance tier", "the real-engine tier"))
     return found
 
 

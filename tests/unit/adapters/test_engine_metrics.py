@@ -13,6 +13,7 @@ import pytest
 
 from adapters.engine_metrics import (
     MetricsParseError,
+    ModelNotServedError,
     PodScraper,
     PodTarget,
     PrometheusQuerySource,
@@ -32,8 +33,9 @@ from autoscaler.observation import (
     histogram_quantile,
     merge_histograms,
 )
-from autoscaler.types import SLO, ScalingBounds
+from autoscaler.types import SLO, ScalingBounds, ScrapeFailure
 from bench.autoscaler.baselines import KPALike
+from tests.kube import ROOT
 from tests.unit.autoscaler.vllm_text import MODEL, exposition
 
 INF = math.inf
@@ -68,8 +70,19 @@ class TestParse:
 
     def test_model_filter(self) -> None:
         assert parse_vllm_metrics(exposition(), "p", 0.0, model=MODEL).request_success == 100.0
-        with pytest.raises(MetricsParseError, match="no vllm"):
+        with pytest.raises(ModelNotServedError, match=f"'other-model'.*model_name {MODEL}"):
             parse_vllm_metrics(exposition(), "p", 0.0, model="other-model")
+
+    def test_a_wrong_model_filter_on_real_vllm_metrics_names_the_models_served_instead_of_reading_zeros(self) -> None:
+        """vLLM 0.32.0's /metrics (recorded by the conformance tier) holds engine-wide series without model_name
+        (vllm:cache_config_info): a filter for a model the engine does not serve must not read them as an idle
+        engine."""
+        text = (ROOT / "tests/conformance/fixtures/vllm-0.32.0/metrics.txt").read_text()
+        assert parse_vllm_metrics(text, "p", 0.0, model="<model>").request_success == 4.0
+        with pytest.raises(ModelNotServedError) as err:
+            parse_vllm_metrics(text, "p", 0.0, model="llama-3-8b")
+        assert str(err.value) == "pod p: no metrics for model 'llama-3-8b'; the engine reports model_name <model>"
+        assert isinstance(err.value, MetricsParseError)  # a failed scrape of that pod, never a sample of zeros
 
     def test_rejects_garbage_and_pages_without_vllm_metrics(self) -> None:
         with pytest.raises(MetricsParseError):
@@ -230,9 +243,36 @@ class TestScraper:
         assert peak <= 3
         assert len(result.samples) == 10
         assert set(result.failures) == {"slow", "sick", "new"}
-        assert "ReadTimeout" in result.failures["slow"]
-        assert "no IP" in result.failures["new"]
+        assert "ReadTimeout" in str(result.failures["slow"]) and result.failures["slow"].status is None
+        assert "no IP" in str(result.failures["new"]) and result.failures["new"].url is None
+        sick = ScrapeFailure("http://10.0.0.99:8000/metrics", 503, "HTTP 503 Service Unavailable")
+        assert result.failures["sick"] == sick
         assert (scraper.stats.scrapes, scraper.stats.failures) == (13, 3)
+
+    @pytest.mark.parametrize(
+        ("status", "body", "detail"),
+        [
+            (404, '{"detail":"Not Found"}', "HTTP 404 Not Found"),  # SGLang without --enable-metrics
+            (500, "Internal Server Error", "HTTP 500 Internal Server Error"),
+            (200, "<html>a proxy's login page</html>", "unparseable"),
+            (200, "# TYPE up gauge\nup 1\n", "no vllm: or sglang: metrics"),
+        ],
+    )
+    async def test_an_error_status_or_a_page_without_engine_metrics_is_a_failure_naming_url_and_status(
+        self, status: int, body: str, detail: str
+    ) -> None:
+        """Never a sample of zeros: the autoscaler would read an idle service and scale it in."""
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(status, text=body)
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            result = await PodScraper(client, lambda: 1.0).scrape([PodTarget("chat-0", pod_ip="10.0.0.7")])
+        assert not result.samples
+        failure = result.failures["chat-0"]
+        assert (failure.url, failure.status) == ("http://10.0.0.7:8000/metrics", status)
+        assert detail in failure.detail
+        assert str(failure).startswith("GET http://10.0.0.7:8000/metrics")
 
     async def test_collector_turns_two_scrapes_into_rates(self) -> None:
         pages = iter([exposition(success_stop=100, prompt=0), exposition(success_stop=160, prompt=30_000)])

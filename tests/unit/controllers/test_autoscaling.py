@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
+import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
 from redis import asyncio as aioredis
 
-from adapters.engine_metrics import PodTarget, ServiceMetricsCollector
+from adapters.engine_metrics import PodScraper, PodTarget, ServiceMetricsCollector
 from adapters.store import MemoryStore, RedisStore
 from autoscaler.forecast import EbbtideForecaster
 from autoscaler.loop import ScalingLoop
 from autoscaler.policies import EbbtideForecast, ReactiveTargetTracking
-from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ServiceObservation
-from controllers.shells.autoscaling import CLUSTER, Autoscaler, policy_knobs
+from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScrapeFailure, ServiceObservation
+from controllers.planners.snapshot import PodView
+from controllers.shells.autoscaling import CLUSTER, Autoscaler, decision_status, policy_knobs, scrape_failure_events
 from crds.llmservice import LLMService
+from crds.reasons import ConditionType, EventType, Reason
+from tests.unit.autoscaler.vllm_text import exposition
 from tests.unit.conftest import RedisServer
 from tests.unit.controllers.builders import service
 
@@ -173,3 +178,61 @@ async def test_a_restarted_operator_reads_the_history_back_before_its_first_deci
     finally:
         for s in stores:
             await s.close()
+
+
+def ready_pod(name: str, ip: str) -> PodView:
+    return PodView(name, {}, {}, "Running", True, False, "node-0", None, ip)
+
+
+async def test_engines_answering_404_on_metrics_degrade_the_autoscaler_naming_pods_url_and_status() -> None:
+    """SGLang without --enable-metrics answers 404 on /metrics: every tick is stale, and the user must learn why
+    from the condition and the Events, not only see replicas that never move."""
+    answers: dict[str, int] = {"10.0.0.1": 404, "10.0.0.2": 404}
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        status = answers[request.url.host]
+        return httpx.Response(status, text=exposition() if status == 200 else '{"detail":"Not Found"}')
+
+    svc = service(**scaling(policy="reactive"))
+    pods = [ready_pod("svc-0", "10.0.0.1"), ready_pod("svc-1", "10.0.0.2")]
+    now = [0.0]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as client:
+        shell = Autoscaler(ServiceMetricsCollector(PodScraper(client, lambda: now[0])), MemoryStore(), 30.0)
+        decisions, events = [], []
+        for t in (0.0, 30.0, 60.0):
+            now[0] = t
+            before = shell.last_observation.get("ns/svc")
+            decisions.append(await shell.decide("ns/svc", svc, [], pods, t))
+            events.append(scrape_failure_events(before, shell.last_observation["ns/svc"]))
+        answers["10.0.0.2"] = 200
+        now[0] = 90.0
+        before = shell.last_observation["ns/svc"]
+        await shell.decide("ns/svc", svc, [], pods, 90.0)
+        one_down = scrape_failure_events(before, shell.last_observation["ns/svc"])
+
+    assert all(d.replicas == 2 and d.degraded_reason == Reason.METRICS_UNAVAILABLE for d in decisions)
+    assert decisions[-1].degraded == (
+        "metrics stale or missing: 2/2 engines answered HTTP 404 on /metrics (pod svc-0: GET "
+        "http://10.0.0.1:8000/metrics answered HTTP 404): is --enable-metrics set? (SGLang serves /metrics only "
+        "with it)"
+    )
+    status = decision_status({}, decisions[-1], 60.0, 1)
+    cond = next(c for c in status["conditions"] if c["type"] == ConditionType.AUTOSCALER_DEGRADED)
+    assert (cond["status"], cond["reason"]) == ("True", Reason.METRICS_UNAVAILABLE)
+    assert "2/2 engines answered HTTP 404 on /metrics" in cond["message"]
+    # One Warning per failing pod when its failure starts, naming pod, URL and status; not again every tick.
+    assert events[0] == [
+        (EventType.WARNING, Reason.METRICS_UNAVAILABLE, f"engine pod svc-{i}: GET http://10.0.0.{i + 1}:8000/metrics "
+         "answered HTTP 404") for i in (0, 1)
+    ]  # fmt: skip
+    assert events[1] == events[2] == [] and one_down == []
+
+
+def test_a_failure_that_changes_status_is_reported_again() -> None:
+    url = "http://10.0.0.1:8000/metrics"
+    first = replace(obs(0.0, 1.0), scrape_failures=(("svc-0", ScrapeFailure(url, 404, "HTTP 404 Not Found")),))
+    then = replace(obs(30.0, 1.0), scrape_failures=(("svc-0", ScrapeFailure(url, 503, "HTTP 503")),))
+    assert scrape_failure_events(first, then) == [
+        (EventType.WARNING, Reason.METRICS_UNAVAILABLE, f"engine pod svc-0: GET {url} answered HTTP 503")
+    ]
+    assert scrape_failure_events(then, then) == []

@@ -120,7 +120,7 @@ def test_chart_ships_the_dashboard_as_a_grafana_sidecar_config_map() -> None:
     cm = find(render(), "ConfigMap", "-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["ebbtide.json"]) == DASHBOARD
-    assert not [o for o in render("dashboards.enabled=false") if o["kind"] == "ConfigMap"]
+    assert not [o for o in render("dashboards.enabled=false") if o["metadata"]["name"].endswith("-dashboard")]
 
 
 def store_with(series: dict[str, list[tuple[dict[str, str], list[tuple[float, float]]]]]) -> Any:
@@ -158,3 +158,18 @@ def test_renderer_refuses_queries_outside_its_subset() -> None:
         R.parse("sum(rate(x[1m])) / 2")
     with pytest.raises(R.PromQLError):
         R.evaluate(R.parse("x[1m]"), R.Store(), 0.0)
+
+
+def test_power_panel_draws_one_series_per_node_before_and_after_dcgm_exporters_hostname_rename() -> None:
+    """dcgm-exporter up to 4.5.3-4.8.2 labels the host `Hostname`, later builds `hostname`: a fleet that mixes
+    them (a rolling upgrade of the exporter DaemonSet) must still draw every node, once, under its own name."""
+    panel = next(p for p in DASHBOARD["panels"] if p["title"] == "GPU power vs budget")
+    target = next(t for t in panel["targets"] if "DCGM_FI_DEV_POWER_USAGE" in t["expr"])
+    store = R.Store()
+    for node, label in (("gpu-old", dcgm.HOSTNAME_LABEL), ("gpu-new", dcgm.HOSTNAME_LABEL_RENAMED)):
+        readings = [dcgm.gpu_reading(i, "NVIDIA-H100-80GB-HBM3", {"draw_w": 300.0}, ("ns", f"p{i}")) for i in (0, 1)]
+        for t in (0.0, 10.0):
+            store.add_text(t, dcgm.render(node, "NVIDIA-H100-80GB-HBM3", readings, hostname_label=label), {})
+    out = R.evaluate(R.parse(R.substitute(target["expr"], {}, "30s")), store, 10.0)
+    drawn = {R.legend(target["legendFormat"], labels): value for labels, value in out.items()}
+    assert drawn == {"gpu-old": pytest.approx(600.0), "gpu-new": pytest.approx(600.0)}

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from simulator.engine.metrics import REQUEST_LATENCY_BUCKETS, TOKEN_LATENCY_BUCKETS, TTFT_BUCKETS
-from simulator.engine.server import shutdown
+from simulator.engine.server import ENGINE_KEY, shutdown
 from tests.unit.simulator.engine_support import Served, engine_argv, sample, serve_engine
 
 MODEL = "llama-3-8b"
@@ -324,3 +324,37 @@ async def test_health_version_and_unknown_routes() -> None:
         assert "version" in (await http.get("/version")).json()
         assert (await http.get("/nope")).status_code == 404
         assert (await http.delete("/admin/power")).status_code == 405
+
+
+async def test_a_dead_engine_core_turns_health_503_and_refuses_requests_with_500() -> None:
+    """vLLM answers /health 503 once its engine core died (EngineDeadError) and 500 to new work; in-flight
+    streams end. The fault is injected with --fail-after (virtual seconds after start)."""
+    # At 10x, the core dies 0.5 s of wall time after start; the stream's 2,000 tokens would take ~1.3 s.
+    async with serve_engine(engine_argv(MODEL, "H100", 10, "--fail-after", "5")) as e, e.http() as http:
+        stream = await e.openai().completions.create(model=MODEL, prompt="x", max_tokens=2000, stream=True)
+        received = [c async for c in stream]
+        assert received[-1].choices[0].finish_reason == "abort" and len(received) < 2000
+        assert (await http.get("/health")).status_code == 503
+        refused = await http.post("/v1/completions", json={"model": MODEL, "prompt": "y"})
+        assert refused.status_code == 500
+        assert refused.json()["error"]["message"].startswith("EngineCore encountered an issue")
+        assert (await http.get("/metrics")).status_code == 200, "vLLM's /metrics answers whatever the core's state"
+
+
+async def test_health_stays_200_through_a_drain_until_the_core_dies() -> None:
+    async with serve_engine(engine_argv(MODEL, "H100", 100, "--shutdown-timeout", "30")) as e, e.http() as http:
+        stream = await e.openai().completions.create(model=MODEL, prompt="x", max_tokens=2000, stream=True)
+        await stream.__anext__()
+        stopping = asyncio.create_task(shutdown(e.app))
+        await asyncio.sleep(0.01)
+        assert (await http.get("/health")).status_code == 200
+        await e.app[ENGINE_KEY].die()
+        assert (await http.get("/health")).status_code == 503
+        await asyncio.wait_for(stopping, 5)
+
+
+async def test_metric_names_none_serves_no_metrics_as_sglang_without_enable_metrics() -> None:
+    async with serve_engine(engine_argv(MODEL, "H100", 100, "--metric-names", "none")) as e, e.http() as http:
+        missing = await http.get("/metrics")
+        assert (missing.status_code, missing.json()) == (404, {"detail": "Not Found"})
+        assert (await http.get("/health")).status_code == 200
