@@ -1,5 +1,6 @@
-"""The engines' HTTP endpoints the controllers call: trainer progress and checkpoints. Serving engines are drained
-by SIGTERM with `--shutdown-timeout` (controllers/planners/drain.py), not by any call."""
+"""The engines' HTTP endpoints the controllers call: trainer progress and checkpoints, and the serving engines'
+elastic-EP resize. Serving engines are drained by SIGTERM with `--shutdown-timeout` (controllers/planners/drain.py),
+not by any call."""
 
 from __future__ import annotations
 
@@ -46,3 +47,42 @@ class EngineClient:
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
             log.warning("checkpoint request to %s failed: %s", url, e)
             return None
+
+
+class ElasticEPClient:
+    """The engines' own resize calls (docs/engines.md): vLLM's `POST /scale_elastic_ep` and a canary completion.
+
+    Used by the width-change operation of controllers/planners/rescale.py; every call is one the real engine
+    answers. A resize call returns when the engine has finished (vLLM answers only then), so its timeout is long.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.http = httpx.AsyncClient(transport=transport)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def scale(self, url: str, width: int, drain_timeout_s: int, *, engine: str = "vllm") -> int | None:
+        """The HTTP status of the resize (200, 400, 408, 500, 503, ...), None when the engine could not be reached."""
+        body: dict[str, int] = (
+            {"new_ep_size": width}
+            if engine == "sglang"
+            else {"new_data_parallel_size": width, "drain_timeout": drain_timeout_s}
+        )
+        try:
+            r = await self.http.post(f"{url}/scale_elastic_ep", json=body, timeout=drain_timeout_s + 600.0)
+        except httpx.HTTPError as e:
+            log.warning("resize request to %s failed: %s", url, e)
+            return None
+        if r.status_code != 200:
+            log.warning("engine %s answered the resize with %d: %s", url, r.status_code, r.text[:300])
+        return r.status_code
+
+    async def canary(self, url: str, model: str) -> bool:
+        """One short completion at the new width; True when it comes back whole."""
+        body = {"model": model, "prompt": "ping", "max_tokens": 1}
+        try:
+            r = await self.http.post(f"{url}/v1/completions", json=body, timeout=30.0)
+            return r.status_code == 200 and bool(r.json().get("choices"))
+        except (httpx.HTTPError, ValueError):
+            return False

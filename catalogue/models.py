@@ -103,6 +103,11 @@ MODEL_CATALOG: dict[str, ModelSpec] = {
         _moe("mixtral-8x22b", 140.62, 39.16, 8, 2, 56, 6144, 8, 65536),
         # Qwen1.5-MoE-A2.7B: 60 routed experts, top-4, plus 4 always-on shared experts (counted as shared).
         _moe("qwen-moe-a2.7b", 14.32, 2.69, 60, 4, 24, 2048, 16, 8192),
+        # DeepSeek-V2-Lite (huggingface.co/deepseek-ai/DeepSeek-V2-Lite: model card 15.7B total / 2.4B active;
+        # config.json: 27 layers, hidden 2048, 64 routed experts, top-6, 2 shared experts, 163840 context). Its
+        # attention is MLA, which caches one 512-wide latent plus a 64-wide RoPE key per layer: 576 elements,
+        # written here as one KV "head" of 288 so that K + V come to the same bytes per token.
+        ModelSpec("deepseek-v2-lite", 15.7, 2.4, "moe", 64, 27, 2048, 1, 288, experts_per_token=6, max_context=163840),
     )
 }
 

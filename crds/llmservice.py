@@ -116,6 +116,19 @@ class ParallelismSpec(ApiModel):
     pipeline: int = Field(default=1, ge=1, le=64, description="Pipeline-parallel degree.")
     data: int = Field(default=1, ge=1, le=64, description="Data-parallel ranks inside one replica.")
     expert: int = Field(default=1, ge=1, le=512, description="Expert-parallel degree (moe only).")
+    elastic_expert: bool = Field(
+        default=False,
+        description="MoE: run the engine with elastic expert parallelism (vLLM --enable-elastic-ep with EPLB, "
+        "SGLang --elastic-ep-backend), so a running replica can change its expert-parallel width in place.",
+    )
+    max_expert: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="MoE with elasticExpert: the widest expert-parallel degree a resize may reach (vLLM "
+        "--elastic-ep-max-dp-size counts it in data-parallel ranks of parallelism.tensor GPUs); default "
+        "parallelism.expert.",
+    )
 
 
 class SLOSpec(ApiModel):
@@ -210,6 +223,16 @@ class LLMServiceSpec(ApiModel):
                     "rule": "self.parallelism.expert == 1 || self.model.architecture == 'moe'",
                     "message": "parallelism.expert > 1 needs model.architecture: moe",
                     "fieldPath": ".parallelism.expert",
+                },
+                {
+                    "rule": "!self.parallelism.elasticExpert || self.model.architecture == 'moe'",
+                    "message": "parallelism.elasticExpert needs model.architecture: moe",
+                    "fieldPath": ".parallelism.elasticExpert",
+                },
+                {
+                    "rule": "!has(self.parallelism.maxExpert) || self.parallelism.maxExpert >= self.parallelism.expert",
+                    "message": "parallelism.maxExpert must be at least parallelism.expert",
+                    "fieldPath": ".parallelism.maxExpert",
                 },
                 {
                     "rule": "self.model.architecture != 'moe' || self.parallelism.expert <= self.model.experts",

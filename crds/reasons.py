@@ -26,6 +26,8 @@ class ConditionType(StrEnum):
     INFEASIBLE = "Infeasible"
     # LLMService: a scale-up was held back because its power domain has no room for it.
     POWER_LIMITED = "PowerLimited"
+    RESCALING = "Rescaling"  # an MoE replica's expert-parallel width is changing in place
+    RESCALE_FAILED = "RescaleFailed"
     # Kubernetes' own pod condition; the packer sets it False/Unschedulable like kube-scheduler does.
     POD_SCHEDULED = "PodScheduled"
 
@@ -67,6 +69,14 @@ class Reason(StrEnum):
     FORECAST_FAILED = "ForecastFailed"
     ATTAINABLE = "Attainable"
     SLO_UNATTAINABLE = "SLOUnattainable"
+    # MoE width changes (controllers/planners/rescale.py).
+    RESCALING = "Rescaling"
+    RESCALED = "Rescaled"
+    RESCALE_FAILED = "RescaleFailed"
+    RESCALE_TIMED_OUT = "RescaleTimedOut"
+    RESCALE_REFUSED = "RescaleRefused"
+    ENGINE_REFUSED_RESCALE = "EngineRefusedRescale"
+    ELASTIC_EP_UNAVAILABLE = "ElasticEPUnavailable"
     # FineTuneJob lifecycle, checkpoints and preemption.
     PENDING = "Pending"
     RUNNING = "Running"

@@ -1,4 +1,5 @@
-"""Placement of GPU gangs: fragmentation-aware greedy packing, CP-SAT repacking, priority preemption.
+"""Placement of GPU gangs: fragmentation-aware greedy packing, CP-SAT repacking, priority preemption, and MoE
+expert layouts for elastic expert parallelism (`packer.experts`).
 
 Every module here is a pure decision core: plain data in (a `ClusterSnapshot`), a `Plan` out. No Kubernetes,
 network or wall-clock access; time arrives as the `now` argument and the solver budget as configuration. The

@@ -121,6 +121,13 @@ class BatchScheduler:
         """Longest prompt + generation one request may have: the whole KV cache."""
         return self.total_blocks * self.block_size
 
+    def resize_kv(self, perf: PerfModel) -> None:
+        """Switch to another replica shape (an elastic resize): new step costs, KV blocks scaled to its capacity."""
+        total = max(1, perf.kv_capacity_tokens // self.block_size)
+        self._free_blocks += total - self.total_blocks
+        self.total_blocks = total
+        self.perf = perf
+
     def has_work(self) -> bool:
         """Whether any request is running or waiting."""
         return bool(self._running or self._waiting or self._resumed)

@@ -51,6 +51,9 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
             args += ["--experts", str(m.experts), "--expert-parallel", str(p.expert if tp != p.tensor else 1)]
             if m.active_parameters_b is not None:
                 args += ["--active-params-b", _num(m.active_parameters_b)]
+            if p.elastic_expert:
+                # The simulated engine's resize width is its expert-parallel degree.
+                args += ["--enable-eplb", "--enable-elastic-ep", "--elastic-ep-max-dp-size", str(elastic_max(spec))]
         if pod.role in ("prefill", "decode"):
             args += ["--role", pod.role]
         return ["python", "-m", "simulator.engine"], args + list(e.args)
@@ -64,8 +67,12 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
         ]  # fmt: skip
         if p.data > 1:
             serve += ["--data-parallel-size", str(p.data)]
-        if m.architecture == "moe" and p.expert > 1:
+        if m.architecture == "moe" and (p.expert > 1 or p.elastic_expert):
             serve += ["--enable-expert-parallel"]
+        if m.architecture == "moe" and p.elastic_expert:
+            # vLLM's elastic EP resizes the data-parallel ranks (each of `tensor` GPUs) and needs EPLB (0.32.0).
+            max_dp = max(p.data, elastic_max(spec) // p.tensor)
+            serve += ["--enable-eplb", "--enable-elastic-ep", "--elastic-ep-max-dp-size", str(max_dp)]
         if spec.adapters:
             serve += [
                 "--enable-lora",
@@ -96,12 +103,21 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
         args += ["--dp-size", str(p.data)]
     if m.architecture == "moe" and p.expert > 1:
         args += ["--ep-size", str(p.expert)]
+    if m.architecture == "moe" and p.elastic_expert:
+        # SGLang's elastic EP is switched on by naming its backend (mooncake, 0.5.x); it only grows.
+        args += ["--elastic-ep-backend", "mooncake"]
     if pod.nodes > 1:
         rank = 0 if pod.role == "leader" else pod.rank + 1
         args += ["--nnodes", str(pod.nodes), "--node-rank", str(rank), "--dist-init-addr", f"{pod.leader_host}:5000"]
     if pod.role in ("prefill", "decode"):
         args += ["--disaggregation-mode", pod.role]
     return ["python3", "-m", "sglang.launch_server"], args + list(e.args)
+
+
+def elastic_max(spec: LLMServiceSpec) -> int:
+    """The widest expert-parallel degree a resize may reach: parallelism.maxExpert, else the current width."""
+    p = spec.parallelism
+    return max(p.expert, p.max_expert or p.expert)
 
 
 def trainer_command(

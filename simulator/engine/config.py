@@ -25,6 +25,8 @@ Mode = Literal["serve", "trainer"]
 
 # `--gpu auto` takes the product from here (the node's nvidia.com/gpu.product label, set by whoever starts the pod).
 GPU_PRODUCT_ENV = "EBBTIDE_GPU_PRODUCT"
+# vLLM reads this to wait for in-flight requests before committing an elastic resize (0.32.0, vllm/envs.py).
+DRAIN_ENV = "VLLM_ELASTIC_EP_DRAIN_REQUESTS"
 
 
 class EngineConfigError(ValueError):
@@ -53,7 +55,13 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     role: Role = "both"
     power_limit_w: float | None = None  # initial per-GPU limit; None = TDP
-    expert_load_gbps: float = 10.0  # bandwidth for loading experts during a layout change
+    expert_load_gbps: float = 25.0  # rank-to-rank weight bandwidth during an elastic resize, GB/s per sender
+    expert_load_skew: float = 1.0  # how unevenly the simulated router picks experts (0 = uniform)
+    enable_eplb: bool = False  # vLLM's --enable-eplb
+    enable_elastic_ep: bool = False  # vLLM's --enable-elastic-ep (SGLang: --elastic-ep-backend)
+    elastic_ep_max_dp_size: int | None = None  # vLLM's --elastic-ep-max-dp-size (default: the starting width)
+    drain_before_scale: bool = False  # vLLM's VLLM_ELASTIC_EP_DRAIN_REQUESTS=1: wait for requests before a commit
+    return_routed_experts: bool = False  # vLLM's --enable-return-routed-experts
     total_steps: int = 0  # trainer: steps in the run
     step_seconds: float = 1.0  # trainer: seconds per step at the default power limit
     start_step: int = 0  # trainer: step to start from (read from --resume-from)
@@ -63,6 +71,11 @@ class EngineConfig:
     metric_names: MetricNames = "vllm"  # whose /metrics names to export: vLLM's, or SGLang's
     fail_after_s: float | None = None  # fault injection: virtual seconds after start until the engine core dies
     calibration: Calibration = DEFAULT_CALIBRATION
+
+    @property
+    def speaks_sglang(self) -> bool:
+        """Whether the engine plays SGLang (its metric names, or its /metrics switched off) for elastic EP too."""
+        return self.metric_names in ("sglang", "none")
 
     @property
     def served_model_name(self) -> str:
@@ -139,7 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
         "EngineDeadError (/health 503, requests 500)",
     )
     p.add_argument("--power-limit", type=float, help="initial per-GPU power limit, watts (default TDP)")
-    p.add_argument("--expert-load-gbps", type=float, default=10.0)
+    p.add_argument(
+        "--expert-load-gbps", type=float, default=25.0, help="rank-to-rank weight bandwidth in an elastic resize"
+    )
+    p.add_argument("--expert-load-skew", type=float, default=1.0, help="Zipf exponent of expert popularity")
+    p.add_argument("--enable-eplb", action="store_true", help="vLLM's expert-parallel load balancer (MoE)")
+    p.add_argument("--enable-elastic-ep", action="store_true", help="vLLM's elastic EP (needs --enable-eplb)")
+    p.add_argument("--elastic-ep-backend", help="SGLang's switch for elastic EP (any value enables it)")
+    p.add_argument("--elastic-ep-max-dp-size", type=int, help="largest width a resize may reach")
+    p.add_argument("--enable-return-routed-experts", action="store_true", help="responses carry routed_experts (MoE)")
     p.add_argument("--total-steps", type=int, help="trainer: steps in the run")
     p.add_argument("--step-seconds", type=float, default=1.0, help="trainer: seconds per step")
     p.add_argument("--resume-from", help="trainer: checkpoint marker to resume from")
@@ -200,6 +221,22 @@ def parse_args(argv: list[str]) -> EngineConfig:
         _positive("--" + flag.replace("_", "-"), getattr(ns, flag))
     _positive("--time-scale", ns.time_scale)
     _positive("--expert-load-gbps", ns.expert_load_gbps)
+    _positive("--expert-load-skew", ns.expert_load_skew, allow_zero=True)
+    elastic = ns.enable_elastic_ep or ns.elastic_ep_backend is not None
+    if elastic:
+        if model.architecture != "moe":
+            raise EngineConfigError(f"--enable-elastic-ep: {model.name} is a dense model; elastic EP needs MoE")
+        if ns.enable_elastic_ep and not ns.enable_eplb:
+            raise EngineConfigError("--enable-elastic-ep: elastic EP needs --enable-eplb (vLLM's rule)")
+        if model.experts % ns.expert_parallel:
+            raise EngineConfigError(
+                f"--expert-parallel: {model.experts} experts cannot be split evenly over {ns.expert_parallel} ranks"
+            )
+    if ns.elastic_ep_max_dp_size is not None and ns.elastic_ep_max_dp_size < ns.expert_parallel:
+        raise EngineConfigError(
+            f"--elastic-ep-max-dp-size: must be at least the starting width {ns.expert_parallel}, "
+            f"got {ns.elastic_ep_max_dp_size}"
+        )
     _positive("--shutdown-timeout", ns.shutdown_timeout, allow_zero=True)
     if ns.fail_after is not None:
         _positive("--fail-after", ns.fail_after, allow_zero=True)
@@ -233,6 +270,12 @@ def parse_args(argv: list[str]) -> EngineConfig:
         role=ns.role,
         power_limit_w=ns.power_limit,
         expert_load_gbps=ns.expert_load_gbps,
+        expert_load_skew=ns.expert_load_skew,
+        enable_eplb=ns.enable_eplb,
+        enable_elastic_ep=elastic,
+        elastic_ep_max_dp_size=ns.elastic_ep_max_dp_size,
+        drain_before_scale=os.environ.get(DRAIN_ENV, "0") not in ("", "0"),
+        return_routed_experts=ns.enable_return_routed_experts,
         step_seconds=ns.step_seconds,
         resume_from=ns.resume_from,
         checkpoint_dir=ns.checkpoint_dir,

@@ -13,16 +13,21 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
+from catalogue.elastic import DEFAULT_ELASTIC, expert_bytes, resize_timings
+from catalogue.perf import PerfModel
+from packer.experts import ExpertLayout, contiguous_layout, eplb_layout, starting_layout
 from simulator.batching import BatchScheduler, RequestId, SimRequest, StepResult
 from simulator.engine.clock import Clock, ScaledClock
 from simulator.engine.config import EngineConfig
 from simulator.engine.metrics import EngineMetrics
 from simulator.engine.text import TokenText
+from simulator.experts import expert_popularity, route_tokens
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +46,16 @@ class EngineDead(Exception):
         super().__init__("EngineCore encountered an issue. See stack trace (above) for the root cause.")  # vLLM's
 
 
-class ExpertLayoutError(ValueError):
-    """An expert layout that does not place every expert or names unknown experts."""
+class ElasticScaleRejected(ValueError):
+    """A resize the engine refuses before anything moves (vLLM answers 400)."""
 
 
-class ExpertLayoutBusy(Exception):
-    """A layout change is already loading."""
+class ElasticScaleFailed(RuntimeError):
+    """A resize that cannot run at all, e.g. elastic EP not enabled (vLLM answers 500 "Scale failed")."""
+
+
+class ElasticScaleBusy(RuntimeError):
+    """SGLang only: a scale-up is still pending (409)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class _Sequence:
     text: TokenText
     sink: asyncio.Queue[TokenEvent]
     arrival_s: float
+    rank: int = 0  # the data-parallel rank serving it (requests are spread round-robin)
     scheduled_s: float | None = None
     first_token_s: float | None = None
     last_token_s: float | None = None
@@ -85,19 +95,18 @@ class _Sequence:
 
 
 @dataclass
-class _PendingLayout:
-    layout: dict[int, list[int]]
-    ready_at_s: float
-    load_seconds: float
-    bytes_moved: float
-    experts_moved: int
+class _Elastic:
+    """The instance's data-parallel width and expert placement, and whether a resize is in its 503 window."""
 
-
-@dataclass
-class _Experts:
-    layout: dict[int, list[int]]
-    version: int = 0
-    pending: _PendingLayout | None = None
+    width: int
+    slots_per_rank: int
+    layout: ExpertLayout
+    scaling: bool = False  # vLLM: every HTTP request gets 503; SGLang: a scale-up is pending
+    pending_width: int | None = None
+    phase: str = "idle"  # SGLang's scale_phase
+    last_error: str | None = None
+    resizes: int = 0
+    paused_until_s: float = 0.0  # the scheduler runs no iteration before this (vLLM's "keep" pause)
 
 
 class SimEngine:
@@ -121,7 +130,15 @@ class SimEngine:
         self._task: asyncio.Task[None] | None = None
         self._fault: asyncio.Task[None] | None = None
         self._activity: deque[tuple[float, float, float]] = deque()
-        self._experts = _Experts(self._initial_layout()) if cfg.model.architecture == "moe" else None
+        self.elastic = self._initial_elastic()
+        self._scale_lock = asyncio.Lock()
+        self._share = (
+            expert_popularity(cfg.model.experts, cfg.expert_load_skew, cfg.seed)
+            if cfg.model.architecture == "moe"
+            else None
+        )
+        self._routing_rng = np.random.default_rng(cfg.seed)
+        self._sglang_task: asyncio.Task[None] | None = None
 
     # lifecycle
 
@@ -154,6 +171,10 @@ class SimEngine:
         """Stop the loop and end every unfinished sequence as aborted."""
         if self._fault is not None:
             self._fault.cancel()
+        if self._sglang_task is not None:
+            self._sglang_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sglang_task
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,7 +210,8 @@ class SimEngine:
             rid = f"seq-{self._next_id}"
             self._next_id += 1
             self.scheduler.add(SimRequest(rid, spec.prompt_tokens, spec.max_tokens, now))
-            self._seqs[rid] = _Sequence(rid, spec, TokenText(spec.seed), sink, now)
+            width = self.elastic.width if self.elastic is not None else 1
+            self._seqs[rid] = _Sequence(rid, spec, TokenText(spec.seed), sink, now, rank=self._next_id % width)
             rids.append(rid)
         if self._wake is not None:
             self._wake.set()
@@ -222,7 +244,10 @@ class SimEngine:
     async def _run(self) -> None:
         assert self._wake is not None
         while True:
-            self._apply_layout(self.clock.now())
+            if self.elastic is not None and self.clock.now() < self.elastic.paused_until_s:
+                await self.clock.sleep_until(self.elastic.paused_until_s)
+                self._cursor = max(self._cursor, self.elastic.paused_until_s)
+                continue
             if not self.scheduler.has_work():
                 self._wake.clear()
                 await self._wake.wait()
@@ -324,84 +349,151 @@ class SimEngine:
         self.scheduler.perf = self.perf
         return self.power_state()
 
-    # experts
+    # elastic expert parallelism
 
-    def _initial_layout(self) -> dict[int, list[int]]:
-        experts, ranks = self.cfg.model.experts, self.cfg.expert_parallel
-        return {r: list(range(r * experts // ranks, (r + 1) * experts // ranks)) for r in range(ranks)}
-
-    def _apply_layout(self, now: float) -> None:
-        ex = self._experts
-        if ex is not None and ex.pending is not None and now >= ex.pending.ready_at_s:
-            ex.layout = ex.pending.layout
-            ex.version += 1
-            ex.pending = None
-
-    def experts_state(self) -> dict[str, object] | None:
-        """{"layout", "pending", "version"} for a MoE model, None for a dense one."""
-        if self._experts is None:
+    def _initial_elastic(self) -> _Elastic | None:
+        model, width = self.cfg.model, self.cfg.expert_parallel
+        if model.architecture != "moe" or model.experts % width:
             return None
-        now = self.clock.now()
-        self._apply_layout(now)
-        ex = self._experts
-        pending: dict[str, object] | None = None
-        if ex.pending is not None:
-            p = ex.pending
-            pending = {
-                "layout": {str(r): e for r, e in sorted(p.layout.items())},
-                "load_seconds": round(p.load_seconds, 6),
-                "remaining_seconds": round(max(0.0, p.ready_at_s - now), 6),
-                "experts_moved": p.experts_moved,
-                "bytes_moved": p.bytes_moved,
-            }
+        return _Elastic(width, model.experts // width, contiguous_layout(model.experts, width))
+
+    @property
+    def scaling(self) -> bool:
+        """vLLM's flag: a resize is committing and every HTTP request is answered 503."""
+        return self.elastic is not None and self.elastic.scaling and not self.cfg.speaks_sglang
+
+    def expert_share(self) -> list[float]:
+        """Each expert's share of routed tokens (the simulated router's popularity); empty for a dense model."""
+        return [] if self._share is None else [float(x) for x in self._share]
+
+    def routed_experts(self, tokens: int) -> np.ndarray | None:
+        """Expert ids per token, MoE layer and top-k slot, as vLLM returns with --enable-return-routed-experts."""
+        if self._share is None:
+            return None
+        m = self.cfg.model
+        return route_tokens(self._share, tokens, m.layers, m.experts_per_token, self._routing_rng)
+
+    async def scale_elastic_ep(self, new_width: int, drain_timeout_s: int) -> None:
+        """vLLM's resize: prepare while serving, then a commit window in which every request gets 503.
+
+        Raises ElasticScaleRejected (400), TimeoutError (408) when VLLM_ELASTIC_EP_DRAIN_REQUESTS is set and
+        requests do not drain within drain_timeout_s, ElasticScaleFailed (500). Concurrent calls run one after
+        another, as vLLM serialises them."""
+        async with self._scale_lock:
+            ex = self.elastic
+            if new_width == (ex.width if ex is not None else self.cfg.expert_parallel):
+                return
+            if ex is None or not self.cfg.enable_elastic_ep:
+                raise ElasticScaleFailed("elastic EP is not enabled on this engine")
+            limit = self.cfg.elastic_ep_max_dp_size or self.cfg.expert_parallel
+            if new_width > limit:
+                raise ElasticScaleRejected(
+                    f"Cannot scale to data_parallel_size {new_width}; --elastic-ep-max-dp-size is {limit}."
+                )
+            experts = self.cfg.model.experts
+            if new_width * ex.slots_per_rank < experts:
+                minimum = -(-experts // ex.slots_per_rank)
+                raise ElasticScaleRejected(f"Cannot scale to data_parallel_size {new_width}, minimum is {minimum}")
+            await self._resize(ex, new_width, drain_timeout_s)
+
+    async def _resize(self, ex: _Elastic, new_width: int, drain_timeout_s: int) -> None:
+        old = ex.width
+        share = self.expert_share()
+        target = eplb_layout(share, new_width, ex.slots_per_rank)
+        start = starting_layout(ex.layout, new_width)
+        per_expert = expert_bytes(self.cfg.model)
+        received = max(len(target.ranks[r]) - len(set(target.ranks[r]) & set(start.ranks[r])) for r in range(new_width))
+        timings = resize_timings(
+            self.cfg.model,
+            old,
+            new_width,
+            ex.slots_per_rank,
+            tensor_parallel=self.cfg.tensor_parallel,
+            moved_expert_bytes_per_rank=received * per_expert,
+            cal=replace(DEFAULT_ELASTIC, peer_gbps=self.cfg.expert_load_gbps),
+        )
+        await self.clock.sleep_until(self.clock.now() + timings.prepare_s)
+        ex.scaling = True
+        try:
+            if self.cfg.drain_before_scale:
+                await self._drain(drain_timeout_s)
+            now = self.clock.now()
+            if new_width < old:
+                # The retiring ranks' engines pause with "abort": their running requests end at once.
+                self.abort([seq.rid for seq in self._seqs.values() if seq.rank >= new_width])
+            ex.paused_until_s = now + timings.commit_s
+            await self.clock.sleep_until(ex.paused_until_s)
+            self.perf = PerfModel(
+                self.cfg.model,
+                self.perf.gpu,
+                self.cfg.tensor_parallel,
+                self.perf.power_limit_w,
+                self.cfg.calibration,
+                self.cfg.gpu_memory_utilization,
+                pipeline_parallel=self.cfg.pipeline_parallel,
+                expert_parallel=new_width,
+            )
+            self.scheduler.resize_kv(self.perf)
+            # Scale-down rebalances inside the commit; scale-up's rebalance runs asynchronously right after.
+            ex.layout = target
+            ex.width = new_width
+            ex.resizes += 1
+            self.metrics.set_scheduler_state(
+                self.scheduler.num_running, self.scheduler.num_waiting, self.scheduler.kv_usage
+            )
+        finally:
+            ex.scaling = False
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _drain(self, timeout_s: int) -> None:
+        # vLLM polls once a second until its engines are idle, then gives up after drain_timeout.
+        deadline = self.clock.now() + timeout_s
+        while self._inflight > 0:
+            if self.clock.now() >= deadline:
+                raise TimeoutError(f"requests did not drain within {timeout_s} s")
+            await self.clock.sleep_until(min(deadline, self.clock.now() + 1.0))
+
+    # SGLang's variant: scale-up only, answered at once, the joining cohort completes it in the background.
+
+    def sglang_scale(self, new_width: int) -> dict[str, object]:
+        """Start a scale-up as SGLang's /scale_elastic_ep does; the resize finishes in the background."""
+        ex = self.elastic
+        if ex is None or not self.cfg.enable_elastic_ep:
+            raise ElasticScaleFailed("elastic EP is not enabled (--elastic-ep-backend)")
+        old = ex.width
+        if ex.pending_width is not None:
+            raise ElasticScaleBusy("a previous scale operation has not completed yet")
+        if new_width <= old:
+            raise ElasticScaleRejected(f"new_ep_size ({new_width}) must be greater than current ({old})")
+        limit = self.cfg.elastic_ep_max_dp_size or self.cfg.expert_parallel
+        if new_width > limit:
+            raise ElasticScaleRejected(f"new_ep_size ({new_width}) exceeds the maximum EP size ({limit})")
+        ex.pending_width = new_width
+        ex.phase = "waiting_for_cohort"
+        self._sglang_task = asyncio.create_task(self._sglang_resize(ex, new_width))
+        return {"message": f"Scaling initiated from {old} to {new_width}", "old_ep_size": old, "new_ep_size": new_width}
+
+    async def _sglang_resize(self, ex: _Elastic, new_width: int) -> None:
+        try:
+            ex.phase = "pending"
+            await self._resize(ex, new_width, 0)
+            ex.phase = "serving_expanded"
+            ex.last_error = None
+        except Exception as exc:  # the scale state reports it; nothing awaits this task
+            ex.phase = "failed"
+            ex.last_error = str(exc)
+        finally:
+            ex.pending_width = None
+
+    def sglang_state(self) -> dict[str, object]:
+        """SGLang's GET /is_scaling_elastic_ep body."""
+        ex = self.elastic
+        assert ex is not None
         return {
-            "layout": {str(r): e for r, e in sorted(ex.layout.items())},
-            "pending": pending,
-            "version": ex.version,
-            "experts": self.cfg.model.experts,
+            "is_scaling_elastic_ep": ex.pending_width is not None,
+            "effective_ep_size": ex.width,
+            "pending_ep_size": ex.pending_width,
+            "scale_phase": ex.phase,
+            "last_error": ex.last_error,
         }
-
-    def request_layout(self, layout: Mapping[str, object]) -> dict[str, object]:
-        """Start loading a new expert layout; serving continues on the current one until it is loaded."""
-        if self._experts is None:
-            raise ExpertLayoutError(f"{self.cfg.model.name} is a dense model; it has no experts")
-        now = self.clock.now()
-        self._apply_layout(now)
-        if self._experts.pending is not None:
-            raise ExpertLayoutBusy("a layout change is still loading; retry when `pending` is null")
-        new = self._validate_layout(layout)
-        current = self._experts.layout
-        per_expert = self.cfg.model.expert_params_b * 1e9 * self.cfg.model.dtype_bytes
-        moved = {r: len(set(e) - set(current.get(r, []))) for r, e in new.items()}
-        # Ranks load in parallel; the slowest one sets when the switch can happen.
-        load_s = max(moved.values(), default=0) * per_expert / (self.cfg.expert_load_gbps * 1e9)
-        count = sum(moved.values())
-        self._experts.pending = _PendingLayout(new, now + load_s, load_s, count * per_expert, count)
-        if self._wake is not None:
-            self._wake.set()
-        state = self.experts_state()
-        assert state is not None
-        return state
-
-    def _validate_layout(self, layout: Mapping[str, object]) -> dict[int, list[int]]:
-        experts = self.cfg.model.experts
-        if not layout:
-            raise ExpertLayoutError("layout must map at least one rank to its experts")
-        parsed: dict[int, list[int]] = {}
-        for key, ids in layout.items():
-            try:
-                rank = int(key)
-            except ValueError:
-                raise ExpertLayoutError(f"layout rank {key!r} is not an integer") from None
-            if rank < 0:
-                raise ExpertLayoutError(f"layout rank {rank} is negative")
-            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                raise ExpertLayoutError(f"layout rank {rank}: experts must be a list of integers")
-            bad = [i for i in ids if not 0 <= i < experts]
-            if bad:
-                raise ExpertLayoutError(f"layout rank {rank}: expert ids {bad} outside 0..{experts - 1}")
-            parsed[rank] = sorted(set(ids))
-        missing = sorted(set(range(experts)) - {i for ids in parsed.values() for i in ids})
-        if missing:
-            raise ExpertLayoutError(f"layout leaves experts {missing} on no rank")
-        return parsed

@@ -8,7 +8,9 @@ models. SIGTERM follows vLLM's `--shutdown-timeout` (see `shutdown()`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import json
 import logging
 import signal
@@ -17,16 +19,18 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from simulator.engine.clock import Clock
 from simulator.engine.config import EngineConfig
 from simulator.engine.core import (
+    ElasticScaleBusy,
+    ElasticScaleFailed,
+    ElasticScaleRejected,
     EngineDead,
     EngineDraining,
-    ExpertLayoutBusy,
-    ExpertLayoutError,
     SequenceSpec,
     SimEngine,
     TokenEvent,
@@ -274,6 +278,8 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
             rids, events = engine.submit(specs)
             try:
                 meta = _ResponseMeta(chat, model, sum(tokens for _, tokens in prompts), len(specs))
+                if engine.cfg.return_routed_experts and engine.cfg.model.architecture == "moe":
+                    meta.routes = [_routes_for(engine, spec.prompt_tokens) for spec in specs]
                 if params.stream:
                     meta.include_usage = params.include_usage
                     return await _stream(request, events, meta)
@@ -296,6 +302,7 @@ class _ResponseMeta:
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
         self.include_usage = False
+        self.routes: list[Callable[[int], str]] | None = None  # per choice: generated tokens -> routed_experts
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
         return {
@@ -319,6 +326,7 @@ async def _collect(events: asyncio.Queue[TokenEvent], meta: _ResponseMeta) -> we
     choices: list[dict[str, Any]] = []
     for i in range(meta.choices):
         text = "".join(texts[i])
+        routed = meta.routes[i](len(texts[i])) if meta.routes is not None else None
         # Every field vLLM 0.32.0 sends (tests/conformance/fixtures), null where the simulator has nothing to say.
         if meta.chat:
             message = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "audio": None}
@@ -331,7 +339,7 @@ async def _collect(events: asyncio.Queue[TokenEvent], meta: _ResponseMeta) -> we
                     "finish_reason": reasons[i],
                     "stop_reason": None,
                     "token_ids": None,
-                    "routed_experts": None,
+                    "routed_experts": routed,
                 }
             )
         else:
@@ -345,7 +353,7 @@ async def _collect(events: asyncio.Queue[TokenEvent], meta: _ResponseMeta) -> we
                     "token_ids": None,
                     "prompt_logprobs": None,
                     "prompt_token_ids": None,
-                    "routed_experts": None,
+                    "routed_experts": routed,
                 }
             )
     body: dict[str, Any] = {
@@ -499,24 +507,102 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def experts(request: web.Request) -> web.Response:
-    """GET /admin/experts: layout, pending change, version; PUT {"layout": {...}} starts a change."""
+async def scale_elastic_ep(request: web.Request) -> web.Response:
+    """POST /scale_elastic_ep {"new_data_parallel_size": n, "drain_timeout": s}, as vLLM 0.32.0 answers it."""
     engine = request.app[ENGINE_KEY]
-    if request.method == "GET":
-        state = engine.experts_state()
-        if state is None:
-            raise ApiError(404, f"{engine.cfg.model.name} is a dense model; it has no experts", "NotFoundError")
-        return web.json_response(state)
-    body = await _json_object(request)
-    layout = body.get("layout")
-    if not isinstance(layout, dict):
-        raise bad_request('body must be {"layout": {"<rank>": [expert ids], ...}}')
+    if request.content_type != "application/json":
+        message = "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed"
+        raise ApiError(400, message, "Bad Request")
     try:
-        return web.json_response(engine.request_layout(layout), status=202)
-    except ExpertLayoutBusy as exc:
-        raise ApiError(409, str(exc), "ConflictError") from None
-    except ExpertLayoutError as exc:
-        raise bad_request(str(exc)) from None
+        body = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "Invalid JSON format", "Bad Request") from None
+    if not isinstance(body, dict):
+        # vLLM calls .get on whatever JSON came, and its generic handler reports the AttributeError.
+        raise ApiError(500, f"'{type(body).__name__}' object has no attribute 'get'", "InternalServerError")
+    size = body.get("new_data_parallel_size")
+    drain_timeout = body.get("drain_timeout", 120)
+    if size is None:
+        raise ApiError(400, "new_data_parallel_size is required", "Bad Request")
+    # JSON true: vLLM 0.32.0 was seen to reset the connection; the simulator refuses it like any non-integer.
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise ApiError(400, "new_data_parallel_size must be a positive integer", "Bad Request")
+    if not isinstance(drain_timeout, int) or drain_timeout <= 0:
+        raise ApiError(400, "drain_timeout must be a positive integer", "Bad Request")
+    try:
+        await engine.scale_elastic_ep(size, drain_timeout)
+    except TimeoutError:
+        raise ApiError(
+            408, f"Scale failed due to request drain timeout after {drain_timeout} seconds", "Request Timeout"
+        ) from None
+    except ElasticScaleRejected as exc:
+        raise ApiError(400, str(exc), "Bad Request") from None
+    except Exception as exc:
+        log.error("Scale failed: %s", exc)
+        raise ApiError(500, "Scale failed", "Internal Server Error") from None
+    return web.json_response({"message": f"Scaled to {size} data parallel engines"})
+
+
+async def is_scaling_elastic_ep(request: web.Request) -> web.Response:
+    """POST /is_scaling_elastic_ep: false whenever it answers, since the 503 window covers this route too."""
+    return web.json_response({"is_scaling_elastic_ep": request.app[ENGINE_KEY].scaling})
+
+
+async def sglang_scale_elastic_ep(request: web.Request) -> web.Response:
+    """SGLang 0.5.23's POST /scale_elastic_ep {"new_ep_size": n}: starts a scale-up and answers at once."""
+    engine = request.app[ENGINE_KEY]
+    try:
+        body = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return web.json_response({"error": f"Invalid JSON: {exc}"}, status=400)
+    if not isinstance(body, dict):
+        return web.json_response({"error": "request body must be a JSON object"}, status=400)
+    size = body.get("new_ep_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return web.json_response({"error": "new_ep_size must be a positive integer"}, status=400)
+    try:
+        return web.json_response(engine.sglang_scale(size))
+    except ElasticScaleFailed as exc:
+        return web.json_response({"error": str(exc)}, status=404)
+    except ElasticScaleBusy as exc:
+        return web.json_response({"error": str(exc)}, status=409)
+    except ElasticScaleRejected as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+
+
+async def sglang_is_scaling(request: web.Request) -> web.Response:
+    """SGLang 0.5.23's GET /is_scaling_elastic_ep: the scale state (404 when elastic EP is off)."""
+    engine = request.app[ENGINE_KEY]
+    if engine.elastic is None or not engine.cfg.enable_elastic_ep:
+        return web.json_response({"error": "elastic EP is not enabled (--elastic-ep-backend)"}, status=404)
+    return web.json_response(engine.sglang_state())
+
+
+@web.middleware
+async def _scaling_window(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    # vLLM wraps its whole HTTP app: while a resize commits, every route (health and metrics too) answers 503.
+    engine = request.app.get(ENGINE_KEY)
+    if engine is not None and engine.scaling:
+        return web.json_response({"error": "The model is currently scaling. Please try again later."}, status=503)
+    return await handler(request)
+
+
+def _routes_for(engine: SimEngine, prompt_tokens: int) -> Callable[[int], str]:
+    def encode(generated: int) -> str:
+        routes = engine.routed_experts(prompt_tokens + generated)
+        assert routes is not None
+        return _routed_experts_b64(routes)
+
+    return encode
+
+
+def _routed_experts_b64(routes: np.ndarray) -> str:
+    """The array as vLLM sends it: the .npy bytes, base64-encoded."""
+    buffer = io.BytesIO()
+    np.save(buffer, routes, allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 async def progress(request: web.Request) -> web.Response:
@@ -541,7 +627,7 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
 
     The engine object is reachable as app[ENGINE_KEY] (serving) or app[TRAINER_KEY] (trainer).
     """
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_scaling_window, _errors])
     app[CONFIG_KEY] = cfg
     app.router.add_get("/health", health)
     app.router.add_get("/version", version)
@@ -560,8 +646,12 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/admin/experts", experts)
-    app.router.add_put("/admin/experts", experts)
+    if cfg.speaks_sglang:
+        app.router.add_post("/scale_elastic_ep", sglang_scale_elastic_ep)
+        app.router.add_get("/is_scaling_elastic_ep", sglang_is_scaling)
+    else:
+        app.router.add_post("/scale_elastic_ep", scale_elastic_ep)
+        app.router.add_post("/is_scaling_elastic_ep", is_scaling_elastic_ep)
     app.on_startup.append(lambda _: engine.start())
     app.on_cleanup.append(lambda _: engine.stop())
     return app

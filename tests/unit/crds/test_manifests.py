@@ -45,7 +45,13 @@ def test_llmservice_has_scale_subresource_and_short_name() -> None:
 def test_nested_defaults_are_complete_so_cel_sees_every_field() -> None:
     spec = crd_manifest(CRDS[0])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["scaling"]["default"]["minReplicas"] == 1
-    assert spec["properties"]["parallelism"]["default"] == {"tensor": 1, "pipeline": 1, "data": 1, "expert": 1}
+    assert spec["properties"]["parallelism"]["default"] == {
+        "tensor": 1,
+        "pipeline": 1,
+        "data": 1,
+        "expert": 1,
+        "elasticExpert": False,
+    }
     assert "exclusiveMinimum" not in str(spec["properties"]["model"]["properties"]["parametersB"].get("minimum", ""))
     assert spec["properties"]["model"]["properties"]["parametersB"]["exclusiveMinimum"] is True
 

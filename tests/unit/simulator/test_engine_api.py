@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from catalogue.power import PowerLimitError
-from simulator.engine import ENGINE_KEY, InstantClock
+from simulator.engine import ENGINE_KEY
 from simulator.engine.metrics import REQUEST_LATENCY_BUCKETS, TOKEN_LATENCY_BUCKETS, TTFT_BUCKETS
 from simulator.engine.server import shutdown
 from tests.unit.simulator.engine_support import Served, engine_argv, sample, serve_engine
@@ -318,43 +318,6 @@ async def test_same_seed_same_outputs_and_virtual_timings() -> None:
     assert first[0] == second[0]
     assert first[1] == pytest.approx(second[1], rel=1e-9) and first[2] == pytest.approx(second[2], rel=1e-9)
     assert first[0] != other[0]
-
-
-class TestExperts:
-    async def test_layout_change_loads_then_switches_while_serving_continues(self) -> None:
-        clock = InstantClock()  # virtual time moves only when the engine works or the test advances it
-        argv = engine_argv("mixtral-8x7b", "H100", 1000, "--tensor-parallel", "2", "--expert-parallel", "2")
-        async with serve_engine(argv, clock) as e, e.http() as http:
-            state = (await http.get("/admin/experts")).json()
-            assert state["layout"] == {"0": [0, 1, 2, 3], "1": [4, 5, 6, 7]}
-            assert state["version"] == 0 and state["pending"] is None
-            new = {"0": [0, 1, 2, 3, 4], "1": [4, 5, 6, 7, 0, 1]}
-            put = await http.put("/admin/experts", json={"layout": new})
-            assert put.status_code == 202
-            pending = put.json()["pending"]
-            spec = e.cfg.model
-            per_expert = spec.expert_params_b * 1e9 * spec.dtype_bytes
-            assert pending["load_seconds"] == pytest.approx(2 * per_expert / 10e9, rel=1e-6)  # rank 1 loads two
-            assert (await http.put("/admin/experts", json={"layout": new})).status_code == 409
-            r = await e.openai().completions.create(model="mixtral-8x7b", prompt="x", max_tokens=2)
-            assert r.usage is not None and r.usage.completion_tokens == 2
-            still_loading = (await http.get("/admin/experts")).json()
-            assert still_loading["version"] == 0 and still_loading["layout"] == state["layout"]
-            clock.advance(pending["load_seconds"])
-            switched = (await http.get("/admin/experts")).json()
-        assert switched["version"] == 1 and switched["pending"] is None
-        assert switched["layout"] == {"0": [0, 1, 2, 3, 4], "1": [0, 1, 4, 5, 6, 7]}
-
-    async def test_layout_must_place_every_expert(self) -> None:
-        argv = engine_argv("mixtral-8x7b", "H100", 1000, "--tensor-parallel", "2")
-        async with serve_engine(argv) as e, e.http() as http:
-            r = await http.put("/admin/experts", json={"layout": {"0": [0, 1, 2]}})
-        assert r.status_code == 400 and "on no rank" in r.json()["error"]["message"]
-
-    async def test_dense_model_has_no_experts(self) -> None:
-        async with serve_engine(engine_argv()) as e, e.http() as http:
-            r = await http.get("/admin/experts")
-        assert r.status_code == 404 and r.json()["error"]["type"] == "NotFoundError"
 
 
 async def test_health_version_and_unknown_routes() -> None:

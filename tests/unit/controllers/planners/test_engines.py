@@ -72,3 +72,39 @@ def test_sglang_pods_export_metrics_and_get_no_vllm_only_flag() -> None:
     _, args = serving_command(svc.spec, role)
     assert "--enable-metrics" in args, "without it SGLang's /metrics is 404 and the autoscaler is blind"
     assert "--shutdown-timeout" not in args, "SGLang drains on SIGTERM by itself and has no such flag"
+
+
+def _elastic_moe(engine: str) -> LLMService:
+    doc = yaml.safe_load((EXAMPLES / "moe-service.yaml").read_text())
+    doc["spec"]["engine"] = {"type": engine}
+    doc["spec"]["parallelism"] |= {"elasticExpert": True, "maxExpert": 4}
+    return LLMService.model_validate(doc)
+
+
+def test_the_simulated_engine_starts_with_elastic_ep_up_to_the_widest_width() -> None:
+    svc = _elastic_moe("simulated")
+    [(role, gpus)] = pod_roles(svc.spec)
+    _, args = serving_command(svc.spec, role)
+    args[args.index("--gpu") + 1] = "H100"
+    cfg = parse_args(args)
+    assert cfg.enable_elastic_ep and cfg.enable_eplb, "vLLM refuses elastic EP without EPLB; so does the simulator"
+    assert cfg.elastic_ep_max_dp_size == 4
+    assert cfg.perf_model().num_gpus == gpus, "elastic EP does not change what the pod starts with"
+
+
+def test_vllm_gets_its_elastic_ep_flags_counted_in_data_parallel_ranks() -> None:
+    svc = _elastic_moe("vllm")
+    [(role, _)] = pod_roles(svc.spec)
+    _, args = serving_command(svc.spec, role)
+    for flag in ("--enable-expert-parallel", "--enable-eplb", "--enable-elastic-ep"):
+        assert flag in args
+    # maxExpert 4 over ranks of tensor 2 GPUs: vLLM may grow to 2 data-parallel ranks.
+    assert args[args.index("--elastic-ep-max-dp-size") + 1] == "2"
+
+
+def test_sglang_names_its_elastic_ep_backend_and_dense_services_get_no_elastic_flag() -> None:
+    _, args = serving_command(_elastic_moe("sglang").spec, pod_roles(_elastic_moe("sglang").spec)[0][0])
+    assert args[args.index("--elastic-ep-backend") + 1] == "mooncake"
+    dense = service(replicas=1, engine={"type": "vllm"})
+    _, dense_args = serving_command(dense.spec, pod_roles(dense.spec)[0][0])
+    assert not any("elastic" in a for a in dense_args)
