@@ -34,11 +34,11 @@ OPTIMIZER_STATE = "trainer_state.pt"
 
 
 class InputError(ValueError):
-    """Bad input, with the FineTuneJob field it comes from (the message the controller shows)."""
+    """Bad input, named by its flag: the termination message starts "--flag: " (docs/finetuning.md)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
 
 
 def batch_indices(seed: int, step: int, size: int, batch: int) -> list[int]:
@@ -66,11 +66,11 @@ class Run:
             tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
             base = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=torch.float32)
         except (OSError, ValueError) as exc:
-            raise InputError("spec.baseModel.source", f"cannot load a model from {cfg.base_model}: {exc}") from exc
+            raise InputError("--base-model", f"cannot load a model from {cfg.base_model}: {exc}") from exc
         try:
             self.examples: list[Example] = tokenize(read_records(cfg.dataset), tokenizer, cfg.max_length)
         except DatasetError as exc:
-            raise InputError("spec.dataset.uri", str(exc)) from exc
+            raise InputError("--dataset", str(exc)) from exc
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         lora = LoraConfig(
             r=cfg.lora_rank,
@@ -224,7 +224,7 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     except CheckpointError as exc:
         log.error("%s", exc)
-        _terminated(f"spec.checkpoint.storage: {exc}")
+        _terminated(f"--checkpoint-dir: {exc}")
         return EXIT_BAD_INPUT
     finally:
         metrics.close()

@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from kubernetes import client, watch
 from adapters.kube import load_config
 from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from crds import labels as L
-from simulator.engine.config import EngineConfigError, parse_args
+from simulator.engine.config import EngineConfigError, parse_args, runtime_lora_updating
 from simulator.engine.server import create_app, shutdown
 from simulator.fleet import dcgm
 from simulator.fleet.real import RealEngineError, RealProcess, container_env, readiness_probe, vllm_argv
@@ -209,8 +209,11 @@ class Fleet:
         argv = engine_argv(
             list(container.get("args", [])), node.product, port, self.s.state_dir, self.s.engine_time_scale
         )
+        argv += ["--models-root", str(self.s.state_dir / "storage" / "pvc")]
         try:
             cfg = parse_args(argv)
+            # The pod's environment, not the fleet's: VLLM_ALLOW_RUNTIME_LORA_UPDATING is set per pod.
+            cfg = replace(cfg, runtime_lora_updating=runtime_lora_updating(container_env(container, pod)))
         except EngineConfigError as e:
             log.warning("pod %s: engine refuses its command line: %s", key, e)
             await self.patch_status(ns, name, failed=str(e))
@@ -250,9 +253,11 @@ class Fleet:
         while True:
             await asyncio.sleep(0.5)
             try:
-                done = (await self.http.get(f"{eng.url}/admin/progress")).json().get("done")
-            except (httpx.HTTPError, ValueError):
+                text = (await self.http.get(f"{eng.url}/metrics")).text
+            except httpx.HTTPError:
                 continue
+            # The trainer's exit once it is done, as the kubelet would see the process end with 0.
+            done = any(line.startswith("ebbtide_trainer_done 1") for line in text.splitlines())
             if done:
                 await self.patch_status(eng.namespace, eng.name, succeeded=True)
                 await self.stop(key)

@@ -1,4 +1,5 @@
-"""FineTuneJob story: it runs, is preempted after a checkpoint, resumes from that checkpoint and succeeds."""
+"""FineTuneJob story: it runs, is preempted (SIGTERM: checkpoint now, then exit), resumes from that checkpoint and
+succeeds."""
 
 from __future__ import annotations
 
@@ -25,9 +26,8 @@ def test_finetune_job_is_preempted_resumes_from_checkpoint_and_succeeds(cluster:
     cluster.kubectl("annotate", "ftj", "support-bot-lora", "-n", ns, "ebbtide.dev/preempt=make room for serving")
     wait_until("Preempted", lambda: phase(cluster, ns) == "Preempted", 60)
     st = job(cluster, ns)["status"]
-    checkpoint = st["lastCheckpoint"]
-    assert checkpoint["step"] >= 20 and checkpoint["path"]
-    assert st["preemptions"] == 1
+    sigterm_step = st["checkpointRequest"]["step"]
+    assert sigterm_step >= 20 and st["preemptions"] == 1
     assert condition(job(cluster, ns), "Preempted")["status"] == "True"  # type: ignore[index]
     wait_until(
         "workers evicted",
@@ -37,12 +37,15 @@ def test_finetune_job_is_preempted_resumes_from_checkpoint_and_succeeds(cluster:
 
     cluster.kubectl("annotate", "ftj", "support-bot-lora", "-n", ns, "ebbtide.dev/preempt-")
     wait_until("resumed", lambda: job(cluster, ns)["status"].get("attempt") == 2, 60)
-    resumed = cluster.get("pod", "support-bot-lora-a2-w0", "-n", ns)
-    args = resumed["spec"]["containers"][0]["args"]
-    assert args[args.index("--resume-from") + 1] == checkpoint["path"]
+    pod = cluster.get("pod", "support-bot-lora-a2-w0", "-n", ns)
+    assert "--resume-from" not in pod["spec"]["containers"][0]["args"]  # the trainer resumes from `latest` itself
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 120
 
+    # The step the resumed trainer reports is the SIGTERM checkpoint's: nothing trained before it is lost.
+    resumed = wait_until("read back", lambda: job(cluster, ns)["status"].get("resumedFromStep"), 60)
+    assert resumed >= sigterm_step
     wait_until("Succeeded", lambda: phase(cluster, ns) == "Succeeded", 120)
     st = job(cluster, ns)["status"]
-    assert st["step"] == 150 and st["resumedFromStep"] == checkpoint["step"]
+    assert st["step"] == 150 and st["adapter"] == f"pvc://ebbtide-checkpoints/{ns}/support-bot-lora/adapter"
     kinds = {e["reason"] for e in cluster.get("events", "-n", ns)["items"]}
-    assert {"Checkpointed", "Preempted", "Resuming", "Succeeded"} <= kinds
+    assert {"Checkpointed", "Preempted", "Resuming", "Resumed", "Succeeded"} <= kinds

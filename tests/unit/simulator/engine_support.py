@@ -18,8 +18,6 @@ from simulator.engine import Clock, EngineConfig, create_app, parse_args
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-
-
 def engine_argv(model: str = "llama-3-8b", gpu: str = "H100", time_scale: float = 1000.0, *extra: str) -> list[str]:
     """An engine command line with test-friendly defaults (fast virtual time)."""
     return ["--model", model, "--gpu", gpu, "--time-scale", str(time_scale), "--port", "0", *extra]

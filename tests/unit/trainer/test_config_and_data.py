@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from controllers.planners.engines import trainer_command
+from crds.finetunejob import FineTuneJobSpec
 from tests.kube import ROOT
-from trainer.config import ConfigError, parse
+from trainer.config import ConfigError, parse, parser
 from trainer.data import DatasetError, read_records
 from trainer.train import batch_indices
 
@@ -49,3 +51,22 @@ def test_any_steps_batch_is_known_without_replay() -> None:
     a = [batch_indices(3, s, 16, 4) for s in range(8)]
     assert a == [batch_indices(3, s, 16, 4) for s in range(8)]
     assert sorted(i for s in range(4) for i in a[s]) == list(range(16))  # each epoch visits every example once
+
+
+def test_the_controller_passes_exactly_flags_the_trainer_reads() -> None:
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"name": "tiny", "source": "file:///models/tiny", "parametersB": 0.01},
+            "dataset": {"uri": "file:///data/tide.jsonl"},
+            "checkpoint": {"storage": "file:///ck", "intervalSteps": 5},
+            "output": {"adapterName": "tide"},
+        }
+    )
+    command, args = trainer_command(spec, "job", "ns", 0, 1)
+    assert command == ["python", "-m", "trainer"]
+    known = {a for action in parser()._actions for a in action.option_strings}
+    assert {a for a in args if a.startswith("--")} <= known
+    cfg = parse(args)
+    assert (cfg.base_model, cfg.dataset) == (Path("/models/tiny"), Path("/data/tide.jsonl"))
+    assert (cfg.checkpoint_dir, cfg.checkpoint_interval_steps, cfg.adapter_name) == (Path("/ck/ns/job"), 5, "tide")
+    assert (cfg.checkpoint_interval_seconds, cfg.lora_rank, cfg.max_steps) == (600, 16, 1000)
