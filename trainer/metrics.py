@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 
@@ -24,16 +26,18 @@ class Metrics:
         self.done = gauge("ebbtide_trainer_done", "1 once every step ran and the adapter is written.")
         self.checkpoint_step.set(-1)
         self.resumed_from.set(-1)
-        self.server = None
-        if port > 0:
-            self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+        self.host, self.port = host, port
+        self.server: Any = None
 
     def started(self, step: int, total: int, resumed_from: int | None) -> None:
+        """Set the starting point, then serve: the first scrape already tells whether and where it resumed."""
         self.step.set(step)
         self.total.set(total)
         if resumed_from is not None:
             self.resumed_from.set(resumed_from)
             self.checkpoint_step.set(resumed_from)
+        if self.port > 0 and self.server is None:
+            self.server, self.thread = start_http_server(self.port, addr=self.host, registry=self.registry)
 
     def stepped(self, step: int, loss: float) -> None:
         self.step.set(step)

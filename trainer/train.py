@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -29,7 +30,8 @@ from trainer.metrics import Metrics
 
 log = logging.getLogger("trainer")
 EXIT_BAD_INPUT = 2  # the job's input cannot be used: retrying will not help
-TERMINATION_LOG = Path("/dev/termination-log")
+# The kubelet mounts this file into the container; elsewhere (a local run) it is written only where asked to.
+TERMINATION_LOG_ENV = "EBBTIDE_TERMINATION_LOG"
 OPTIMIZER_STATE = "trainer_state.pt"
 
 
@@ -165,8 +167,11 @@ class Run:
 
 def _terminated(message: str) -> None:
     """Kubernetes shows /dev/termination-log as the container's termination message."""
+    path = Path(os.environ.get(TERMINATION_LOG_ENV, "/dev/termination-log"))
+    if TERMINATION_LOG_ENV not in os.environ and not path.is_file():
+        return
     try:
-        TERMINATION_LOG.write_text(message[:4000])
+        path.write_text(message[:4000])
     except OSError:
         pass
 

@@ -198,6 +198,8 @@ def test_the_adapter_is_served_by_a_real_vllm_by_name(
             assert again.status_code == 400, again.text
             missing = c.post("/v1/load_lora_adapter", json={"lora_name": "nope", "lora_path": "/nonexistent/adapter"})
             assert missing.status_code == 404, missing.text
+            for what, r in (("load", loaded), ("load again", again), ("load a bad path", missing)):
+                print(f"[realengine] vLLM {what}: {r.status_code} {r.text[:200]}")
             models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
             assert models["tide"]["parent"] == "tiny-llama" and models["tide-at-start"]["parent"] == "tiny-llama"
             request = {"model": "tide", "prompt": "What does SIGTERM mean to the trainer?", "max_tokens": 12}
@@ -206,8 +208,11 @@ def test_the_adapter_is_served_by_a_real_vllm_by_name(
             body = answer.json()
             print(f"[realengine] adapter request {json.dumps(request)} -> {json.dumps(body['choices'][0]['text'])}")
             assert body["model"] == "tide" and body["usage"]["completion_tokens"] > 0
-            assert c.post("/v1/unload_lora_adapter", json={"lora_name": "tide"}).status_code == 200
-            assert c.post("/v1/unload_lora_adapter", json={"lora_name": "tide"}).status_code == 404
+            unloaded = c.post("/v1/unload_lora_adapter", json={"lora_name": "tide"})
+            unknown = c.post("/v1/unload_lora_adapter", json={"lora_name": "tide"})
+            print(f"[realengine] vLLM unload: {unloaded.status_code} {unloaded.text[:200]}")
+            print(f"[realengine] vLLM unload again: {unknown.status_code} {unknown.text[:200]}")
+            assert unloaded.status_code == 200 and unknown.status_code == 404
             assert "tide" not in {m["id"] for m in c.get("/v1/models").json()["data"]}
     finally:
         engine.stop()
