@@ -45,6 +45,19 @@ def adapter_uri(spec: FineTuneJobSpec, job: str, namespace: str) -> str:
     return f"{checkpoint_dir(spec, job, namespace)}/adapter"
 
 
+def lora_enabled(spec: LLMServiceSpec) -> bool:
+    """Whether the engines serve LoRA adapters: some are listed, or `--enable-lora` is among the engine's args (a
+    service that adapters will be published to at run time starts with it, so publishing needs no restart)."""
+    return bool(spec.adapters) or "--enable-lora" in spec.engine.args
+
+
+def _lora_args(spec: LLMServiceSpec) -> list[str]:
+    args = [] if "--enable-lora" in spec.engine.args or not spec.adapters else ["--enable-lora"]
+    if spec.adapters:
+        args += ["--lora-modules", *(f"{a.name}={model_uri_to_path(a.source)}" for a in spec.adapters)]
+    return args
+
+
 def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list[str]]:
     """(command, args) of one serving pod."""
     e, m, p = spec.engine, spec.model, spec.parallelism
@@ -84,12 +97,7 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
             serve += ["--data-parallel-size", str(p.data)]
         if m.architecture == "moe" and p.expert > 1:
             serve += ["--enable-expert-parallel"]
-        if spec.adapters:
-            serve += [
-                "--enable-lora",
-                "--lora-modules",
-                *(f"{a.name}={model_uri_to_path(a.source)}" for a in spec.adapters),
-            ]
+        serve += _lora_args(spec)
         if pod.role == "prefill":
             serve += ["--kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_producer"}']
         elif pod.role == "decode":

@@ -203,8 +203,11 @@ def plan_job(
         )
         decision = checkpoint_step(handshake, now)
         if decision.action == CheckpointAction.SIGNAL:
+            # Recorded first, sent on a later pass: the pods go only once the status that says why is written,
+            # so a pass that reads an older status never mistakes the SIGTERM for workers that went away.
             st["checkpointRequest"] = {"step": int(st.get("step", 0)), "time": rfc3339(now)}
-            plan.delete = [p.name for p in current]
+        elif decision.action == CheckpointAction.WAIT:
+            plan.delete = [p.name for p in current]  # SIGTERM: delete with the grace period (once: then deleting)
         if decision.action == CheckpointAction.EVICT:
             plan.delete = [p.name for p in attempt_pods]
             plan.delete_now = signalled and "deadline" in decision.reason

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.kube import ROOT, Cluster, wait_until
+from tests.kube import ROOT, Cluster, condition, wait_until
 
 SCENARIO = ROOT / "examples" / "preemption"
 JOB = (SCENARIO / "low-priority-finetune.yaml").read_text()
@@ -56,6 +56,9 @@ def test_high_priority_service_preempts_job_after_checkpoint_and_job_resumes(clu
     assert status(cluster, ns)["attempt"] == 2 and resumed >= sigterm_step
     wait_until("job Succeeded", lambda: status(cluster, ns).get("phase") == "Succeeded", 120)
     assert {"CapacityReturned", "Checkpointed", "Resumed"} <= reasons(cluster, ns)
+    # Its publish target (llama3-8b) is not in this namespace: a condition on the job, nothing else.
+    published = wait_until("Published condition", lambda: condition(job(cluster, ns), "Published"), 30)
+    assert published["status"] == "False" and published["reason"] == "PublishTargetNotFound"
 
 
 def test_gang_that_can_never_fit_is_unschedulable_without_preemption(cluster: Cluster, ns: str) -> None:

@@ -26,9 +26,12 @@ def test_running_when_all_workers_run() -> None:
 def test_preemption_sends_sigterm_then_counts_clean_once_the_checkpoint_step_is_read_back() -> None:
     j = job(status={"phase": "Running", "attempt": 1, "step": 40}, annotations={L.PREEMPT: "room for serving"})
     signal = plan_job(j, "uid", [worker(1)], TrainerReport(step=40, checkpoint_step=30), set(), NOW)
-    assert signal.status["phase"] == "Checkpointing" and signal.delete == ["ft-a1-w0"] and not signal.delete_now
+    # Recorded first; the SIGTERM (deleting the workers) follows once that status is what the next pass reads.
+    assert signal.status["phase"] == "Checkpointing" and signal.delete == []
     assert signal.status["checkpointRequest"]["step"] == 40 and signal.status["lastCheckpoint"]["step"] == 30
     j = job(status=signal.status, annotations={L.PREEMPT: "room for serving"})
+    sent = plan_job(j, "uid", [worker(1)], TrainerReport(step=41, checkpoint_step=30), set(), NOW + 1)
+    assert sent.status["phase"] == "Checkpointing" and sent.delete == ["ft-a1-w0"] and not sent.delete_now
     terminating = [worker(1, deleting=True)]
     waiting = plan_job(j, "uid", terminating, TrainerReport(step=41, checkpoint_step=30), set(), NOW + 1)
     assert waiting.status["phase"] == "Checkpointing" and waiting.delete == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from controllers.planners.engines import PodRole, serving_command
+from controllers.planners.gangs import template_hash
 from controllers.planners.lora import adapters_status, publish, replica_actions
 from crds.llmservice import AdapterSpec, LLMService
 from tests.unit.controllers.builders import job
@@ -49,3 +51,16 @@ def test_publishing_adds_the_adapter_once_and_a_missing_target_is_a_condition() 
     assert missing is not None and not missing.published and missing.reason == "PublishTargetNotFound"
     assert "spec.output.publishTo" in missing.message
     assert publish(job(output={"adapterName": "tide"}), ADAPTER, service()) is None
+
+
+def test_a_service_started_with_enable_lora_takes_adapters_without_new_engines() -> None:
+    on = service().model_copy(deep=True)
+    on.spec.engine.args = ["--enable-lora", "--max-lora-rank", "16"]
+    with_adapter = on.model_copy(deep=True)
+    with_adapter.spec.adapters = [AdapterSpec(name="tide", source=ADAPTER)]
+    assert template_hash(on.spec) == template_hash(with_adapter.spec)  # published at run time, no rollout
+    _, args = serving_command(with_adapter.spec, PodRole("server", 0, 1))
+    assert args.count("--enable-lora") == 1
+    assert args[args.index("--lora-modules") + 1] == "tide=/models/ebbtide-checkpoints/ns/ft/adapter"
+    off = service()
+    assert template_hash(off.spec) != template_hash(with_adapter.spec.model_copy(update={"engine": off.spec.engine}))
