@@ -492,15 +492,15 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-def _adapter_rank(cfg: EngineConfig, path: str) -> int:
+def _adapter_rank(cfg: EngineConfig, name: str, path: str) -> int:
     """The rank in the adapter's adapter_config.json; ApiError 404 when there is no readable adapter (vLLM's)."""
     local = Path(path)
     if cfg.models_root is not None and local.parts[:2] == ("/", "models"):
         local = Path(cfg.models_root, *local.parts[2:])
     try:
         return int(json.loads((local / "adapter_config.json").read_text()).get("r", 8))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ApiError(404, f"No adapter found for {path}: {exc}", "NotFoundError") from None
+    except (OSError, ValueError, TypeError):
+        raise ApiError(404, f"Loading lora {name} failed: No adapter found for {path}", "NotFoundError") from None
 
 
 async def load_lora_adapter(request: web.Request) -> web.Response:
@@ -512,9 +512,14 @@ async def load_lora_adapter(request: web.Request) -> web.Response:
         raise bad_request("Both 'lora_name' and 'lora_path' must be provided.")
     engine = request.app[ENGINE_KEY]
     if name in engine.lora:
-        raise bad_request(f"The lora adapter '{name}' has already been loaded.")
+        raise ApiError(
+            400,
+            f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in place, "
+            "set 'load_inplace' to True.",
+            "InvalidUserInput",
+        )
     cfg = request.app[CONFIG_KEY]
-    rank = await asyncio.to_thread(_adapter_rank, cfg, path)
+    rank = await asyncio.to_thread(_adapter_rank, cfg, name, path)
     if rank > cfg.max_lora_rank:
         raise bad_request(f"LoRA rank {rank} is greater than max_lora_rank {cfg.max_lora_rank}.")
     engine.lora[name] = path

@@ -374,9 +374,15 @@ async def test_lora_routes_answer_with_vllms_status_codes(tmp_path: Path, monkey
     async with serve_engine(argv) as e, e.http() as http:
         load = {"lora_name": "tide", "lora_path": str(adapter)}
         assert (await http.post("/v1/load_lora_adapter", json=load)).status_code == 200
-        assert (await http.post("/v1/load_lora_adapter", json=load)).status_code == 400
+        # The bodies the real vLLM 0.32.0 answers (tests/realengine/test_trainer.py prints them).
+        again = await http.post("/v1/load_lora_adapter", json=load)
+        assert again.status_code == 400 and again.json()["error"]["type"] == "InvalidUserInput"
+        assert "has already been loaded" in again.json()["error"]["message"]
         bad = {"lora_name": "nope", "lora_path": str(tmp_path / "missing")}
-        assert (await http.post("/v1/load_lora_adapter", json=bad)).status_code == 404
+        missing = await http.post("/v1/load_lora_adapter", json=bad)
+        assert missing.status_code == 404 and missing.json()["error"]["message"] == (
+            f"Loading lora nope failed: No adapter found for {tmp_path / 'missing'}"
+        )
         models = {m["id"]: m for m in (await http.get("/v1/models")).json()["data"]}
         assert models["tide"]["parent"] == "llama-3-8b" and models["at-start"]["root"] == str(adapter)
         answer = await http.post("/v1/completions", json={"model": "tide", "prompt": "hi", "max_tokens": 3})
