@@ -248,7 +248,9 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         for pod in plan.delete:
             await r.kube.delete_pod(namespace, pod)
             M.PODS_DELETED.labels("LLMService", "scale-in-or-restart").inc()
-        if svc.spec.adapters or (body.get("status") or {}).get("adapters"):
+        # vLLM's runtime LoRA routes (the simulated engine serves the same); SGLang's differ and are not driven.
+        lora = svc.spec.adapters or (body.get("status") or {}).get("adapters")
+        if lora and svc.spec.engine.type in ("vllm", "simulated"):
             await _sync_adapters(svc, pods, plan.events, plan.status)
     await _write_back("llmservices", namespace, name, body, plan.events, plan.status)
     if plan.problem is not None:

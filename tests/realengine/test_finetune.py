@@ -81,3 +81,25 @@ def test_a_real_trainer_is_preempted_resumes_succeeds_and_its_adapter_is_served_
     print(f"[realengine] story: adapter request {request} -> {r.json()['choices'][0]['text']!r}")
     assert r.json()["model"] == "tide"
     note("real trainer story: apply to the adapter served", time.monotonic() - t0)
+
+
+def test_a_dataset_the_real_trainer_cannot_read_fails_the_job_naming_the_field(
+    cluster: Cluster, ns: str, real_engine_env: RealEngineEnv, tmp_path: Path
+) -> None:
+    if find_trainer_env() is None:
+        pytest.skip("TRAINER ENVIRONMENT ABSENT: run hack/trainer-env.sh (make trainer-env)")
+    manifest = job_yaml(real_engine_env, tmp_path).replace(f"file://{DATASET}", f"file://{tmp_path}/missing.jsonl")
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=manifest)
+
+    def failed() -> dict[str, Any] | None:
+        obj: dict[str, Any] = cluster.get("ftj", "tide-lora", "-n", ns)
+        return obj if (obj.get("status") or {}).get("phase") == "Failed" else None
+
+    obj = wait_until("Failed", failed, READY_TIMEOUT_S, 1.0)
+    ready = condition(obj, "Ready")
+    assert ready is not None and ready["reason"] == "InvalidTrainerInput"
+    assert ready["message"].startswith("spec.dataset.uri: --dataset: cannot read"), ready["message"]
+    assert obj["status"]["failures"] == 0 and obj["status"]["attempt"] == 1  # not retried: it would fail the same
+    events = cluster.get("events", "-n", ns, "--field-selector", "involvedObject.name=tide-lora")["items"]
+    assert any(e["reason"] == "InvalidTrainerInput" for e in events)
+    print(f"[realengine] bad dataset: {ready['message'][:160]}")
