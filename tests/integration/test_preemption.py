@@ -1,10 +1,13 @@
 """Priority and preemption story: a low-priority fine-tune job fills the L4 GPUs; a high-priority service arrives;
-the job checkpoints and is preempted; the service becomes Ready; when capacity returns the job resumes from its
-checkpoint and finishes. Placement is Ebbtide's packer (schedulerName: ebbtide-packer)."""
+the job checkpoints (SIGTERM) and is preempted; the service becomes Ready; when capacity returns the job resumes
+from its checkpoint and finishes; its adapter is published to the LLMService it names once that exists, and served
+by name. Placement is Ebbtide's packer (schedulerName: ebbtide-packer)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import httpx
 
 from tests.kube import ROOT, Cluster, condition, wait_until
 
@@ -56,9 +59,29 @@ def test_high_priority_service_preempts_job_after_checkpoint_and_job_resumes(clu
     assert status(cluster, ns)["attempt"] == 2 and resumed >= sigterm_step
     wait_until("job Succeeded", lambda: status(cluster, ns).get("phase") == "Succeeded", 120)
     assert {"CapacityReturned", "Checkpointed", "Resumed"} <= reasons(cluster, ns)
-    # Its publish target (llama3-8b) is not in this namespace: a condition on the job, nothing else.
+    # Its publish target (llama3-8b) is not in this namespace yet: a condition on the job, nothing else.
     published = wait_until("Published condition", lambda: condition(job(cluster, ns), "Published"), 30)
     assert published["status"] == "False" and published["reason"] == "PublishTargetNotFound"
+    assert status(cluster, ns)["phase"] == "Succeeded"
+
+    # Once the service exists the adapter is published to it and served by name on its replicas.
+    cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "dense-service.yaml"))
+
+    def served() -> list[str]:
+        svc = cluster.get("llms", "llama3-8b", "-n", ns).get("status") or {}
+        return [a["fromJob"] for a in svc.get("adapters") or [] if a["name"] == "tickets-lora" and a["loadedReplicas"]]
+
+    assert wait_until("tickets-lora loaded on llama3-8b", served, 90) == ["big-lora"]
+    published = wait_until(
+        "Published", lambda: (c := condition(job(cluster, ns), "Published")) and c["status"] == "True" and c, 30
+    )
+    assert published["reason"] == "AdapterPublished"
+    pod = cluster.get("pods", "-n", ns, "-l", "ebbtide.dev/service=llama3-8b")["items"][0]
+    url = pod["metadata"]["annotations"]["ebbtide.dev/engine-url"]
+    answer = httpx.post(
+        f"{url}/v1/completions", json={"model": "tickets-lora", "prompt": "late order", "max_tokens": 4}
+    )
+    assert answer.status_code == 200 and answer.json()["model"] == "tickets-lora"
 
 
 def test_gang_that_can_never_fit_is_unschedulable_without_preemption(cluster: Cluster, ns: str) -> None:
