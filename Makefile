@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-8)
 CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
-.PHONY: venv binaries control-plane redis test unit integration e2e lint manifests demo demo-down cluster-up \
+.PHONY: venv binaries control-plane redis test unit integration e2e lint trainer-env manifests demo demo-down cluster-up \
         cluster-down real-engine real-engine-tier conformance realengine-test bench bench-power kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
@@ -53,19 +53,24 @@ real-engine:
 	@env="$$(hack/real-engine-env.sh)" && model="$$("$$env/bin/python" hack/tiny-model.py)" && \
 	  echo "real vLLM: $$env/bin/vllm; tiny model: $$model"
 
+# The LoRA trainer's venv (trainer/): peft and accelerate added beside the real-engine venv, which it reads and never
+# changes (hack/trainer-env.sh). Cold: ~2 min.
+trainer-env: real-engine
+	@hack/trainer-env.sh
+
 # The conformance tier: the same checks against the real vLLM and the simulated engine (tests/conformance).
 conformance: venv real-engine
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m conformance -rsx tests/conformance
 
 # The real-engine tier: stories on the local control plane where the fleet runs a real vLLM for each engine: vllm
 # pod (tests/realengine). Everything is built first: the env and model, the control plane, Redis.
-realengine-test: venv real-engine binaries redis
+realengine-test: venv real-engine trainer-env binaries redis
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m realengine -rs -s tests/realengine
 
 # ruff; mypy (strict on the cores, see pyproject.toml); the folder rule as import-linter contracts (.importlinter).
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy crds catalogue autoscaler packer controllers adapters simulator bench operator
+	$(BIN)/mypy crds catalogue autoscaler packer controllers adapters simulator bench operator trainer
 	$(BIN)/lint-imports
 
 manifests: venv

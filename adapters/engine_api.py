@@ -1,13 +1,16 @@
-"""The engines' HTTP endpoints the controllers call: trainer progress and checkpoints, and the serving engines'
-elastic-EP resize. Serving engines are drained by SIGTERM with `--shutdown-timeout` (controllers/planners/drain.py),
-not by any call."""
+"""The engines' HTTP endpoints the controllers call: trainers' metrics, vLLM's runtime LoRA routes and the
+serving engines' elastic-EP resize. Serving engines are drained by SIGTERM with `--shutdown-timeout`
+(controllers/planners/drain.py), and trainers checkpoint on SIGTERM (docs/finetuning.md), not by any call."""
 
 from __future__ import annotations
 
 import logging
+import math
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
+from controllers.planners.finetune import TrainerReport
 from controllers.planners.snapshot import PodView
 from crds import labels as L
 
@@ -22,7 +25,8 @@ def engine_url(pod: PodView, port: int) -> str | None:
 
 
 class EngineClient:
-    """The trainers' control endpoints."""
+    """What the controllers read from or ask of engines: trainers' Prometheus metrics (the checkpoint contract of
+    docs/finetuning.md) and vLLM's runtime LoRA routes."""
 
     def __init__(self, timeout_s: float = 3.0) -> None:
         self.http = httpx.AsyncClient(timeout=timeout_s)
@@ -30,23 +34,64 @@ class EngineClient:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def progress(self, url: str) -> tuple[int | None, bool]:
+    async def trainer_report(self, url: str) -> TrainerReport | None:
+        """The trainer's ebbtide_trainer_* metrics; None when it does not answer."""
         try:
-            data = (await self.http.get(f"{url}/admin/progress")).json()
-            return int(data.get("step", 0)), bool(data.get("done", False))
-        except (httpx.HTTPError, ValueError, TypeError):
-            return None, False
-
-    async def checkpoint(self, url: str) -> tuple[str, int] | None:
-        """Ask for a checkpoint; (path, step) once the trainer confirms it."""
-        try:
-            r = await self.http.post(f"{url}/admin/checkpoint", json={}, timeout=30.0)
+            r = await self.http.get(f"{url}/metrics")
             r.raise_for_status()
-            data = r.json()
-            return str(data["path"]), int(data["step"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
-            log.warning("checkpoint request to %s failed: %s", url, e)
+            return parse_trainer_metrics(r.text)
+        except (httpx.HTTPError, ValueError) as e:
+            log.debug("trainer metrics from %s: %s", url, e)
             return None
+
+    async def adapters(self, url: str) -> dict[str, str] | None:
+        """The LoRA adapters a vLLM lists in /v1/models (entries with a parent): name -> path; None: no answer."""
+        try:
+            r = await self.http.get(f"{url}/v1/models")
+            r.raise_for_status()
+            return {m["id"]: str(m.get("root")) for m in r.json()["data"] if m.get("parent")}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            log.debug("models from %s: %s", url, e)
+            return None
+
+    async def load_adapter(self, url: str, name: str, path: str) -> tuple[int, str]:
+        """vLLM's POST /v1/load_lora_adapter; (status, body). 400 means loaded already; 404 a path it cannot read."""
+        return await self._post(f"{url}/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+
+    async def unload_adapter(self, url: str, name: str) -> tuple[int, str]:
+        """vLLM's POST /v1/unload_lora_adapter; (status, body). 404 means not loaded."""
+        return await self._post(f"{url}/v1/unload_lora_adapter", {"lora_name": name})
+
+    async def _post(self, url: str, body: dict[str, str]) -> tuple[int, str]:
+        try:
+            r = await self.http.post(url, json=body, timeout=60.0)
+            return r.status_code, r.text[:500]
+        except httpx.HTTPError as e:
+            return 0, str(e) or type(e).__name__
+
+
+def parse_trainer_metrics(text: str) -> TrainerReport:
+    """A TrainerReport from the Prometheus text of a trainer (real or simulated: the same names)."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("ebbtide_trainer_"):
+                values[sample.name] = sample.value
+    if "ebbtide_trainer_step" not in values:
+        raise ValueError("no ebbtide_trainer_step: not a trainer's metrics")
+
+    def whole(name: str) -> int | None:
+        v = values.get(name)
+        return None if v is None or v < 0 else int(v)
+
+    loss = values.get("ebbtide_trainer_loss")
+    return TrainerReport(
+        step=whole("ebbtide_trainer_step"),
+        done=values.get("ebbtide_trainer_done", 0) >= 1,
+        checkpoint_step=whole("ebbtide_trainer_checkpoint_step"),
+        resumed_from=whole("ebbtide_trainer_resumed_from_step"),
+        loss=None if loss is None or math.isnan(loss) else loss,
+    )
 
 
 class ElasticEPClient:

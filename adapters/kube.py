@@ -109,6 +109,12 @@ class Kube:
         """Merge-patch a node's annotations (None removes one): the power manager's caps for the node agent."""
         await asyncio.to_thread(self.core.patch_node, name, {"metadata": {"annotations": annotations}})
 
+    async def patch_object_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """Merge-patch part of an object's spec (a list given is the whole new list)."""
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, {"spec": spec}
+        )
+
     async def scale(self, plural: str, namespace: str, name: str, replicas: int) -> None:
         """Write spec.replicas through the scale subresource, as HPA and KEDA do."""
         await asyncio.to_thread(
@@ -132,9 +138,12 @@ class Kube:
                 return False
             raise
 
-    async def delete_pod(self, namespace: str, name: str) -> None:
+    async def delete_pod(self, namespace: str, name: str, grace_period_seconds: int | None = None) -> None:
+        """Delete a pod with its own grace period (SIGTERM first), or the one given (0: at once)."""
         try:
-            await asyncio.to_thread(self.core.delete_namespaced_pod, name, namespace)
+            await asyncio.to_thread(
+                self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace_period_seconds
+            )
         except ApiException as e:
             if e.status != 404:
                 raise

@@ -73,6 +73,15 @@ class CheckpointSpec(ApiModel):
     """Where and how often the trainer checkpoints. The operator never deletes checkpoints."""
 
     interval_seconds: int = Field(default=600, ge=10, le=86400, description="Seconds between checkpoints.")
+    interval_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Optimizer steps between checkpoints (besides the seconds)."
+    )
+    grace_period_seconds: int = Field(
+        default=120,
+        ge=1,
+        le=3600,
+        description="The workers' terminationGracePeriodSeconds: SIGTERM means checkpoint now, then exit, within it.",
+    )
     storage: str = Field(
         default="pvc://ebbtide-checkpoints",
         min_length=1,
@@ -132,6 +141,13 @@ class CheckpointStatus(ApiModel):
     time: str | None = Field(default=None, description="When it was confirmed (RFC 3339).")
 
 
+class CheckpointRequestStatus(ApiModel):
+    """A checkpoint asked for by SIGTERM (preemption), until the trainer's checkpoint step is read back."""
+
+    step: int = Field(description="Step the trainer reported when it was sent SIGTERM.")
+    time: str = Field(description="When SIGTERM was sent (RFC 3339).")
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob."""
 
@@ -144,7 +160,13 @@ class FineTuneJobStatus(ApiModel):
     workers: int | None = Field(default=None, description="Worker pods running.")
     attempt: int = Field(default=0, description="Incremented each time the job's pods are (re)created.")
     last_checkpoint: CheckpointStatus | None = Field(default=None, description="Latest confirmed checkpoint.")
-    resumed_from_step: int | None = Field(default=None, description="Step the current attempt resumed from.")
+    checkpoint_request: CheckpointRequestStatus | None = Field(
+        default=None, description="The SIGTERM checkpoint awaited, until its step is read back."
+    )
+    resumed_from_step: int | None = Field(
+        default=None, description="Step the current attempt resumed from, as its trainer reports it."
+    )
+    adapter: str | None = Field(default=None, description="Where the finished adapter is (PEFT format).")
     preemptions: int = Field(default=0, description="Times the job was preempted.")
     failures: int = Field(default=0, description="Worker failures seen.")
     start_time: str | None = Field(default=None, description="When the first worker started.")

@@ -205,6 +205,18 @@ class AdapterSpec(ApiModel):
     source: str = Field(
         min_length=1, max_length=2048, pattern=r"^(hf|s3|gs|pvc|file)://.+", description="Adapter weights URI."
     )
+    from_job: str | None = Field(
+        default=None, max_length=253, description="The FineTuneJob that produced it (set when a job publishes it)."
+    )
+
+
+class AdapterStatus(ApiModel):
+    """An adapter of spec.adapters as the replicas serve it."""
+
+    name: str = Field(description="Adapter name.")
+    source: str = Field(description="Adapter weights URI.")
+    from_job: str | None = Field(default=None, description="The FineTuneJob that produced it, if one did.")
+    loaded_replicas: int = Field(default=0, description="Ready replicas that list it in /v1/models.")
 
 
 class LLMServiceSpec(ApiModel):
@@ -313,6 +325,7 @@ class LLMServiceStatus(ApiModel):
     power_cap_watts: float | None = Field(
         default=None, description="Lowest per-GPU power cap in force on the service's GPUs; absent when uncapped."
     )
+    adapters: list[AdapterStatus] | None = Field(default=None, description="LoRA adapters and where they are loaded.")
     conditions: list[Condition] = conditions_field("Ready, Progressing, Degraded, ...")
 
 

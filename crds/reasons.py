@@ -17,6 +17,7 @@ class ConditionType(StrEnum):
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
     PREEMPTED = "Preempted"
+    PUBLISHED = "Published"
     AUTOSCALER_DEGRADED = "AutoscalerDegraded"
     SLO_ATTAINABLE = "SLOAttainable"
     # PowerBudget: exactly one of the four is True, the domain's state after the power manager's last tick.
@@ -90,6 +91,13 @@ class Reason(StrEnum):
     RESUMING = "Resuming"
     RESUMED = "Resumed"
     CAPACITY_RETURNED = "CapacityReturned"
+    INVALID_TRAINER_INPUT = "InvalidTrainerInput"
+    # Adapters a FineTuneJob publishes to an LLMService (spec.output.publishTo).
+    ADAPTER_PUBLISHED = "AdapterPublished"
+    PUBLISH_TARGET_NOT_FOUND = "PublishTargetNotFound"
+    ADAPTER_LOADED = "AdapterLoaded"
+    ADAPTER_LOAD_FAILED = "AdapterLoadFailed"
+    ADAPTER_UNLOADED = "AdapterUnloaded"
     # Placement (the packer).
     PREEMPTING = "Preempting"
     UNSCHEDULABLE = "Unschedulable"

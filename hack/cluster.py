@@ -179,7 +179,8 @@ def node_manifests(pools: list[tuple[int, str, int]]) -> str:
 
 def kwok_stages(state: Path, real_engines: bool) -> Path:
     """kwok's stage config: hack/kwok-stages.yaml, whose pod-ready stage skips simulated-engine pods, or with
-    `real_engines` a copy of it in `state` that skips `engine: vllm` pods as well."""
+    `real_engines` a copy of it in `state` that skips `engine: vllm` and `engine: peft` (the real trainer's) pods
+    as well."""
     stages = HERE / "kwok-stages.yaml"
     if not real_engines:
         return stages
@@ -188,7 +189,7 @@ def kwok_stages(state: Path, real_engines: bool) -> Path:
     if text.count(left_to_fleet) != 1:
         raise SystemExit(f"{stages.name}: expected one pod-ready exclusion of 'simulated'")
     out = state / "kwok-stages.yaml"
-    out.write_text(text.replace(left_to_fleet, left_to_fleet + "      - 'vllm'\n"))
+    out.write_text(text.replace(left_to_fleet, left_to_fleet + "      - 'vllm'\n      - 'peft'\n"))
     return out
 
 
@@ -291,7 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down", "binaries"])
     parser.add_argument("--nodes", type=int, default=int(os.environ.get("EBBTIDE_NODES", "8")))
-    parser.add_argument("--real-engines", action="store_true", help="leave engine=vllm pods to the fleet")
+    parser.add_argument("--real-engines", action="store_true", help="leave engine=vllm and peft pods to the fleet")
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("EBBTIDE_CLUSTER_DIR", DEFAULT_DIR)))
     args = parser.parse_args()
     if args.action == "up":

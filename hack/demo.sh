@@ -53,11 +53,12 @@ echo "== part 2: a forecast-autoscaled service under a replayed Azure LLM trace 
 $PY hack/demo_autoscale.py --kubeconfig "$KUBECONFIG" --kubectl "$KUBECTL" --seconds "${DEMO_REPLAY_SECONDS:-90}"
 
 echo
-echo "== part 3: a high-priority service arrives on a full cluster; a fine-tune job checkpoints, yields, resumes"
+echo "== part 3: a high-priority service arrives on a full cluster; a fine-tune job checkpoints on SIGTERM, yields,"
+echo "   resumes from its checkpoint, succeeds, and its adapter is published to llms/llama3-8b and served by name"
 k delete llms chat --ignore-not-found --wait=false >/dev/null
 k apply -f examples/preemption/low-priority-finetune.yaml
 show() {
-  k get ftj big-lora -o custom-columns='JOB:.metadata.name,PHASE:.status.phase,STEP:.status.step,CHECKPOINT:.status.lastCheckpoint.step,ATTEMPT:.status.attempt,PREEMPTIONS:.status.preemptions' --no-headers
+  k get ftj big-lora -o custom-columns='JOB:.metadata.name,PHASE:.status.phase,STEP:.status.step,CHECKPOINT:.status.lastCheckpoint.step,SIGTERM-AT:.status.checkpointRequest.step,RESUMED-FROM:.status.resumedFromStep,ATTEMPT:.status.attempt,PREEMPTIONS:.status.preemptions' --no-headers
   k get llms prod-chat --no-headers 2>/dev/null || true
 }
 until [[ "$(k get ftj big-lora -o jsonpath='{.status.phase}')" == "Running" ]]; do sleep 2; done
@@ -69,12 +70,24 @@ for i in $(seq 1 40); do
   [[ "$(k get llms prod-chat -o jsonpath='{.status.readyReplicas}')" == "1" ]] && break
 done
 k get events --field-selector involvedObject.name=big-lora -o custom-columns='REASON:.reason,MESSAGE:.message' --no-headers | tail -5
-echo "-- the service leaves; capacity returns and the job resumes from its checkpoint"
+echo "-- the service leaves; capacity returns and the job resumes from its SIGTERM checkpoint"
 k delete llms prod-chat >/dev/null
 for i in $(seq 1 60); do
   sleep 2; show
   [[ "$(k get ftj big-lora -o jsonpath='{.status.phase}')" == "Succeeded" ]] && break
 done
+k get events --field-selector involvedObject.name=big-lora -o custom-columns='REASON:.reason,MESSAGE:.message' --no-headers | tail -4
+echo "-- the adapter is published: every ready replica of llms/llama3-8b loads it (POST /v1/load_lora_adapter)"
+for i in $(seq 1 30); do
+  loaded=$(k get llms llama3-8b -o jsonpath='{.status.adapters[?(@.name=="tickets-lora")].loadedReplicas}')
+  [[ -n "$loaded" && "$loaded" -ge 1 ]] && break
+  sleep 2
+done
+k get llms llama3-8b -o jsonpath='{range .status.adapters[*]}{.name}{"  from FineTuneJob "}{.fromJob}{", loaded on "}{.loadedReplicas}{" replica(s)"}{"\n"}{end}'
+url=$(k get pods -l ebbtide.dev/service=llama3-8b -o jsonpath='{.items[0].metadata.annotations.ebbtide\.dev/engine-url}')
+request='{"model": "tickets-lora", "prompt": "My order has not arrived", "max_tokens": 12}'
+echo "POST $url/v1/completions $request"
+curl -s "$url/v1/completions" -H 'content-type: application/json' -d "$request"; echo
 
 echo
 echo "Try: KUBECONFIG=$KUBECONFIG $KUBECTL scale llms/llama3-8b --replicas=3"

@@ -28,9 +28,34 @@ class PodRole:
 
 
 def model_uri_to_path(source: str) -> str:
-    """What the engine's --model flag takes for a source URI: a HF id, or a local mount path."""
+    """What the engine's --model flag takes for a source URI: a HF id, a file:// path as is, or a mount path."""
     scheme, _, rest = source.partition("://")
+    if scheme == "file":
+        return "/" + rest.lstrip("/")
     return rest if scheme == "hf" else f"/models/{rest.strip('/')}"
+
+
+def checkpoint_dir(spec: FineTuneJobSpec, job: str, namespace: str) -> str:
+    """The job's folder in its checkpoint storage: checkpoints, the `latest` pointer and the adapter."""
+    return f"{spec.checkpoint.storage.rstrip('/')}/{namespace}/{job}"
+
+
+def adapter_uri(spec: FineTuneJobSpec, job: str, namespace: str) -> str:
+    """Where the trainer writes the finished adapter (docs/finetuning.md): `adapter` in the job's folder."""
+    return f"{checkpoint_dir(spec, job, namespace)}/adapter"
+
+
+def lora_enabled(spec: LLMServiceSpec) -> bool:
+    """Whether the engines serve LoRA adapters: some are listed, or `--enable-lora` is among the engine's args (a
+    service that adapters will be published to at run time starts with it, so publishing needs no restart)."""
+    return bool(spec.adapters) or "--enable-lora" in spec.engine.args
+
+
+def _lora_args(spec: LLMServiceSpec) -> list[str]:
+    args = [] if "--enable-lora" in spec.engine.args or not spec.adapters else ["--enable-lora"]
+    if spec.adapters:
+        args += ["--lora-modules", *(f"{a.name}={model_uri_to_path(a.source)}" for a in spec.adapters)]
+    return args
 
 
 def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list[str]]:
@@ -54,6 +79,12 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
             if p.elastic_expert:
                 # The simulated engine's resize width is its expert-parallel degree.
                 args += ["--enable-eplb", "--enable-elastic-ep", "--elastic-ep-max-dp-size", str(elastic_max(spec))]
+        if spec.adapters:
+            args += [
+                "--enable-lora",
+                "--lora-modules",
+                *(f"{a.name}={model_uri_to_path(a.source)}" for a in spec.adapters),
+            ]
         if pod.role in ("prefill", "decode"):
             args += ["--role", pod.role]
         return ["python", "-m", "simulator.engine"], args + list(e.args)
@@ -73,12 +104,7 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
             # vLLM's elastic EP resizes the data-parallel ranks (each of `tensor` GPUs) and needs EPLB (0.32.0).
             max_dp = max(p.data, elastic_max(spec) // p.tensor)
             serve += ["--enable-eplb", "--enable-elastic-ep", "--elastic-ep-max-dp-size", str(max_dp)]
-        if spec.adapters:
-            serve += [
-                "--enable-lora",
-                "--lora-modules",
-                *(f"{a.name}={model_uri_to_path(a.source)}" for a in spec.adapters),
-            ]
+        serve += _lora_args(spec)
         if pod.role == "prefill":
             serve += ["--kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_producer"}']
         elif pod.role == "decode":
@@ -121,31 +147,47 @@ def elastic_max(spec: LLMServiceSpec) -> int:
 
 
 def trainer_command(
-    spec: FineTuneJobSpec, job: str, namespace: str, rank: int, workers: int, resume_from: str | None
+    spec: FineTuneJobSpec, job: str, namespace: str, rank: int, workers: int
 ) -> tuple[list[str], list[str]]:
-    """(command, args) of one fine-tuning worker."""
-    t, h = spec.trainer, spec.hyperparameters
-    checkpoint_dir = f"{spec.checkpoint.storage.rstrip('/')}/{namespace}/{job}"
+    """(command, args) of one fine-tuning worker. Either trainer resumes from the `latest` checkpoint in
+    --checkpoint-dir by itself, so every attempt gets the same command line (docs/finetuning.md)."""
+    t, h, c = spec.trainer, spec.hyperparameters, spec.checkpoint
+    interval = ["--checkpoint-interval-steps", str(c.interval_steps)] if c.interval_steps else []
     if t.type == "simulated":
         args = [
             "--mode", "trainer", "--model", spec.base_model.name, "--params-b", _num(spec.base_model.parameters_b),
             "--gpu", "auto", "--host", "0.0.0.0", "--port", str(t.port), "--total-steps", str(h.total_steps),
-            "--step-seconds", _num(t.step_seconds), "--checkpoint-dir", checkpoint_dir,
+            "--step-seconds", _num(t.step_seconds), "--checkpoint-dir", checkpoint_dir(spec, job, namespace),
+            *interval, "--rank", str(rank),
         ]  # fmt: skip
-        if resume_from:
-            args += ["--resume-from", resume_from]
         return ["python", "-m", "simulator.engine"], args + list(t.args)
     args = [
         "--base-model", model_uri_to_path(spec.base_model.source), "--dataset", spec.dataset.uri,
         "--method", spec.method, "--lora-rank", str(h.rank), "--lora-alpha", str(h.alpha),
         "--learning-rate", repr(h.learning_rate), "--batch-size", str(h.batch_size),
-        "--max-steps", str(h.total_steps), "--checkpoint-dir", checkpoint_dir,
-        "--checkpoint-interval-seconds", str(spec.checkpoint.interval_seconds), "--control-port", str(t.port),
-        "--rank", str(rank), "--world-size", str(workers),
+        "--max-steps", str(h.total_steps), "--checkpoint-dir", checkpoint_dir(spec, job, namespace),
+        *interval, "--checkpoint-interval-seconds", str(c.interval_seconds),
+        "--adapter-name", spec.output.adapter_name if spec.output else job,
+        "--host", "0.0.0.0", "--port", str(t.port), "--rank", str(rank), "--world-size", str(workers),
     ]  # fmt: skip
-    if resume_from:
-        args += ["--resume-from", resume_from]
-    return ["python", "-m", "ebbtide_trainer"], args + list(t.args)
+    return ["python", "-m", "trainer"], args + list(t.args)
+
+
+# The flags a trainer's failure message starts with (docs/finetuning.md), and the job's field each comes from.
+TRAINER_FLAG_FIELDS = {
+    "--base-model": "spec.baseModel.source",
+    "--dataset": "spec.dataset.uri",
+    "--checkpoint-dir": "spec.checkpoint.storage",
+    "--method": "spec.method",
+    "--lora-rank": "spec.hyperparameters.rank",
+    "--world-size": "spec.workers.max",
+}
+
+
+def failed_field(message: str) -> str | None:
+    """The job field a trainer's termination message blames ("--dataset: cannot read ..."), if it names one."""
+    flag = message.split(":", 1)[0].strip()
+    return TRAINER_FLAG_FIELDS.get(flag)
 
 
 def _num(x: float) -> str:

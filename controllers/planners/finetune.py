@@ -1,4 +1,9 @@
-"""FineTuneJob planning: worker gangs per attempt, preemption with checkpoint first, resume, completion."""
+"""FineTuneJob planning: worker gangs per attempt, preemption with checkpoint first, resume, completion.
+
+The contract with the trainer (docs/finetuning.md): it checkpoints by itself (every interval) and on SIGTERM, resumes
+from the `latest` checkpoint of its folder on start, and reports step, checkpoint step and resumed-from step as
+Prometheus metrics. The controller never calls the trainer: it reads those metrics, and preempts by deleting the
+workers with their grace period (SIGTERM)."""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from typing import Any
 
 from catalogue.gpus import GPU_RESOURCE
 from catalogue.models import generic_model
-from controllers.planners.conditions import parse_rfc3339, report_problem, rfc3339, set_condition
-from controllers.planners.engines import DEFAULT_IMAGES, trainer_command
+from controllers.planners.conditions import report_problem, rfc3339, set_condition
+from controllers.planners.engines import DEFAULT_IMAGES, adapter_uri, checkpoint_dir, failed_field, trainer_command
 from controllers.planners.gangs import Owner, gpu_pod
 from controllers.planners.snapshot import PodView
 from controllers.planners.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
@@ -25,12 +30,13 @@ QLORA_MEMORY_FACTOR = 0.35  # 4-bit base weights
 
 @dataclass(frozen=True)
 class TrainerReport:
-    """What the shell learned from the rank-0 trainer this pass."""
+    """What the shell read from the rank-0 trainer's metrics this pass (None: not read)."""
 
     step: int | None = None
     done: bool = False
-    checkpoint_path: str | None = None  # set when a checkpoint was confirmed this pass
-    checkpoint_step: int | None = None
+    checkpoint_step: int | None = None  # the latest complete checkpoint (ebbtide_trainer_checkpoint_step)
+    resumed_from: int | None = None  # the step this process resumed from (ebbtide_trainer_resumed_from_step)
+    loss: float | None = None
 
 
 @dataclass
@@ -39,6 +45,7 @@ class JobPlan:
 
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
+    delete_now: bool = False  # delete without the grace period (the checkpoint deadline has passed)
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     problem: Problem | None = None
@@ -61,36 +68,19 @@ def semantic_problem(job: FineTuneJob, priority_classes: Collection[str]) -> Pro
     )
 
 
-def checkpoint_due(job: FineTuneJob, pods: list[PodView], now: float) -> str | None:
-    """Why the shell should ask the trainer for a checkpoint now (preemption or interval), if it should."""
-    status = job.status
-    if status.phase not in ("Running", "Checkpointing"):
-        return None
-    current = [p for p in pods if p.attempt == status.attempt and not p.deleting]
-    if not current or not all(p.phase == "Running" for p in current):
-        return None
-    if L.PREEMPT in job.metadata.annotations:
-        return "preemption"
-    last = status.last_checkpoint
-    last_time = parse_rfc3339(last.time) if last and last.time else parse_rfc3339(status.start_time)
-    if last_time is not None and now - last_time >= job.spec.checkpoint.interval_seconds:
-        return "interval"
-    return None
-
-
-def worker_pods(
-    job: FineTuneJob, uid: str, attempt: int, resume_from: str | None, scheduler: str
-) -> list[dict[str, Any]]:
+def worker_pods(job: FineTuneJob, uid: str, attempt: int, scheduler: str) -> list[dict[str, Any]]:
     """The worker gang of one attempt."""
     s, name, ns = job.spec, job.metadata.name, job.metadata.namespace or "default"
     owner = Owner("FineTuneJob", name, ns, uid)
     workers = s.workers.max
     pods = []
     for rank in range(workers):
-        command, args = trainer_command(s, name, ns, rank, workers, resume_from)
+        command, args = trainer_command(s, name, ns, rank, workers)
         pod_spec: dict[str, Any] = {
             "schedulerName": scheduler,
             "restartPolicy": "Never",
+            # SIGTERM means "checkpoint now, then exit": the grace period is the trainer's time to do it.
+            "terminationGracePeriodSeconds": s.checkpoint.grace_period_seconds,
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [
                 {
@@ -105,6 +95,9 @@ def worker_pods(
                             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{L.GPU_PRODUCT}']"}},
                         }
                     ],
+                    # The trainer writes why it stopped here ("--dataset: cannot read ..."); the status shows it.
+                    "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
                     "resources": {
                         "requests": {"cpu": "4", "memory": "32Gi", GPU_RESOURCE: str(s.gpu.count)},
                         "limits": {GPU_RESOURCE: str(s.gpu.count)},
@@ -152,11 +145,19 @@ def plan_job(
         plan.status = st
         return plan
 
-    if report.checkpoint_path is not None and report.checkpoint_step is not None:
-        st["lastCheckpoint"] = {"path": report.checkpoint_path, "step": report.checkpoint_step, "time": rfc3339(now)}
-        plan.events.append(
-            (EventType.NORMAL, Reason.CHECKPOINTED, f"step {report.checkpoint_step} at {report.checkpoint_path}")
-        )
+    name, ns = job.metadata.name, job.metadata.namespace or "default"
+    folder = checkpoint_dir(s, name, ns)
+    last_step = int((st.get("lastCheckpoint") or {}).get("step", -1))
+    if report.checkpoint_step is not None and report.checkpoint_step > last_step:
+        path = f"{folder}/{checkpoint_name(report.checkpoint_step)}"
+        st["lastCheckpoint"] = {"path": path, "step": report.checkpoint_step, "time": rfc3339(now)}
+        plan.events.append((EventType.NORMAL, Reason.CHECKPOINTED, f"step {report.checkpoint_step} at {path}"))
+    if report.resumed_from is not None and st.get("resumedFromStep") is None and "checkpointRequest" not in st:
+        st["resumedFromStep"] = report.resumed_from
+        if report.resumed_from > 0:
+            plan.events.append(
+                (EventType.NORMAL, Reason.RESUMED, f"attempt {attempt} resumed from step {report.resumed_from}")
+            )
     if report.step is not None:
         st["step"] = max(report.step, int(st.get("step", 0)))
 
@@ -170,30 +171,46 @@ def plan_job(
         plan.events += events
         return finish("Pending")
 
-    current = [p for p in pods if p.attempt == attempt and not p.deleting]
+    attempt_pods = [p for p in pods if p.attempt == attempt]
+    current = [p for p in attempt_pods if not p.deleting]
     resume = (st.get("lastCheckpoint") or {}).get("path")
 
     def next_attempt() -> int:
-        """A new worker gang that resumes from the last confirmed checkpoint."""
+        """A new worker gang; its trainer resumes from `latest` by itself and reports the step it resumed from."""
         new = attempt + 1
         st["attempt"] = new
-        st["resumedFromStep"] = (st.get("lastCheckpoint") or {}).get("step", 0)
-        plan.create = worker_pods(job, uid, new, resume, scheduler_name)
+        st.pop("resumedFromStep", None)
+        st.pop("checkpointRequest", None)
+        plan.create = worker_pods(job, uid, new, scheduler_name)
         return new
 
     requested, deadline = preemption_request(job.metadata.annotations)
     if requested and phase not in ("Preempted",):
         reason = job.metadata.annotations[L.PREEMPT] or "preempted"
+        asked = st.get("checkpointRequest")
+        signalled = asked is not None
+        # After SIGTERM the workers are terminating: they may still answer their metrics until they exit.
+        workers = attempt_pods if signalled else current
         handshake = CheckpointState(
             checkpoint_first=True,
             requested=True,
             deadline=deadline,
-            trainer_running=bool(current) and all(p.phase == "Running" for p in current),
-            confirmed=report.checkpoint_path is not None,
+            trainer_running=bool(workers) and all(p.phase == "Running" for p in workers),
+            signalled=signalled,
+            confirmed=asked is not None
+            and report.checkpoint_step is not None
+            and report.checkpoint_step >= int(asked["step"]),
         )
         decision = checkpoint_step(handshake, now)
+        if decision.action == CheckpointAction.SIGNAL:
+            # Recorded first, sent on a later pass: the pods go only once the status that says why is written,
+            # so a pass that reads an older status never mistakes the SIGTERM for workers that went away.
+            st["checkpointRequest"] = {"step": int(st.get("step", 0)), "time": rfc3339(now)}
+        elif decision.action == CheckpointAction.WAIT:
+            plan.delete = [p.name for p in current]  # SIGTERM: delete with the grace period (once: then deleting)
         if decision.action == CheckpointAction.EVICT:
-            plan.delete = [p.name for p in current]
+            plan.delete = [p.name for p in attempt_pods]
+            plan.delete_now = signalled and "deadline" in decision.reason
             st["preemptions"] = int(st.get("preemptions", 0)) + 1
             plan.events.append((EventType.WARNING, Reason.PREEMPTED, f"{reason}; workers evicted: {decision.reason}"))
             conditions = set_condition(conditions, ConditionType.PREEMPTED, True, Reason.PREEMPTED, reason, now, gen)
@@ -204,7 +221,7 @@ def plan_job(
             ConditionType.READY,
             True,
             Reason.CHECKPOINTING,
-            f"checkpoint before preemption: {reason}",
+            f"SIGTERM sent, checkpoint before preemption: {reason}",
             now,
             gen,
         )
@@ -226,14 +243,26 @@ def plan_job(
     if attempt == 0 or (not current and phase == "Pending"):
         attempt = max(attempt, 1)
         st["attempt"] = attempt
-        plan.create = worker_pods(job, uid, attempt, resume, scheduler_name)
+        plan.create = worker_pods(job, uid, attempt, scheduler_name)
         plan.events.append(
             (EventType.NORMAL, Reason.CREATED, f"created {len(plan.create)} worker(s), attempt {attempt}")
         )
         conditions = set_condition(conditions, ConditionType.READY, False, Reason.PENDING, "workers starting", now, gen)
         return finish("Pending")
 
-    if any(p.phase == "Failed" for p in current):
+    failed = next((p for p in current if p.phase == "Failed"), None)
+    bad_field = failed_field(failed.message or "") if failed is not None else None
+    if failed is not None and bad_field is not None:
+        # Bad input fails the same way on every attempt: no retry, the reason names the field.
+        message = f"{bad_field}: {failed.message}"
+        plan.delete = [p.name for p in current]
+        plan.events.append((EventType.WARNING, Reason.INVALID_TRAINER_INPUT, message))
+        conditions = set_condition(
+            conditions, ConditionType.READY, False, Reason.INVALID_TRAINER_INPUT, message, now, gen
+        )
+        st["completionTime"] = rfc3339(now)
+        return finish("Failed")
+    if failed is not None:
         st["failures"] = int(st.get("failures", 0)) + 1
         plan.delete = [p.name for p in current]
         if st["failures"] > s.backoff_limit:
@@ -254,19 +283,18 @@ def plan_job(
         st["step"] = s.hyperparameters.total_steps
         st["completionTime"] = rfc3339(now)
         st["workers"] = 0
+        st["adapter"] = adapter_uri(s, name, ns)
         plan.events.append((EventType.NORMAL, Reason.SUCCEEDED, f"trained {s.hyperparameters.total_steps} steps"))
         conditions = set_condition(
             conditions, ConditionType.READY, True, Reason.SUCCEEDED, "training finished", now, gen
         )
         return finish("Succeeded")
 
-    missing = {p["metadata"]["name"] for p in worker_pods(job, uid, attempt, resume, scheduler_name)} - {
+    missing = {p["metadata"]["name"] for p in worker_pods(job, uid, attempt, scheduler_name)} - {
         p.name for p in current
     }
     if missing:
-        plan.create = [
-            p for p in worker_pods(job, uid, attempt, resume, scheduler_name) if p["metadata"]["name"] in missing
-        ]
+        plan.create = [p for p in worker_pods(job, uid, attempt, scheduler_name) if p["metadata"]["name"] in missing]
     running_pods = [p for p in current if p.phase == "Running"]
     st["workers"] = len(running_pods)
     if current and len(running_pods) == len(current) and not missing:
@@ -281,6 +309,11 @@ def plan_job(
     else:
         conditions = set_condition(conditions, ConditionType.READY, False, Reason.PENDING, "workers starting", now, gen)
     return finish("Pending")
+
+
+def checkpoint_name(step: int) -> str:
+    """A checkpoint's folder in the job's folder, as the contract names it (docs/finetuning.md)."""
+    return f"checkpoint-{step:08d}"
 
 
 def preemption_request(annotations: Mapping[str, str]) -> tuple[bool, float | None]:

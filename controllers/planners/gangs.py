@@ -9,7 +9,7 @@ from typing import Any
 
 from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE
 from controllers.planners.drain import termination_grace_s
-from controllers.planners.engines import DEFAULT_IMAGES, PodRole, serving_command
+from controllers.planners.engines import DEFAULT_IMAGES, PodRole, lora_enabled, serving_command
 from controllers.planners.validation import allowed_gpus
 from crds import labels as L
 from crds.base import API_VERSION
@@ -56,7 +56,9 @@ def pod_name(service: str, replica: int, role: PodRole) -> str:
 
 def template_hash(spec: LLMServiceSpec) -> str:
     """A short hash of everything that shapes a pod, to spot gangs built from an older spec."""
-    shaping = spec.model_dump(mode="json", exclude={"replicas", "scaling", "drain_grace_period_seconds"})
+    shaping = spec.model_dump(mode="json", exclude={"replicas", "scaling", "drain_grace_period_seconds", "adapters"})
+    # Adapters load at run time (POST /v1/load_lora_adapter): only turning LoRA on needs new engines.
+    shaping["lora"] = lora_enabled(spec)
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -135,6 +137,9 @@ def replica_pods(owner: Owner, spec: LLMServiceSpec, replica: int, scheduler_nam
                 },
             ],
         }
+        if lora_enabled(spec):
+            # vLLM serves /v1/load_lora_adapter and /v1/unload_lora_adapter only with this set.
+            container["env"].append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
         if entry or role.role == "decode":
             container["readinessProbe"] = {
                 "httpGet": {"path": "/health", "port": "http"},

@@ -253,9 +253,8 @@ def pending_gang(key: str, members: list[dict[str, Any]], priority: int) -> Gang
 def job_gang(job: FineTuneJob, priority_values: Mapping[str, int], scheduler_name: str) -> Gang:
     """The worker gang a preempted FineTuneJob's next attempt creates, for the resume what-if: built from the very
     manifests the FineTuneJob planner creates (`worker_pods`), so the trial and the real gang cannot differ."""
-    last = job.status.last_checkpoint
     attempt = job.status.attempt + 1
-    manifests = worker_pods(job, job.metadata.uid or "", attempt, last.path if last else None, scheduler_name)
+    manifests = worker_pods(job, job.metadata.uid or "", attempt, scheduler_name)
     priority = priority_values.get(job.spec.priority_class_name or "", 0)
     return pending_gang(gang_key(manifests[0]), manifests, priority)
 

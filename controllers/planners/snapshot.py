@@ -22,6 +22,7 @@ class PodView:
     node: str | None
     unschedulable: str | None  # the scheduler's message when PodScheduled=False/Unschedulable
     ip: str | None = None
+    message: str | None = None  # the first container's termination message (why it exited)
 
     @property
     def replica(self) -> int:
@@ -69,4 +70,11 @@ def pod_view(obj: dict[str, Any]) -> PodView:
         node=(obj.get("spec") or {}).get("nodeName"),
         unschedulable=unsched,
         ip=status.get("podIP"),
+        message=next(
+            (
+                ((c.get("state") or {}).get("terminated") or {}).get("message")
+                for c in status.get("containerStatuses") or []
+            ),
+            None,
+        ),
     )

@@ -20,11 +20,12 @@ from adapters.kube import ApiError, FieldManager, Kube, NetworkError
 from autoscaler.cluster import ClusterForecast
 from autoscaler.forecast import GENERATION_TOKEN_RATE, PROMPT_TOKEN_RATE, REQUEST_RATE
 from catalogue.gpus import GPU_RESOURCE
-from controllers.planners.conditions import already_applied, invalid_spec_status
+from controllers.planners.conditions import already_applied, invalid_spec_status, set_condition
 from controllers.planners.drain import draining_gangs
-from controllers.planners.finetune import TrainerReport, checkpoint_due, plan_job
+from controllers.planners.finetune import TrainerReport, plan_job
 from controllers.planners.gangs import Owner, pdb_manifest, service_manifests
 from controllers.planners.llmservice import plan_service
+from controllers.planners.lora import adapters_status, publish, replica_actions
 from controllers.planners.powerbudget import NodeView
 from controllers.planners.powerbudget import report as power_report
 from controllers.planners.snapshot import PodView, pod_view
@@ -249,6 +250,10 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         for pod in plan.delete:
             await r.kube.delete_pod(namespace, pod)
             M.PODS_DELETED.labels("LLMService", "scale-in-or-restart").inc()
+        # vLLM's runtime LoRA routes (the simulated engine serves the same); SGLang's differ and are not driven.
+        lora = svc.spec.adapters or (body.get("status") or {}).get("adapters")
+        if lora and svc.spec.engine.type in ("vllm", "simulated"):
+            await _sync_adapters(svc, pods, plan.events, plan.status)
     await _write_back("llmservices", namespace, name, body, plan.events, plan.status)
     if plan.problem is not None:
         raise kopf.PermanentError(f"{plan.problem.reason}: {plan.problem.message}")
@@ -260,6 +265,67 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         trigger("LLMService", namespace, name, delay=1.0)
 
 
+async def _sync_adapters(
+    svc: LLMService, pods: list[PodView], events: list[tuple[str, str, str]], status: dict[str, Any]
+) -> None:
+    """Every ready serving replica holds exactly spec.adapters (vLLM's runtime LoRA routes); status.adapters."""
+    r = rt()
+    held: list[dict[str, str]] = []
+    for pod in pods:
+        if not pod.ready or pod.deleting or pod.labels.get(L.ROLE) not in ("server", "leader"):
+            continue
+        url = engine_url(pod, svc.spec.engine.port)
+        loaded = await r.engines.adapters(url) if url else None
+        if loaded is None:
+            continue
+        actions = replica_actions(svc.spec.adapters, loaded)
+        for name in actions.unload:
+            code, text = await r.engines.unload_adapter(url or "", name)
+            if code == 200:
+                loaded.pop(name, None)
+                events.append((EventType.NORMAL, Reason.ADAPTER_UNLOADED, f"{name} unloaded from {pod.name}"))
+        for name, path in actions.load:
+            code, text = await r.engines.load_adapter(url or "", name, path)
+            if code == 200:
+                loaded[name] = path
+                events.append((EventType.NORMAL, Reason.ADAPTER_LOADED, f"{name} loaded on {pod.name} from {path}"))
+            else:
+                events.append(
+                    (EventType.WARNING, Reason.ADAPTER_LOAD_FAILED, f"{name} on {pod.name}: HTTP {code}: {text[:200]}")
+                )
+        held.append(loaded)
+    status["adapters"] = adapters_status(svc.spec.adapters, held)
+
+
+async def _publish(job: FineTuneJob, status: dict[str, Any], events: list[tuple[str, str, str]], now: float) -> None:
+    """A succeeded job's adapter goes onto the LLMService spec.output.publishTo names (its condition: Published)."""
+    r = rt()
+    out, ns = job.spec.output, job.metadata.namespace or "default"
+    if out is None or not out.publish_to or not status.get("adapter"):
+        return
+    body = r.cache.object("llmservices", ns, out.publish_to)
+    try:
+        service = LLMService.model_validate(body) if body is not None else None
+    except ValidationError:
+        service = None
+    publication = publish(job, str(status["adapter"]), service)
+    if publication is None:
+        return
+    if publication.adapters is not None:
+        await r.kube.patch_object_spec("llmservices", ns, out.publish_to, {"adapters": publication.adapters})
+    if publication.event is not None:
+        events.append(publication.event)
+    status["conditions"] = set_condition(
+        status.get("conditions", []),
+        ConditionType.PUBLISHED,
+        publication.published,
+        publication.reason,
+        publication.message,
+        now,
+        job.metadata.generation,
+    )
+
+
 @_timed("FineTuneJob")
 async def reconcile_job(namespace: str, name: str, full: bool) -> None:
     r = rt()
@@ -269,29 +335,21 @@ async def reconcile_job(namespace: str, name: str, full: bool) -> None:
     body, job = fetched
     pods = [pod_view(p) for p in r.cache.pods.by_index("finetune", f"{namespace}/{name}")]
     now = r.clock()
+    # A terminating worker still answers its metrics until it exits: that is where the SIGTERM checkpoint shows.
     rank0 = next(
-        (
-            p
-            for p in pods
-            if p.attempt == job.status.attempt and p.rank == 0 and p.phase == "Running" and not p.deleting
-        ),
+        (p for p in pods if p.attempt == job.status.attempt and p.rank == 0 and p.phase == "Running"),
         None,
     )
-    step, done, ck_path, ck_step = None, False, None, None
     url = engine_url(rank0, job.spec.trainer.port) if rank0 else None
-    if url:
-        step, done = await r.engines.progress(url)
-        if checkpoint_due(job, pods, now) and not done:
-            result = await r.engines.checkpoint(url)
-            if result:
-                ck_path, ck_step = result
-    report = TrainerReport(step=step, done=done, checkpoint_path=ck_path, checkpoint_step=ck_step)
+    report = (await r.engines.trainer_report(url) if url else None) or TrainerReport()
     classes = set(r.cache.priority_class_values())
     plan = plan_job(job, body["metadata"]["uid"], pods, report, classes, now, r.scheduler_name)
     await _create_pods("FineTuneJob", plan.create)
     for pod in plan.delete:
-        await r.kube.delete_pod(namespace, pod)
+        await r.kube.delete_pod(namespace, pod, 0 if plan.delete_now else None)
         M.PODS_DELETED.labels("FineTuneJob", plan.status.get("phase", "")).inc()
+    if plan.status.get("phase") == "Succeeded":
+        await _publish(job, plan.status, plan.events, now)
     await _write_back("finetunejobs", namespace, name, body, plan.events, plan.status)
     if plan.status.get("phase") in ("Checkpointing",) or plan.delete:
         trigger("FineTuneJob", namespace, name, delay=1.0)

@@ -213,8 +213,8 @@ class Scheduler:
             requested, deadline = preemption_request((job["metadata"].get("annotations") or {}) if job else {})
             handshake = CheckpointState(e.checkpoint_first and job is not None, requested, deadline)
             decision = checkpoint_step(handshake, now, self.checkpoint_deadline_s)
-            if decision.action == CheckpointAction.WAIT:
-                continue
+            if decision.action in (CheckpointAction.WAIT, CheckpointAction.SIGNAL):
+                continue  # the job's controller signals its workers and reads the checkpoint back
             if decision.action == CheckpointAction.REQUEST_CHECKPOINT and job is not None:
                 note = f"{PREEMPT_PREFIX}{e.preemptor} (priority above {e.priority}) needs the GPUs; {e.reason}"
                 await self.kube.patch_object_metadata(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, NoReturn
@@ -64,9 +65,17 @@ class EngineConfig:
     return_routed_experts: bool = False  # vLLM's --enable-return-routed-experts
     total_steps: int = 0  # trainer: steps in the run
     step_seconds: float = 1.0  # trainer: seconds per step at the default power limit
-    start_step: int = 0  # trainer: step to start from (read from --resume-from)
+    start_step: int = 0  # trainer: step to start from (the `latest` checkpoint, or --resume-from)
+    resumed: bool = False  # trainer: start_step comes from a checkpoint
     resume_from: str | None = None
     checkpoint_dir: str | None = None
+    checkpoint_interval_steps: int = 0  # trainer: checkpoint every N steps (0: only on SIGTERM and at the end)
+    rank: int = 0  # trainer: the worker's rank; only rank 0 writes the job's folder
+    enable_lora: bool = False  # vLLM's --enable-lora
+    lora_modules: tuple[tuple[str, str], ...] = ()  # vLLM's --lora-modules name=path, loaded at start
+    max_lora_rank: int = 16  # vLLM's --max-lora-rank
+    runtime_lora_updating: bool = False  # VLLM_ALLOW_RUNTIME_LORA_UPDATING: serve the load/unload routes
+    models_root: str | None = None  # where the pod's /models mount lives on this machine (the fleet's storage)
     shutdown_timeout_s: int = 0  # vLLM's --shutdown-timeout: seconds to finish in-flight work after SIGTERM
     metric_names: MetricNames = "vllm"  # whose /metrics names to export: vLLM's, or SGLang's
     fail_after_s: float | None = None  # fault injection: virtual seconds after start until the engine core dies
@@ -163,8 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-return-routed-experts", action="store_true", help="responses carry routed_experts (MoE)")
     p.add_argument("--total-steps", type=int, help="trainer: steps in the run")
     p.add_argument("--step-seconds", type=float, default=1.0, help="trainer: seconds per step")
-    p.add_argument("--resume-from", help="trainer: checkpoint marker to resume from")
-    p.add_argument("--checkpoint-dir", help="trainer: where POST /admin/checkpoint writes markers")
+    p.add_argument("--resume-from", help="trainer: a checkpoint (folder or marker) to resume from instead of `latest`")
+    p.add_argument("--checkpoint-dir", help="trainer: checkpoints and the `latest` pointer; resumes from `latest`")
+    p.add_argument("--checkpoint-interval-steps", type=int, default=0, help="trainer: checkpoint every N steps")
+    p.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters (vLLM's flag)")
+    p.add_argument("--lora-modules", nargs="+", default=[], help="name=path adapters loaded at start (vLLM's flag)")
+    p.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank accepted (vLLM's flag)")
+    p.add_argument("--models-root", help="the local folder that stands for the pod's /models mount (the fleet's)")
+    p.add_argument("--rank", type=int, default=0, help="trainer: the worker's rank; only rank 0 writes checkpoints")
     return p
 
 
@@ -189,9 +204,25 @@ def _resolve_model(ns: argparse.Namespace) -> ModelSpec:
         raise EngineConfigError(f"{flag}: {exc}") from exc
 
 
+def runtime_lora_updating(env: Mapping[str, str]) -> bool:
+    """vLLM's reading of VLLM_ALLOW_RUNTIME_LORA_UPDATING ("1" or "true", any case)."""
+    return env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").strip().lower() in ("1", "true")
+
+
+def _lora_modules(values: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise EngineConfigError(f"--lora-modules: expected name=path, got {value!r}")
+        out.append((name, path))
+    return tuple(out)
+
+
 def _read_checkpoint(path: str) -> int:
     try:
-        marker = json.loads(Path(path).read_text())
+        given = Path(path)
+        marker = json.loads((given / "state.json" if given.is_dir() else given).read_text())
         step = int(marker["step"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EngineConfigError(f"--resume-from: cannot read a checkpoint marker from {path!r}: {exc}") from exc
@@ -256,6 +287,11 @@ def parse_args(argv: list[str]) -> EngineConfig:
         model_arg=ns.model,
         gpu=gpu,
         served_model_names=tuple(ns.served_model_name or [ns.model]),
+        enable_lora=ns.enable_lora or bool(ns.lora_modules),
+        lora_modules=_lora_modules(ns.lora_modules),
+        max_lora_rank=ns.max_lora_rank,
+        models_root=ns.models_root,
+        runtime_lora_updating=runtime_lora_updating(os.environ),
         mode=ns.mode,
         tensor_parallel=ns.tensor_parallel,
         pipeline_parallel=ns.pipeline_parallel,
@@ -310,7 +346,22 @@ def _trainer_config(cfg: EngineConfig, ns: argparse.Namespace) -> EngineConfig:
         raise EngineConfigError("--total-steps: required with --mode trainer")
     _positive("--total-steps", ns.total_steps)
     _positive("--step-seconds", ns.step_seconds)
-    start = 0 if ns.resume_from is None else _read_checkpoint(ns.resume_from)
+    if ns.checkpoint_interval_steps < 0:
+        raise EngineConfigError("--checkpoint-interval-steps: must not be negative")
+    source = ns.resume_from
+    if source is None and ns.checkpoint_dir is not None:
+        # The contract (docs/finetuning.md): resume from the checkpoint `latest` names, if there is one.
+        pointer = Path(ns.checkpoint_dir) / "latest"
+        if pointer.is_file():
+            source = str(Path(ns.checkpoint_dir) / pointer.read_text().strip())
+    start = 0 if source is None else _read_checkpoint(source)
     if start > ns.total_steps:
         raise EngineConfigError(f"--resume-from: checkpoint step {start} is beyond --total-steps {ns.total_steps}")
-    return replace(cfg, total_steps=ns.total_steps, start_step=start)
+    return replace(
+        cfg,
+        total_steps=ns.total_steps,
+        start_step=start,
+        resumed=source is not None,
+        checkpoint_interval_steps=ns.checkpoint_interval_steps,
+        rank=ns.rank,
+    )

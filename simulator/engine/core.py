@@ -114,6 +114,7 @@ class SimEngine:
 
     def __init__(self, cfg: EngineConfig, clock: Clock | None = None, registry: CollectorRegistry | None = None):
         self.cfg = cfg
+        self.lora: dict[str, str] = dict(cfg.lora_modules)  # adapter name -> path, as loaded
         self.clock: Clock = clock if clock is not None else ScaledClock(cfg.time_scale)
         self.perf = cfg.perf_model()
         self.scheduler = BatchScheduler(self.perf, cfg.max_num_batched_tokens, cfg.max_num_seqs, role=cfg.role)

@@ -17,6 +17,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from simulator.engine.core import (
     TokenEvent,
 )
 from simulator.engine.text import count_chat_tokens, count_text_tokens, derive_seed, natural_length
-from simulator.engine.trainer import CheckpointError, Trainer
+from simulator.engine.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def _requested_model(engine: SimEngine, body: dict[str, Any]) -> str:
     names = engine.cfg.served_model_names
     if model is None:
         return names[0]
-    if not isinstance(model, str) or model not in names:
+    if not isinstance(model, str) or (model not in names and model not in engine.lora):
         raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
     return model
 
@@ -483,7 +484,66 @@ async def list_models(request: web.Request) -> web.Response:
         }
         for name in cfg.served_model_names
     ]
+    engine = request.app.get(ENGINE_KEY)
+    for name, path in engine.lora.items() if engine is not None else ():
+        data.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": path,
+                "parent": cfg.served_model_name,
+                "max_model_len": None,
+                "permission": [_permission(created)],
+            }
+        )
     return web.json_response({"object": "list", "data": data})
+
+
+def _adapter_rank(cfg: EngineConfig, name: str, path: str) -> int:
+    """The rank in the adapter's adapter_config.json; ApiError 404 when there is no readable adapter (vLLM's)."""
+    local = Path(path)
+    if cfg.models_root is not None and local.parts[:2] == ("/", "models"):
+        local = Path(cfg.models_root, *local.parts[2:])
+    try:
+        return int(json.loads((local / "adapter_config.json").read_text()).get("r", 8))
+    except (OSError, ValueError, TypeError):
+        raise ApiError(404, f"Loading lora {name} failed: No adapter found for {path}", "NotFoundError") from None
+
+
+async def load_lora_adapter(request: web.Request) -> web.Response:
+    """POST /v1/load_lora_adapter {"lora_name", "lora_path"}: as vLLM's, 400 when loaded already, 404 when the
+    path holds no adapter."""
+    body = await _json_object(request)
+    name, path = body.get("lora_name"), body.get("lora_path")
+    if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+        raise bad_request("Both 'lora_name' and 'lora_path' must be provided.")
+    engine = request.app[ENGINE_KEY]
+    if name in engine.lora:
+        raise ApiError(
+            400,
+            f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in place, "
+            "set 'load_inplace' to True.",
+            "InvalidUserInput",
+        )
+    cfg = request.app[CONFIG_KEY]
+    rank = await asyncio.to_thread(_adapter_rank, cfg, name, path)
+    if rank > cfg.max_lora_rank:
+        raise bad_request(f"LoRA rank {rank} is greater than max_lora_rank {cfg.max_lora_rank}.")
+    engine.lora[name] = path
+    return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+
+async def unload_lora_adapter(request: web.Request) -> web.Response:
+    """POST /v1/unload_lora_adapter {"lora_name"}: as vLLM's, 404 for an adapter that is not loaded."""
+    body = await _json_object(request)
+    name = body.get("lora_name")
+    engine = request.app[ENGINE_KEY]
+    if not isinstance(name, str) or name not in engine.lora:
+        raise ApiError(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+    del engine.lora[name]
+    return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
 
 # health, metrics, admin
@@ -605,23 +665,6 @@ def _routed_experts_b64(routes: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-async def progress(request: web.Request) -> web.Response:
-    """GET /admin/progress: {"step", "total", "done"}."""
-    return web.json_response(request.app[TRAINER_KEY].progress())
-
-
-async def checkpoint(request: web.Request) -> web.Response:
-    """POST /admin/checkpoint {"path": optional}: write a checkpoint marker, return {"step", "path"}."""
-    body = await _json_object(request, allow_empty=True)
-    path = body.get("path")
-    if path is not None and not isinstance(path, str):
-        raise bad_request("path must be a string relative to --checkpoint-dir")
-    try:
-        return web.json_response(await request.app[TRAINER_KEY].checkpoint(path))
-    except CheckpointError as exc:
-        raise bad_request(str(exc)) from None
-
-
 def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application:
     """The aiohttp application of one engine (serving or trainer, by cfg.mode), with its own metrics registry.
 
@@ -636,13 +679,15 @@ def create_app(cfg: EngineConfig, clock: Clock | None = None) -> web.Application
     if cfg.mode == "trainer":
         trainer = Trainer(cfg, clock)
         app[TRAINER_KEY] = trainer
-        app.router.add_get("/admin/progress", progress)
-        app.router.add_post("/admin/checkpoint", checkpoint)
         app.on_startup.append(lambda _: trainer.start())
         app.on_cleanup.append(lambda _: trainer.stop())
         return app
     engine = SimEngine(cfg, clock)
     app[ENGINE_KEY] = engine
+    if cfg.enable_lora and cfg.runtime_lora_updating:
+        # vLLM serves the runtime routes only with --enable-lora and this variable set.
+        app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
+        app.router.add_post("/v1/unload_lora_adapter", unload_lora_adapter)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
@@ -661,6 +706,11 @@ async def shutdown(app: web.Application) -> None:
     """What SIGTERM does to vLLM 0.32.0 (docs/engines.md). With `--shutdown-timeout N` > 0, new requests get 500
     while `/health` stays 200 and in-flight ones may finish for up to N seconds; whatever is left then, or
     everything at once with N = 0 (the default), ends with finish_reason "abort". The caller then stops serving."""
+    trainer = app.get(TRAINER_KEY)
+    if trainer is not None:
+        # A trainer's SIGTERM: checkpoint now, then exit (docs/finetuning.md).
+        await trainer.terminate()
+        return
     engine = app.get(ENGINE_KEY)
     if engine is None:
         return

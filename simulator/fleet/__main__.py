@@ -1,7 +1,8 @@
 """`python -m simulator.fleet --kubeconfig PATH`: run the simulated fleet against a cluster with KWOK nodes.
 
 With `--vllm-env` (a venv holding the real vLLM, `hack/real-engine-env.sh` prints one) and `--models-dir` (the
-folder standing for the engine pods' /models mount), pods of `engine: vllm` run a real `vllm serve` too.
+folder standing for the engine pods' /models mount), pods of `engine: vllm` run a real `vllm serve` too; with
+`--trainer-env` (hack/trainer-env.sh), FineTuneJob workers of `trainer.type: peft` run the real trainer.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def main() -> None:
         default=os.environ.get("EBBTIDE_MODELS_DIR") or None,
         help="local folder for the pods' /models mount: pvc://NAME serves DIR/NAME (default $EBBTIDE_MODELS_DIR)",
     )
+    p.add_argument(
+        "--trainer-env",
+        type=Path,
+        default=os.environ.get("EBBTIDE_TRAINER_ENV") or None,
+        help="venv that imports peft (hack/trainer-env.sh); engine=peft pods run the real trainer (trainer/)",
+    )
     args = p.parse_args()
     if args.vllm_env is not None and not (args.vllm_env / "bin" / "vllm").exists():
         p.error(f"--vllm-env {args.vllm_env} has no bin/vllm (build one with hack/real-engine-env.sh)")
@@ -48,6 +55,7 @@ def main() -> None:
         load_gbps=args.load_gbps,
         vllm_env=args.vllm_env.resolve() if args.vllm_env else None,
         models_dir=args.models_dir.resolve() if args.models_dir else None,
+        trainer_env=args.trainer_env.resolve() if args.trainer_env else None,
     )
     # Probes of real engines would log every request at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,19 @@ from adapters.nvml import CAPS_ANNOTATION, ENFORCED_ANNOTATION, CapApplier, pars
 from catalogue.gpus import GPU_PRODUCT_LABEL, GPU_PROFILES, GPU_RESOURCE
 from catalogue.power import demand_w
 from crds import labels as L
-from simulator.engine.config import EngineConfigError, parse_args
+from simulator.engine.config import EngineConfigError, parse_args, runtime_lora_updating
 from simulator.engine.server import ENGINE_KEY, TRAINER_KEY, create_app, shutdown
 from simulator.fleet import dcgm
 from simulator.fleet.nvml import SimulatedNvml
-from simulator.fleet.real import RealEngineError, RealProcess, container_env, readiness_probe, vllm_argv
-from simulator.fleet.rewrite import engine_argv
+from simulator.fleet.real import (
+    RealEngineError,
+    RealProcess,
+    container_env,
+    readiness_probe,
+    trainer_argv,
+    vllm_argv,
+)
+from simulator.fleet.rewrite import engine_argv, local_path
 
 log = logging.getLogger("fleet")
 DCGM_URL = "ebbtide.dev/dcgm-url"
@@ -45,6 +52,7 @@ class FleetSettings:
     load_gbps: float = 2.0
     vllm_env: Path | None = None  # a venv with the real vLLM (bin/vllm): engine=vllm pods run it for real
     models_dir: Path | None = None  # the local folder that stands for the engine pods' /models mount
+    trainer_env: Path | None = None  # a venv that imports peft (hack/trainer-env.sh): engine=peft pods run trainer/
 
 
 @dataclass
@@ -79,6 +87,16 @@ class NodeState:
     caps_seen: str | None = None  # the caps annotation last applied
 
 
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def _now() -> str:
     return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -103,7 +121,7 @@ class Fleet:
         self.pod_ips: dict[str, str] = {}
         self.terminating: set[asyncio.Task[None]] = set()
         self.processes: set[RealProcess] = set()  # every real engine process not yet reaped
-        engines = "simulated,vllm" if settings.vllm_env else "simulated"
+        engines = "simulated" + (",vllm" if settings.vllm_env else "") + (",peft" if settings.trainer_env else "")
         self.selector = f"{L.ENGINE} in ({engines})"
 
     async def run(self) -> None:
@@ -285,6 +303,9 @@ class Fleet:
         if pod["metadata"].get("labels", {}).get(L.ENGINE) == "vllm":
             await self.start_real(key, pod, node)
             return
+        if pod["metadata"].get("labels", {}).get(L.ENGINE) == "peft":
+            await self.start_trainer(key, pod, node)
+            return
         ns, name = key.split("/", 1)
         container = pod["spec"]["containers"][0]
         gpus = self.claim_gpus(key, container, node)
@@ -292,8 +313,11 @@ class Fleet:
         argv = engine_argv(
             list(container.get("args", [])), node.product, port, self.s.state_dir, self.s.engine_time_scale
         )
+        argv += ["--models-root", str(self.s.state_dir / "storage" / "pvc")]
         try:
             cfg = parse_args(argv)
+            # The pod's environment, not the fleet's: VLLM_ALLOW_RUNTIME_LORA_UPDATING is set per pod.
+            cfg = replace(cfg, runtime_lora_updating=runtime_lora_updating(container_env(container, pod)))
         except EngineConfigError as e:
             log.warning("pod %s: engine refuses its command line: %s", key, e)
             await self.patch_status(ns, name, failed=str(e))
@@ -336,9 +360,11 @@ class Fleet:
         while True:
             await asyncio.sleep(0.5)
             try:
-                done = (await self.http.get(f"{eng.url}/admin/progress")).json().get("done")
-            except (httpx.HTTPError, ValueError):
+                text = (await self.http.get(f"{eng.url}/metrics")).text
+            except httpx.HTTPError:
                 continue
+            # The trainer's exit once it is done, as the kubelet would see the process end with 0.
+            done = any(line.startswith("ebbtide_trainer_done 1") for line in text.splitlines())
             if done:
                 await self.patch_status(eng.namespace, eng.name, succeeded=True)
                 await self.stop(key)
@@ -378,6 +404,77 @@ class Fleet:
         self.processes.add(eng.process)
         log.info("pod %s: real vLLM pid %d at %s (log %s): %s", key, eng.process.pid, url, logfile, " ".join(argv))
         eng.task = asyncio.get_running_loop().create_task(self.probe_real(key, eng, readiness_probe(container)))
+
+    async def start_trainer(self, key: str, pod: dict[str, Any], node: NodeState) -> None:
+        """The real LoRA trainer with the pod's command line: Running once its /metrics answers, Succeeded when it
+        exits 0 on its own, Failed (with its termination message) otherwise."""
+        ns, name = key.split("/", 1)
+        container = pod["spec"]["containers"][0]
+        port = _free_port()
+        assert self.s.trainer_env is not None
+        args = list(container.get("args", []))
+        folder = args[args.index("--checkpoint-dir") + 1] if "--checkpoint-dir" in args else "checkpoints"
+        try:
+            if self.s.models_dir is None:
+                raise RealEngineError("the fleet has no models folder (--models-dir) for real trainers")
+            argv = trainer_argv(
+                list(container.get("command", [])),
+                args,
+                self.s.trainer_env / "bin" / "python",
+                self.s.models_dir,
+                # file:// storage is the node's own folder (as a hostPath); other schemes the fleet's storage.
+                Path("/" + folder[len("file://") :].lstrip("/"))
+                if folder.startswith("file://")
+                else local_path(folder, self.s.state_dir),
+                port,
+            )
+        except RealEngineError as e:
+            log.warning("pod %s: cannot run as a real trainer: %s", key, e)
+            await self.patch_status(ns, name, failed=str(e))
+            return
+        url = f"http://127.0.0.1:{port}"
+        self.next_pod_ip(key)
+        grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        eng = RunningEngine(ns, name, node.name, url, self.claim_gpus(key, container, node), True, grace_s=grace)
+        self.engines[key] = eng
+        await asyncio.to_thread(
+            self.core.patch_namespaced_pod, name, ns, {"metadata": {"annotations": {L.ENGINE_URL: url}}}
+        )
+        await self.patch_status(ns, name, ready=False)
+        logs = self.s.state_dir / "real-engines"
+        termination = logs / f"{ns}_{name}.termination"
+        env = {
+            **container_env(container, pod),
+            "EBBTIDE_TERMINATION_LOG": str(termination),
+            # The trainer package is this repository's (the image copies it); the fleet runs from a checkout.
+            "PYTHONPATH": REPO_ROOT,
+        }
+        eng.process = await RealProcess.start(argv, env, logs / f"{ns}_{name}.log")
+        self.processes.add(eng.process)
+        log.info("pod %s: real trainer pid %d at %s: %s", key, eng.process.pid, url, " ".join(argv))
+        eng.task = asyncio.get_running_loop().create_task(self.watch_trainer(key, eng, termination))
+
+    async def watch_trainer(self, key: str, eng: RunningEngine, termination: Path) -> None:
+        assert eng.process is not None
+        while not eng.process.exited():
+            if not eng.ready:
+                try:
+                    if (await self.http.get(f"{eng.url}/metrics")).status_code == 200:
+                        eng.ready = True
+                        await self.patch_status(eng.namespace, eng.name, ready=True)
+                except httpx.HTTPError:
+                    pass
+            await asyncio.sleep(0.5)
+        code = eng.process.proc.returncode
+        eng.ready = False
+        self.processes.discard(eng.process)
+        message = await asyncio.to_thread(_read_or_empty, termination)
+        log.info("pod %s: real trainer exited with %s: %s", key, code, message)
+        if code == 0:
+            await self.patch_status(eng.namespace, eng.name, succeeded=True)
+        else:
+            await self.patch_status(eng.namespace, eng.name, failed=message or f"trainer exited with {code}")
+        await self.stop(key)
 
     async def probe_real(self, key: str, eng: RunningEngine, probe: Any) -> None:
         """The kubelet's readiness probing: every second until the first success (as the pods' startup probe

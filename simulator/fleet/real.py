@@ -1,5 +1,6 @@
 """Real engines on the fleet: a pod of `engine: vllm` runs as a real `vllm serve` process (the CPU build from
-hack/real-engine-env.sh), with the pod's own command line, ports, environment and readiness probe.
+hack/real-engine-env.sh), with the pod's own command line, ports, environment and readiness probe; a FineTuneJob
+worker of `engine: peft` runs the real LoRA trainer (`python -m trainer`, with the venv of hack/trainer-env.sh).
 
 The fleet plays the kubelet, so it changes only what a node decides: the binary comes from the real-engine venv,
 the `/models` mount is a local folder (`--models-dir`), and the engine listens on a free loopback port in place
@@ -75,6 +76,34 @@ def vllm_argv(command: list[str], args: list[str], vllm_bin: Path, models_dir: P
         out += ["--host", "127.0.0.1"]
     if "--port" not in seen:
         out += ["--port", str(port)]
+    return out
+
+
+def trainer_argv(
+    command: list[str], args: list[str], python: Path, models_dir: Path, checkpoint_dir: Path, port: int
+) -> list[str]:
+    """The pod's `python -m trainer` command line with the node's values: the trainer venv's python, the model
+    folder the `/models` mount stands for, the local folder of the checkpoint storage, a loopback host and port."""
+    if command != ["python", "-m", "trainer"]:
+        raise RealEngineError(f"not a `python -m trainer` pod (command {command}); only those run here")
+    out = [str(python), "-m", "trainer"]
+    i = 0
+    while i < len(args):
+        flag, value = args[i], args[i + 1] if i + 1 < len(args) else None
+        if value is not None and flag in ("--host", "--port", "--base-model", "--checkpoint-dir"):
+            if flag == "--host":
+                value = "127.0.0.1"
+            elif flag == "--port":
+                value = str(port)
+            elif flag == "--checkpoint-dir":
+                value = str(checkpoint_dir)
+            elif value.startswith(MODELS_MOUNT):
+                value = str(models_dir / value[len(MODELS_MOUNT) :].strip("/"))
+            out += [flag, value]
+            i += 2
+            continue
+        out.append(flag)
+        i += 1
     return out
 
 

@@ -5,6 +5,7 @@ Runs only when asked for (`-m realengine`, as `make realengine-test` does); skip
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from tests.conformance.engines import RealEngineEnv, absent, find_real_engine_env
 from tests.integration.conftest import RUN, Proc, _free_port, _up, redis_url
 from tests.kube import Cluster, wait_until
-from tests.realengine.stories import note
+from tests.realengine.stories import find_trainer_env, note
 
 __all__ = ["redis_url"]  # the integration suite's Redis fixture, shared
 
@@ -51,8 +52,6 @@ def cluster(real_engine_env: RealEngineEnv, tier_clock: None) -> Iterator[Cluste
     c.kubectl("apply", "-f", str(RUN.parent / "crds" / "peering"))
     c.kubectl("apply", "-f", str(RUN.parent / "examples" / "priorityclasses.yaml"))
     yield c
-    import subprocess
-
     subprocess.run(
         [sys.executable, str(RUN.parent / "hack" / "cluster.py"), "down", "--dir", str(c.kubeconfig.parent)],
         check=False,
@@ -85,6 +84,7 @@ def fleet(cluster: Cluster, real_engine_env: RealEngineEnv) -> Iterator[Proc]:
             sys.executable, "-m", "simulator.fleet", "--kubeconfig", str(cluster.kubeconfig),
             "--state-dir", str(RUN / "realengine-fleet"), "--cold-start-scale", "100",
             "--vllm-env", str(real_engine_env.venv), "--models-dir", str(real_engine_env.model.parent),
+            *(["--trainer-env", str(trainer)] if (trainer := find_trainer_env()) else []),
         ],
     )  # fmt: skip
     p.start()
@@ -100,7 +100,7 @@ def ns(cluster: Cluster, operator: Proc, fleet: Proc) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     wait_until("default service account", lambda: cluster.exists("serviceaccount", "default", "-n", name), 30)
     yield name
-    cluster.kubectl("delete", "llms", "--all", "-n", name, "--wait=false", check=False)
+    cluster.kubectl("delete", "llms,ftj", "--all", "-n", name, "--wait=false", check=False)
     # At most 2-3 real servers fit this machine: the next story starts once this one's are gone.
     wait_until("the story's pods gone", lambda: not cluster.get("pods", "-n", name)["items"], 120, 1.0)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

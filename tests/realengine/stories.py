@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,14 @@ SERVED = "tiny-llama"
 TIMINGS = ROOT / ".run" / "realengine" / "timings.jsonl"
 # A server start costs 40-80 CPU-seconds; two at once on a loaded 2-core machine take several times that.
 READY_TIMEOUT_S = START_TIMEOUT_S
+
+
+def find_trainer_env() -> Path | None:
+    """The venv of hack/trainer-env.sh (peft beside the real-engine venv), when it is built."""
+    found = subprocess.run(
+        ["bash", str(ROOT / "hack" / "trainer-env.sh"), "--check"], capture_output=True, text=True, check=False
+    )
+    return Path(found.stdout.strip().splitlines()[-1]) if found.returncode == 0 else None
 
 
 def note(what: str, seconds: float) -> None:

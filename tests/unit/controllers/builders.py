@@ -72,16 +72,19 @@ def job(**spec: Any) -> FineTuneJob:
     )
 
 
-def worker(attempt: int, rank: int = 0, phase: str = "Running") -> PodView:
+def worker(
+    attempt: int, rank: int = 0, phase: str = "Running", deleting: bool = False, message: str | None = None
+) -> PodView:
     return PodView(
         name=f"ft-a{attempt}-w{rank}",
         labels={L.FINETUNE: "ft", L.ATTEMPT: str(attempt), L.RANK: str(rank)},
         annotations={},
         phase=phase,
         ready=phase == "Running",
-        deleting=False,
+        deleting=deleting,
         node="n",
         unschedulable=None,
+        message=message,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import openai
 import pytest
@@ -362,3 +363,32 @@ async def test_metric_names_none_serves_no_metrics_as_sglang_without_enable_metr
         missing = await http.get("/metrics")
         assert (missing.status_code, missing.json()) == (404, {"detail": "Not Found"})
         assert (await http.get("/health")).status_code == 200
+
+
+async def test_lora_routes_answer_with_vllms_status_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = tmp_path / "tide"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+    argv = engine_argv("llama-3-8b", "H100", 1000, "--enable-lora", "--lora-modules", f"at-start={adapter}")
+    async with serve_engine(argv) as e, e.http() as http:
+        load = {"lora_name": "tide", "lora_path": str(adapter)}
+        assert (await http.post("/v1/load_lora_adapter", json=load)).status_code == 200
+        # The bodies the real vLLM 0.32.0 answers (tests/realengine/test_trainer.py prints them).
+        again = await http.post("/v1/load_lora_adapter", json=load)
+        assert again.status_code == 400 and again.json()["error"]["type"] == "InvalidUserInput"
+        assert "has already been loaded" in again.json()["error"]["message"]
+        bad = {"lora_name": "nope", "lora_path": str(tmp_path / "missing")}
+        missing = await http.post("/v1/load_lora_adapter", json=bad)
+        assert missing.status_code == 404 and missing.json()["error"]["message"] == (
+            f"Loading lora nope failed: No adapter found for {tmp_path / 'missing'}"
+        )
+        models = {m["id"]: m for m in (await http.get("/v1/models")).json()["data"]}
+        assert models["tide"]["parent"] == "llama-3-8b" and models["at-start"]["root"] == str(adapter)
+        answer = await http.post("/v1/completions", json={"model": "tide", "prompt": "hi", "max_tokens": 3})
+        assert answer.status_code == 200 and answer.json()["model"] == "tide"
+        assert (await http.post("/v1/unload_lora_adapter", json={"lora_name": "tide"})).status_code == 200
+        assert (await http.post("/v1/unload_lora_adapter", json={"lora_name": "tide"})).status_code == 404
+    monkeypatch.delenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING")
+    async with serve_engine(argv) as e, e.http() as http:
+        assert (await http.post("/v1/load_lora_adapter", json=load)).status_code == 404  # no runtime updating

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from controllers.planners.engines import PodRole, serving_command
+from controllers.planners.engines import PodRole, serving_command, trainer_command
+from crds.finetunejob import FineTuneJobSpec
 from crds.llmservice import LLMServiceSpec
-from simulator.fleet.real import RealEngineError, RealProcess, container_env, readiness_probe, vllm_argv
+from simulator.fleet.real import (
+    RealEngineError,
+    RealProcess,
+    container_env,
+    readiness_probe,
+    trainer_argv,
+    vllm_argv,
+)
 from tests.kube import ROOT
 
 VLLM = Path("venv/bin/vllm")
@@ -69,7 +77,7 @@ def test_readiness_probe_and_environment_come_from_the_pod() -> None:
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"  # servers sharing this machine's cores must not all pin core 0
 
 
-def test_kwok_leaves_vllm_pods_to_the_fleet_only_in_a_real_engine_cluster(tmp_path: Path) -> None:
+def test_kwok_leaves_vllm_and_trainer_pods_to_the_fleet_only_in_a_real_engine_cluster(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "hack"))
     try:
         import cluster  # type: ignore[import-not-found]
@@ -79,8 +87,8 @@ def test_kwok_leaves_vllm_pods_to_the_fleet_only_in_a_real_engine_cluster(tmp_pa
     real = cluster.kwok_stages(tmp_path, real_engines=True).read_text()
     assert "- 'vllm'" not in plain
     ready_stage = real.split("name: pod-ready")[1].split("---")[0]
-    assert "- 'simulated'\n      - 'vllm'" in ready_stage
-    assert real.replace("\n      - 'vllm'", "", 1) == plain
+    assert "- 'simulated'\n      - 'vllm'\n      - 'peft'" in ready_stage
+    assert real.replace("\n      - 'vllm'\n      - 'peft'", "", 1) == plain
 
 
 async def test_sigterm_goes_to_the_main_process_and_sigkill_follows_the_grace_period(tmp_path: Path) -> None:
@@ -98,3 +106,21 @@ async def test_sigterm_goes_to_the_main_process_and_sigkill_follows_the_grace_pe
     proc = await RealProcess.start([sys.executable, "-c", polite], {}, tmp_path / "q.log")
     await asyncio.sleep(1.0)
     assert await proc.terminate(grace_s=30.0) == 3
+
+
+def test_a_trainer_pod_runs_the_real_trainer_with_the_nodes_paths_and_port() -> None:
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"name": "tiny", "source": "pvc://tiny-llama-v1", "parametersB": 0.01},
+            "dataset": {"uri": "file:///data/tide.jsonl"},
+            "checkpoint": {"storage": "pvc://ck", "intervalSteps": 8},
+        }
+    )
+    command, args = trainer_command(spec, "job", "ns", 0, 1)
+    argv = trainer_argv(command, args, Path("/venv/bin/python"), Path("/m"), Path("/state/ck/ns/job"), 4321)
+    assert argv[:3] == ["/venv/bin/python", "-m", "trainer"]
+    flags = dict(zip(argv[3::2], argv[4::2], strict=True))
+    assert flags["--base-model"] == "/m/tiny-llama-v1" and flags["--checkpoint-dir"] == "/state/ck/ns/job"
+    assert (flags["--host"], flags["--port"], flags["--dataset"]) == ("127.0.0.1", "4321", "file:///data/tide.jsonl")
+    with pytest.raises(RealEngineError, match="python -m trainer"):
+        trainer_argv(["python", "-m", "simulator.engine"], [], Path("/p"), Path("/m"), Path("/c"), 1)

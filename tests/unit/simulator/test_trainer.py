@@ -1,16 +1,18 @@
-"""Trainer mode: progress on virtual time, checkpoint markers, resuming, power limits."""
+"""Trainer mode under the real trainer's contract: progress on virtual time, interval and SIGTERM checkpoints with a
+`latest` pointer, resuming from it, the ebbtide_trainer_* metrics, power limits."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
-import httpx
 import pytest
+from prometheus_client.metrics_core import Metric
 
 from simulator.engine import TRAINER_KEY, EngineConfigError, parse_args
-from tests.unit.simulator.engine_support import engine_argv, sample, serve_engine
+from simulator.engine.server import create_app, shutdown
+from simulator.engine.trainer import read_latest
+from tests.unit.simulator.engine_support import Served, engine_argv, sample, serve_engine
 
 
 def trainer_argv(*extra: str, steps: int = 40) -> list[str]:
@@ -19,49 +21,59 @@ def trainer_argv(*extra: str, steps: int = 40) -> list[str]:
     )
 
 
-def read_marker(path: Path) -> dict[str, object]:
-    return dict(json.loads(path.read_text()))
+def folder(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
 
 
-async def wait_done(http: httpx.AsyncClient, attempts: int = 500) -> dict[str, object]:
+async def wait_done(e: Served, attempts: int = 500) -> dict[str, Metric]:
     for _ in range(attempts):
-        progress = (await http.get("/admin/progress")).json()
-        if progress["done"]:
-            return dict(progress)
+        families = await e.metrics()
+        if sample(families, "ebbtide_trainer_done") == 1:
+            return families
         await asyncio.sleep(0.01)
     raise AssertionError("trainer did not finish")
 
 
-async def test_trainer_steps_to_completion_and_exposes_metrics() -> None:
-    async with serve_engine(trainer_argv()) as e, e.http() as http:
-        progress = await wait_done(http)
-        assert (progress["step"], progress["total"]) == (40, 40)
-        assert (await http.get("/health")).status_code == 200
+async def test_trainer_steps_to_completion_checkpoints_by_interval_and_writes_the_adapter(tmp_path: Path) -> None:
+    async with serve_engine(trainer_argv("--checkpoint-dir", str(tmp_path), "--checkpoint-interval-steps", "15")) as e:
+        families = await wait_done(e)
+        async with e.http() as http:
+            assert (await http.get("/health")).status_code == 200
+    assert sample(families, "ebbtide_trainer_step") == 40 and sample(families, "ebbtide_trainer_total_steps") == 40
+    assert sample(families, "ebbtide_trainer_checkpoint_step") == 40
+    assert sample(families, "ebbtide_trainer_resumed_from_step") == -1
+    assert folder(tmp_path) == [
+        "adapter",
+        "checkpoint-00000015",
+        "checkpoint-00000030",
+        "checkpoint-00000040",
+        "latest",
+    ]
+    assert read_latest(tmp_path) == 40 and (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+async def test_sigterm_checkpoints_now_and_the_next_start_resumes_from_latest(tmp_path: Path) -> None:
+    argv = trainer_argv("--checkpoint-dir", str(tmp_path), steps=100_000)
+    async with serve_engine(argv) as e:
+        await asyncio.sleep(0.05)
+        await shutdown(e.app)  # what SIGTERM does
+        stopped_at = e.app[TRAINER_KEY].step
         families = await e.metrics()
-    assert sample(families, "trainer_step", model_name="llama-3-8b") == 40
+    assert stopped_at > 0 and read_latest(tmp_path) == stopped_at
+    assert sample(families, "ebbtide_trainer_checkpoint_step") == stopped_at
+    async with serve_engine(argv) as e:
+        families = await e.metrics()
+        loss = e.app[TRAINER_KEY].loss
+    assert sample(families, "ebbtide_trainer_resumed_from_step") == stopped_at
+    assert sample(families, "ebbtide_trainer_step") >= stopped_at
+    assert sample(families, "ebbtide_trainer_loss") == pytest.approx(loss, rel=0.05)
+    assert parse_args(argv).start_step == stopped_at
 
 
-async def test_checkpoint_writes_a_marker_that_resume_reads(tmp_path: Path) -> None:
-    async with serve_engine(trainer_argv("--checkpoint-dir", str(tmp_path), steps=100_000)) as e, e.http() as http:
-        await asyncio.sleep(0.02)
-        r = (await http.post("/admin/checkpoint", json={})).json()
-        named = (await http.post("/admin/checkpoint", json={"path": "pre-eviction/ckpt.json"})).json()
-        progress = (await http.get("/admin/progress")).json()
-    path = Path(r["path"])
-    assert path.parent == tmp_path and read_marker(path)["step"] == r["step"] > 0
-    assert Path(named["path"]) == tmp_path / "pre-eviction" / "ckpt.json"
-    assert progress["last_checkpoint"] == named["path"]
-    resumed = parse_args(trainer_argv("--resume-from", named["path"], steps=100_000))
-    assert resumed.start_step == named["step"]
-
-
-async def test_checkpoint_refuses_paths_outside_the_directory_and_missing_directory(tmp_path: Path) -> None:
-    async with serve_engine(trainer_argv("--checkpoint-dir", str(tmp_path))) as e, e.http() as http:
-        escape = await http.post("/admin/checkpoint", json={"path": "../evil.json"})
-    assert escape.status_code == 400 and "relative" in escape.json()["error"]["message"]
-    async with serve_engine(trainer_argv()) as e, e.http() as http:
-        missing = await http.post("/admin/checkpoint")
-    assert missing.status_code == 400 and "--checkpoint-dir" in missing.json()["error"]["message"]
+def test_no_admin_checkpoint_or_progress_routes_remain() -> None:
+    app = create_app(parse_args(trainer_argv()))
+    paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    assert not {"/admin/progress", "/admin/checkpoint"} & paths
 
 
 def test_resume_from_an_unreadable_marker_is_a_start_up_error(tmp_path: Path) -> None:
