@@ -61,7 +61,8 @@ def openssl(*args: str) -> None:
 
 def make_pki(pki: Path) -> None:
     """A CA, an admin client certificate (system:masters) and a service-account key pair."""
-    if (pki / "admin.crt").exists() and (pki / "serving.ext").read_text() == f"subjectAltName={SERVING_SANS}\n":
+    ext = pki / "serving.ext"
+    if (pki / "admin.crt").exists() and ext.exists() and ext.read_text() == f"subjectAltName={SERVING_SANS}\n":
         return
     pki.mkdir(parents=True, exist_ok=True)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=ebbtide-local-ca",

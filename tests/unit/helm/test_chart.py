@@ -210,3 +210,14 @@ def test_no_pod_of_the_chart_gets_service_link_variables() -> None:
     assert len(specs) == 3
     for name, spec in specs:
         assert spec["enableServiceLinks"] is False, name
+
+
+def test_redis_can_be_placed_like_the_operator() -> None:
+    # Found installing onto the real node: the operator could tolerate the node pool's taint, Redis could not, so
+    # the bundled Redis stayed Pending wherever every node is tainted.
+    toleration = {"key": "pool", "operator": "Exists", "effect": "NoSchedule"}
+    objs = render("redis.nodeSelector.pool=infra", "redis.tolerations[0].key=pool",
+                  "redis.tolerations[0].operator=Exists", "redis.tolerations[0].effect=NoSchedule")  # fmt: skip
+    spec = find(objs, "StatefulSet", "-redis")["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"pool": "infra"} and spec["tolerations"] == [toleration]
+    assert "tolerations" not in find(render(), "StatefulSet", "-redis")["spec"]["template"]["spec"]
