@@ -42,6 +42,9 @@ class FleetSettings:
     load_gbps: float = 2.0
     vllm_env: Path | None = None  # a venv with the real vLLM (bin/vllm): engine=vllm pods run it for real
     models_dir: Path | None = None  # the local folder that stands for the engine pods' /models mount
+    # Where simulated engines and DCGM endpoints listen and are announced: an operator in a real node's pod reaches
+    # the host at the node's IP, never at the host's 127.0.0.1.
+    engine_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -215,7 +218,7 @@ class Fleet:
             log.warning("pod %s: engine refuses its command line: %s", key, e)
             await self.patch_status(ns, name, failed=str(e))
             return
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{self.s.engine_host}:{port}"
         self.next_pod_ip(key)
         eng = RunningEngine(ns, name, node.name, url, gpus, cfg.mode == "trainer")
         self.engines[key] = eng
@@ -233,7 +236,7 @@ class Fleet:
         app = create_app(cfg)
         runner = web.AppRunner(app)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", cfg.port).start()
+        await web.TCPSite(runner, self.s.engine_host, cfg.port).start()
         eng.runner = runner
         for _ in range(600):
             try:
@@ -411,11 +414,10 @@ class Fleet:
         runner = web.AppRunner(app)
         await runner.setup()
         port = _free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, self.s.engine_host, port).start()
         node.runner = runner
-        await asyncio.to_thread(
-            self.core.patch_node, node.name, {"metadata": {"annotations": {DCGM_URL: f"http://127.0.0.1:{port}"}}}
-        )
+        url = f"http://{self.s.engine_host}:{port}"
+        await asyncio.to_thread(self.core.patch_node, node.name, {"metadata": {"annotations": {DCGM_URL: url}}})
 
     async def _engine_power(self, key: str) -> dict[str, Any]:
         eng = self.engines.get(key)
