@@ -11,6 +11,7 @@ owns 10.250.0.1 on lo, the kubelet's ports and kube-proxy's iptables chains). St
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gzip
 import hashlib
 import json
@@ -382,14 +383,20 @@ def base_rootfs() -> Path:
     out = ROOTFS_CACHE / "bookworm-minbase-python3"
     if (out / ".complete").exists():
         return out
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built aside and renamed when complete, so an interrupted debootstrap never leaves a half rootfs in the cache.
+    work = ROOTFS_CACHE / "bookworm-minbase-python3.partial"
+    for stale in (work, out):
+        for point in mounts_under(stale):
+            run("umount", "-l", point, check=False, quiet=True)
+        shutil.rmtree(stale, ignore_errors=True)
+    work.parent.mkdir(parents=True, exist_ok=True)
     log("debootstrap bookworm minbase with python3 (about 2-3 minutes)")
     with heartbeat("running debootstrap"):
         run("debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm",
-            str(out), "http://deb.debian.org/debian")
-    run("chroot", str(out), "apt-get", "clean")
-    (out / ".complete").write_text("")
+            str(work), "http://deb.debian.org/debian")
+    run("chroot", str(work), "apt-get", "clean", cwd=work)
+    (work / ".complete").write_text("")
+    work.rename(out)
     return out
 
 
@@ -677,12 +684,33 @@ def status() -> dict[str, object]:
             "leftover_mounts": mounts_under(RUN, CONTAINERD_ROOT), "shims": our_processes()}
 
 
+@contextmanager
+def exclusive() -> Iterator[None]:
+    """One `up`, `down` or image build at a time on this host: they share the node IP, the ports and the caches."""
+    NODE_HOME.mkdir(parents=True, exist_ok=True)
+    with open(NODE_HOME / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another real-node command runs on this host; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down", "status", "images"])
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("EBBTIDE_REAL_NODE_CLUSTER_DIR", DEFAULT_DIR)))
     parser.add_argument("--nodes", type=int, default=int(os.environ.get("EBBTIDE_NODES", "8")))
     args = parser.parse_args()
+    if args.action == "status":
+        print(json.dumps(status(), indent=2))
+        return
+    with exclusive():
+        act(args)
+
+
+def act(args: argparse.Namespace) -> None:
     if args.action == "up":
         print(json.dumps(up(args.dir.resolve(), args.nodes)))
     elif args.action == "down":
@@ -694,8 +722,6 @@ def main() -> None:
             raise SystemExit("the node is not up: run `hack/real_node.py up` (images are built there)")
         start_containerd()
         print(json.dumps(images(node_binaries())))
-    else:
-        print(json.dumps(status(), indent=2))
 
 
 if __name__ == "__main__":

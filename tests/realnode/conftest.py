@@ -50,10 +50,12 @@ def node() -> Iterator[dict[str, Any]]:
         pytest.fail("the real-node tier needs root (containerd, the kubelet, iptables)", pytrace=False)
     rn = real_node_module()
     state = Path(os.environ.get("EBBTIDE_REAL_NODE_TEST_DIR", RUN / "realnode-test-cluster")).resolve()
-    info: dict[str, Any] = rn.up(state, 8)
+    with rn.exclusive():
+        info: dict[str, Any] = rn.up(state, 8)
     yield {**info, "module": rn}
     if not os.environ.get("EBBTIDE_KEEP_CLUSTER"):
-        rn.down(state)
+        with rn.exclusive():
+            rn.down(state)
 
 
 @pytest.fixture(scope="session")
