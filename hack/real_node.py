@@ -278,6 +278,7 @@ def stop(name: str) -> None:
         pid = int(pid_file.read_text())
         os.killpg(pid, signal.SIGTERM)
         for _ in range(100):
+            cluster.reap(pid)
             os.kill(pid, 0)
             time.sleep(0.1)
         os.killpg(pid, signal.SIGKILL)

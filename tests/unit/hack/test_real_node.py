@@ -81,3 +81,20 @@ def test_node_configuration_carries_every_setting_this_vm_needs(
     proxy = json.loads((run / "kube-proxy.yaml").read_text())
     assert proxy["mode"] == "iptables" and proxy["conntrack"]["maxPerCore"] == 0
     assert "server: \"https://127.0.0.1:6443\"" in (run / "kubeconfig").read_text()
+
+
+def test_stopping_processes_started_by_this_process_does_not_wait_out_their_grace(
+    rn: ModuleType, tmp_path: Path
+) -> None:
+    # The tier starts the control plane and the node from pytest itself: an exited child stays a zombie, answers
+    # kill(pid, 0), and each stop used to wait its whole grace period (about 60 s per tear-down).
+    import subprocess
+    import time
+
+    children = {name: subprocess.Popen(["sleep", "60"], start_new_session=True) for name in ("etcd", "kwok")}
+    for name, child in children.items():
+        (tmp_path / f"{name}.pid").write_text(str(child.pid))
+    t0 = time.monotonic()
+    rn.cluster.down(tmp_path, quiet=True)
+    assert time.monotonic() - t0 < 3
+    assert all(child.poll() is not None for child in children.values())
