@@ -9,7 +9,7 @@ CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
 .PHONY: venv binaries control-plane redis test unit integration e2e lint trainer-env manifests demo demo-down cluster-up \
-        cluster-down real-engine real-engine-tier conformance realengine-test bench bench-power kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
+        cluster-down real-engine real-engine-tier conformance realengine-test real-node real-node-down realnode-test bench bench-power kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
 venv: $(STAMP)
@@ -92,6 +92,19 @@ demo-down:
 # The e2e scenarios on the local control plane (its own cluster folder, so `make test` can run alongside).
 e2e: venv binaries redis
 	EBBTIDE_E2E=local EBBTIDE_TEST_CLUSTER_DIR=$(CURDIR)/.run/e2e-cluster $(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e
+
+# A real node (containerd + kubelet + kube-proxy, root) joins a local control plane in $(REAL_NODE_DIR) beside the
+# KWOK GPU nodes; the operator and Redis images are built locally (docs/install.md, "A real node"). Cold ~10 min.
+REAL_NODE_DIR ?= .run/real-node-cluster
+real-node: venv binaries
+	$(BIN)/python hack/real_node.py up --dir $(REAL_NODE_DIR)
+
+real-node-down:
+	$(PY) hack/real_node.py down --dir $(REAL_NODE_DIR)
+
+# The chart installed with Helm onto the real node: the e2e scenarios, the bundled Redis, operator failover.
+realnode-test: venv binaries redis
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m realnode -rs -s tests/realnode
 
 kind-up:
 	hack/kind.sh up

@@ -3,7 +3,8 @@
 
 `python hack/cluster.py up [--nodes N] [--dir DIR]` starts it (idempotent) and prints the kubeconfig path;
 `python hack/cluster.py down` stops it. With `--real-engines`, kwok leaves pods of `engine: vllm` to the fleet too,
-which runs a real vLLM for them (simulator/fleet/real.py). Fake GPU nodes carry GPU feature discovery labels and
+which runs a real vLLM for them (simulator/fleet/real.py). With `--real-node`, the API server is also reachable from
+real pods (hack/real_node.py joins a kubelet to it). Fake GPU nodes carry GPU feature discovery labels and
 rack/zone topology. Standard library only, so it runs before the project's venv exists.
 """
 
@@ -25,6 +26,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_DIR = ROOT / ".run" / "cluster"
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+# The real node's address (on lo: this VM has no dummy links) and the `kubernetes` Service's ClusterIP; the serving
+# certificate names both, and the in-cluster names, so pods reach the API server through 10.96.0.1.
+REAL_NODE_IP = "10.250.0.1"
+SERVING_SANS = ("IP:127.0.0.1,DNS:localhost,IP:10.250.0.1,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,"
+                "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")
 
 # Node pools of the default cluster: (count, product, GPU memory MiB). Racks of 4 nodes, 2 racks a zone.
 GPU_POOLS = [
@@ -55,7 +61,8 @@ def openssl(*args: str) -> None:
 
 def make_pki(pki: Path) -> None:
     """A CA, an admin client certificate (system:masters) and a service-account key pair."""
-    if (pki / "admin.crt").exists():
+    ext = pki / "serving.ext"
+    if (pki / "admin.crt").exists() and ext.exists() and ext.read_text() == f"subjectAltName={SERVING_SANS}\n":
         return
     pki.mkdir(parents=True, exist_ok=True)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=ebbtide-local-ca",
@@ -64,7 +71,7 @@ def make_pki(pki: Path) -> None:
             "-keyout", str(pki / "admin.key"), "-out", str(pki / "admin.csr"))
     openssl("x509", "-req", "-in", str(pki / "admin.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
             str(pki / "ca.key"), "-CAcreateserial", "-days", "3650", "-out", str(pki / "admin.crt"))
-    (pki / "serving.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (pki / "serving.ext").write_text(f"subjectAltName={SERVING_SANS}\n")
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
             "-keyout", str(pki / "apiserver.key"), "-out", str(pki / "apiserver.csr"))
     openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
@@ -193,9 +200,10 @@ def kwok_stages(state: Path, real_engines: bool) -> Path:
     return out
 
 
-def up(state: Path, nodes: int, real_engines: bool = False) -> Path:
+def up(state: Path, nodes: int, real_engines: bool = False, real_node: bool = False) -> Path:
     state.mkdir(parents=True, exist_ok=True)
-    if all(alive(state, c) for c in COMPONENTS) and api_get(state, "/readyz")[0] == 200:
+    running = all(alive(state, c) for c in COMPONENTS) and api_get(state, "/readyz")[0] == 200
+    if running and json.loads((state / "ports.json").read_text()).get("real_node", False) == real_node:
         bins = binaries()
         kubectl(bins, state, "apply", "-f", "-", stdin=node_manifests(_pools(nodes)))
         wait_for("nodes Ready", lambda: _nodes_ready(bins, state, nodes))
@@ -206,7 +214,7 @@ def up(state: Path, nodes: int, real_engines: bool = False) -> Path:
     bins = binaries()
     make_pki(state / "pki")
     ports = {"etcd": free_port(), "etcd_peer": free_port(), "apiserver": free_port()}
-    (state / "ports.json").write_text(json.dumps(ports))
+    (state / "ports.json").write_text(json.dumps({**ports, "real_node": real_node}))
     kcfg = kubeconfig(state, ports["apiserver"])
     pki = state / "pki"
     start(state, "etcd", [str(bins / "etcd"), "--data-dir", str(state / "etcd-data"), "--name", "ebbtide",
@@ -216,9 +224,17 @@ def up(state: Path, nodes: int, real_engines: bool = False) -> Path:
                           "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
                           "--initial-cluster", f"ebbtide=http://127.0.0.1:{ports['etcd_peer']}",
                           "--unsafe-no-fsync", "--quota-backend-bytes", str(2 * 1024**3)])
+    # Opt-in: a KWOK-only cluster keeps the API server on 127.0.0.1. Real pods reach it through the `kubernetes`
+    # Service, whose endpoint is the advertised address, so it must listen there; the API server reaches the kubelet
+    # (logs, exec) at the node's InternalIP.
+    if real_node:
+        where = ["--bind-address=0.0.0.0", f"--advertise-address={REAL_NODE_IP}",
+                 "--kubelet-preferred-address-types=InternalIP,Hostname"]
+    else:
+        where = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
     start(state, "kube-apiserver", [
         str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+        *where, f"--secure-port={ports['apiserver']}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}", f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -267,6 +283,15 @@ def _nodes_ready(bins: Path, state: Path, nodes: int) -> bool:
     return out.split().count("True") >= nodes
 
 
+def reap(pid: int) -> None:
+    """Collect `pid` if it exited and is our child (started by `up` in this process, as tests do): a zombie still
+    answers kill(pid, 0), which made every stop wait its full grace period."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
 def down(state: Path, quiet: bool = False) -> None:
     for name in reversed(COMPONENTS):
         pid_file = state / f"{name}.pid"
@@ -276,6 +301,7 @@ def down(state: Path, quiet: bool = False) -> None:
             pid = int(pid_file.read_text())
             os.killpg(pid, signal.SIGTERM)
             for _ in range(50):
+                reap(pid)
                 os.kill(pid, 0)
                 time.sleep(0.1)
             os.killpg(pid, signal.SIGKILL)
@@ -293,10 +319,11 @@ def main() -> None:
     parser.add_argument("action", choices=["up", "down", "binaries"])
     parser.add_argument("--nodes", type=int, default=int(os.environ.get("EBBTIDE_NODES", "8")))
     parser.add_argument("--real-engines", action="store_true", help="leave engine=vllm and peft pods to the fleet")
+    parser.add_argument("--real-node", action="store_true", help="API server reachable from real pods (opt-in)")
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("EBBTIDE_CLUSTER_DIR", DEFAULT_DIR)))
     args = parser.parse_args()
     if args.action == "up":
-        print(up(args.dir.resolve(), args.nodes, args.real_engines))
+        print(up(args.dir.resolve(), args.nodes, args.real_engines, args.real_node))
     elif args.action == "down":
         down(args.dir.resolve())
     else:

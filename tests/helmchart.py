@@ -48,3 +48,30 @@ def find(objs: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, A
     hits = [o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
     assert len(hits) == 1, f"expected one {kind} named *{suffix}, found {[o['metadata']['name'] for o in hits]}"
     return hits[0]
+
+
+def service_link_env(objs: list[dict[str, Any]], namespace: str) -> dict[str, str]:
+    """The variables the kubelet injects into a pod of `namespace` for each Service there (service links, on unless
+    the pod sets enableServiceLinks: false), given the chart's Services fake ClusterIPs."""
+    env: dict[str, str] = {}
+    services = [o for o in objs if o["kind"] == "Service" and o["metadata"].get("namespace", namespace) == namespace]
+    for n, svc in enumerate(services):
+        spec = svc["spec"]
+        ip = spec.get("clusterIP") or f"10.96.0.{n + 10}"
+        if ip == "None" or not spec.get("ports"):
+            continue
+        name = svc["metadata"]["name"].upper().replace("-", "_")
+        first = spec["ports"][0]
+        env[f"{name}_SERVICE_HOST"] = ip
+        env[f"{name}_SERVICE_PORT"] = str(first["port"])
+        env[f"{name}_PORT"] = f"{first.get('protocol', 'TCP').lower()}://{ip}:{first['port']}"
+        for port in spec["ports"]:
+            proto = port.get("protocol", "TCP")
+            if port.get("name"):
+                env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(port["port"])
+            base = f"{name}_PORT_{port['port']}_{proto}"
+            env[base] = f"{proto.lower()}://{ip}:{port['port']}"
+            env[f"{base}_PROTO"] = proto.lower()
+            env[f"{base}_PORT"] = str(port["port"])
+            env[f"{base}_ADDR"] = ip
+    return env

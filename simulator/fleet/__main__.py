@@ -26,6 +26,11 @@ def main() -> None:
     p.add_argument("--image-pull-seconds", type=float, default=60.0)
     p.add_argument("--load-gbps", type=float, default=2.0, help="weight load bandwidth per replica, GB/s")
     p.add_argument(
+        "--engine-host",
+        default="127.0.0.1",
+        help="address simulated engines listen on and are announced at (a real node's IP for in-cluster operators)",
+    )
+    p.add_argument(
         "--vllm-env",
         type=Path,
         default=os.environ.get("EBBTIDE_REAL_ENGINE_ENV") or None,
@@ -53,6 +58,7 @@ def main() -> None:
         cold_start_scale=args.cold_start_scale,
         image_pull_seconds=args.image_pull_seconds,
         load_gbps=args.load_gbps,
+        engine_host=args.engine_host,
         vllm_env=args.vllm_env.resolve() if args.vllm_env else None,
         models_dir=args.models_dir.resolve() if args.models_dir else None,
         trainer_env=args.trainer_env.resolve() if args.trainer_env else None,

@@ -53,6 +53,9 @@ class FleetSettings:
     vllm_env: Path | None = None  # a venv with the real vLLM (bin/vllm): engine=vllm pods run it for real
     models_dir: Path | None = None  # the local folder that stands for the engine pods' /models mount
     trainer_env: Path | None = None  # a venv that imports peft (hack/trainer-env.sh): engine=peft pods run trainer/
+    # Where simulated engines and DCGM endpoints listen and are announced: an operator in a real node's pod reaches
+    # the host at the node's IP, never at the host's 127.0.0.1.
+    engine_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -322,7 +325,7 @@ class Fleet:
             log.warning("pod %s: engine refuses its command line: %s", key, e)
             await self.patch_status(ns, name, failed=str(e))
             return
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{self.s.engine_host}:{port}"
         self.next_pod_ip(key)
         eng = RunningEngine(ns, name, node.name, url, gpus, cfg.mode == "trainer")
         self.engines[key] = eng
@@ -340,7 +343,7 @@ class Fleet:
         app = create_app(cfg)
         runner = web.AppRunner(app)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", cfg.port).start()
+        await web.TCPSite(runner, self.s.engine_host, cfg.port).start()
         eng.runner = runner
         node = self.nodes.get(eng.node)
         if node is not None and eng.gpus:
@@ -593,11 +596,10 @@ class Fleet:
         runner = web.AppRunner(app)
         await runner.setup()
         port = _free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, self.s.engine_host, port).start()
         node.runner = runner
-        await asyncio.to_thread(
-            self.core.patch_node, node.name, {"metadata": {"annotations": {DCGM_URL: f"http://127.0.0.1:{port}"}}}
-        )
+        url = f"http://{self.s.engine_host}:{port}"
+        await asyncio.to_thread(self.core.patch_node, node.name, {"metadata": {"annotations": {DCGM_URL: url}}})
 
     async def dcgm_metrics(self, node: NodeState) -> web.Response:
         readings = []

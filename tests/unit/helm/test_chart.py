@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helmchart import CHART, find, helm, render
+from tests.helmchart import CHART, find, helm, render, service_link_env
 from tests.kube import ROOT
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
@@ -157,8 +157,9 @@ def test_invalid_values_fail_on_the_schema_naming_the_value(override: str, named
     assert named in proc.stderr, proc.stderr
 
 
-def operator_settings(objs: list[dict[str, Any]]) -> Any:
-    """The operator's own settings parser applied to the rendered container's args and env."""
+def operator_settings(objs: list[dict[str, Any]], namespace: str = "ebbtide-system") -> Any:
+    """The operator's own settings parser applied to the rendered container's args and env, with the service-link
+    variables the kubelet would add unless the pod turns them off."""
     import importlib.util
     import os
     import sys
@@ -170,8 +171,10 @@ def operator_settings(objs: list[dict[str, Any]]) -> Any:
     settings = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = settings  # pydantic resolves the model's annotations through sys.modules
     spec.loader.exec_module(settings)
-    container = find(objs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    pod = find(objs, "Deployment", "-operator")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    links = service_link_env(objs, namespace) if pod.get("enableServiceLinks", True) else {}
+    env = {**links, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
     with mock.patch.dict(os.environ, env):
         return settings.parse(container["args"])
 
@@ -200,3 +203,32 @@ def test_the_autoscaler_can_read_engine_metrics_from_prometheus() -> None:
     assert s.prometheus_selector == selector
     with pytest.raises(ValueError, match="needs --prometheus-url"):
         type(s).model_validate({"metrics_source": "prometheus"})
+
+
+@pytest.mark.parametrize("release", ["ebbtide", "eb"])
+def test_the_operator_starts_beside_the_services_of_its_own_release(release: str) -> None:
+    # A release named ebbtide names its Services ebbtide-metrics and ebbtide-redis: with service links on, the
+    # kubelet injects EBBTIDE_METRICS_PORT=tcp://10.96.x.y:8080, which the EBBTIDE_* settings read as metrics_port.
+    objs = render(release=release)
+    s = operator_settings(objs)
+    assert (s.metrics_port, s.health_port) == (8080, 8081)
+    if release == "ebbtide":
+        assert service_link_env(objs, "ebbtide-system")["EBBTIDE_METRICS_PORT"].startswith("tcp://")
+
+
+def test_no_pod_of_the_chart_gets_service_link_variables() -> None:
+    specs = pod_specs(render("nodeAgent.enabled=true"))
+    assert len(specs) == 3
+    for name, spec in specs:
+        assert spec["enableServiceLinks"] is False, name
+
+
+def test_redis_can_be_placed_like_the_operator() -> None:
+    # Found installing onto the real node: the operator could tolerate the node pool's taint, Redis could not, so
+    # the bundled Redis stayed Pending wherever every node is tainted.
+    toleration = {"key": "pool", "operator": "Exists", "effect": "NoSchedule"}
+    objs = render("redis.nodeSelector.pool=infra", "redis.tolerations[0].key=pool",
+                  "redis.tolerations[0].operator=Exists", "redis.tolerations[0].effect=NoSchedule")  # fmt: skip
+    spec = find(objs, "StatefulSet", "-redis")["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"pool": "infra"} and spec["tolerations"] == [toleration]
+    assert "tolerations" not in find(render(), "StatefulSet", "-redis")["spec"]["template"]["spec"]

@@ -1,0 +1,130 @@
+"""The chart installed with Helm runs for real: its operator and Redis in pods on a real node, the GPU workloads on
+KWOK nodes. The e2e scenarios and the preemption story run against it unchanged (imported from tests/e2e and
+tests/integration), then operator failover, then uninstall."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.test_scenarios import (  # noqa: F401  (collected here, against the chart's operator)
+    test_dense_service_becomes_ready_and_scales_with_kubectl,
+    test_finetune_job_runs_to_success,
+    test_impossible_specs_report_ready_false_with_a_reason,
+    test_invalid_spec_is_rejected_naming_the_field,
+    test_power_budget_reports_its_domain,
+)
+from tests.helmchart import helm
+from tests.integration.test_peering import BOUND_GANGS, SERVICE, gpus_booked_once, placed
+from tests.integration.test_preemption import (  # noqa: F401
+    test_high_priority_service_preempts_job_after_checkpoint_and_job_resumes,
+)
+from tests.kube import Cluster, wait_until
+from tests.realnode.conftest import NAMESPACE, PEERING_LIFETIME_S, RELEASE, leader, operator_pods
+
+
+def pod(cluster: Cluster, name: str) -> dict[str, Any]:
+    return cluster.get("pod", name, "-n", NAMESPACE)  # type: ignore[no-any-return]
+
+
+def bound_gangs(cluster: Cluster, name: str) -> float:
+    """Gangs one operator pod has bound, from its /metrics (the host reaches pod IPs over the node's bridge)."""
+    text = httpx.get(f"http://{pod(cluster, name)['status']['podIP']}:8080/metrics", timeout=5).text
+    found = BOUND_GANGS.search(text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_operator_replicas_run_on_the_real_node_and_reach_the_api_server_in_cluster(
+    live: Cluster, node: dict[str, Any]
+) -> None:
+    pods = operator_pods(live)
+    assert len(pods) == 2
+    for p in pods:
+        assert p["spec"]["nodeName"] == node["node"]
+        assert all(c["ready"] and c["restartCount"] == 0 for c in p["status"]["containerStatuses"]), p["status"]
+    # Through the `kubernetes` Service (10.96.0.1): the pods have no kubeconfig, only the in-cluster config.
+    logs = live.kubectl("logs", "-n", NAMESPACE, pods[0]["metadata"]["name"]).stdout
+    assert "Traceback" not in logs, logs[-2000:]
+    # Nothing else may land on the real node: GPU pods go to KWOK nodes, and other pods lack the taint's toleration.
+    node_obj = live.get("node", node["node"])
+    assert {"key": node["taint"], "value": "true", "effect": "NoSchedule"} in node_obj["spec"]["taints"]
+
+
+def test_the_bundled_redis_runs_and_answers_through_its_service(live: Cluster, node: dict[str, Any]) -> None:
+    wait_until(
+        "Redis Ready",
+        lambda: (
+            live.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=redis")["items"][0]["status"]
+            .get("containerStatuses", [{}])[0]
+            .get("ready")
+        ),
+        120,
+    )
+    redis_pod = live.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=redis")["items"][0]
+    assert redis_pod["spec"]["nodeName"] == node["node"]
+    ip = live.get("service", f"{RELEASE}-redis", "-n", NAMESPACE)["spec"]["clusterIP"]
+
+    def ping() -> bool:
+        # The ClusterIP is routed by kube-proxy's rules a moment after the Service appears.
+        try:
+            with socket.create_connection((ip, 6379), timeout=3) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16) == b"+PONG\r\n"
+        except OSError:
+            return False
+
+    wait_until("PONG through the Service's ClusterIP", ping, 30)
+
+
+def test_killing_the_leader_pod_hands_binding_to_another_replica_without_double_booking(live: Cluster, ns: str) -> None:
+    first = wait_until("a leader", lambda: leader(live), 60)
+    others = [p["metadata"]["name"] for p in operator_pods(live) if p["metadata"]["name"] != first]
+    before = {name: bound_gangs(live, name) for name in [first, *others]}
+    live.kubectl("apply", "-n", ns, "-f", "-", stdin=SERVICE.replace("REPLICAS", "2"))
+    wait_until("2 gangs bound", lambda: len(placed(live, ns)) == 2, 120)
+    assert bound_gangs(live, first) - before[first] == 2, "the leader binds"
+    assert all(bound_gangs(live, o) == before[o] for o in others), "a standby binds nothing"
+
+    # No goodbye: the pod is gone at once and its claim stays until it expires.
+    live.kubectl("delete", "pod", first, "-n", NAMESPACE, "--grace-period=0", "--force")
+    live.kubectl("scale", "-n", ns, "llms/ha", "--replicas=4")
+    wait_until("the 2 new gangs bound", lambda: len(placed(live, ns)) == 4, PEERING_LIFETIME_S + 150)
+
+    # The Deployment's replacement pod serves /metrics once Ready.
+    wait_until("2 operator pods Ready again", lambda: ready_operator_pods(live) == 2, 120)
+    survivors = [p["metadata"]["name"] for p in operator_pods(live)]
+    assert first not in survivors
+    after = {name: bound_gangs(live, name) - before.get(name, 0.0) for name in survivors}
+    assert sum(after.values()) == 2, after
+    assert gpus_booked_once(placed(live, ns))
+    for name in survivors:
+        assert "already bound" not in live.kubectl("logs", "-n", NAMESPACE, name).stdout
+    took_over = "the standby" if any(after.get(o, 0) for o in others) else "the Deployment's replacement pod"
+    print(f"\nfailover: leader {first} killed; {took_over} bound the new gangs: {after}")
+
+
+def test_uninstall_removes_the_release_and_keeps_the_crds_and_their_objects(live: Cluster, ns: str) -> None:
+    live.kubectl("apply", "-n", ns, "-f", "-", stdin=SERVICE.replace("REPLICAS", "1"))
+    out = helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", kubeconfig=live.kubeconfig)
+    assert "uninstalled" in out.stdout
+    wait_until("operator pods gone", lambda: not operator_pods(live), 120)
+    for crd in ("llmservices.ebbtide.dev", "finetunejobs.ebbtide.dev", "powerbudgets.ebbtide.dev"):
+        assert live.exists("crd", crd), crd
+    assert live.exists("llms", "ha", "-n", ns)
+
+
+def ready_operator_pods(cluster: Cluster) -> int:
+    statuses = [p["status"].get("containerStatuses") or [{"ready": False}] for p in operator_pods(cluster)]
+    return sum(all(c["ready"] for c in cs) for cs in statuses)
+
+
+@pytest.fixture(autouse=True)
+def _operator_pods_stay_healthy(request: pytest.FixtureRequest) -> None:
+    """Every story starts with the chart's operator Running, except the uninstall that ends the tier."""
+    if "uninstall" in request.node.name or "live" not in request.fixturenames:
+        return
+    live: Cluster = request.getfixturevalue("live")
+    wait_until("2 operator pods Ready", lambda: ready_operator_pods(live) == 2, 120)
