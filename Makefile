@@ -9,7 +9,7 @@ CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
 .PHONY: venv binaries control-plane redis test unit integration e2e lint trainer-env manifests demo demo-down cluster-up \
-        cluster-down real-engine real-engine-tier conformance realengine-test real-node real-node-down realnode-test bench bench-power kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
+        cluster-down real-engine real-engine-tier conformance realengine-test real-node real-node-down realnode-test real-node-tier bench bench-power kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
 venv: $(STAMP)
@@ -30,12 +30,14 @@ control-plane:
 redis:
 	hack/ensure-redis.sh
 
-# -rs lists every skipped test with its reason (the full-trace tests name EBBTIDE_DATA). Then the real-engine
-# tier (hack/real-engine-tier.sh): the real vLLM env and tiny model are built after the unit and integration tests
-# (so they never wait on the cold install) and before that tier's pytest starts.
+# -rs lists every skipped test with its reason (the full-trace tests name EBBTIDE_DATA). Then two tiers, each
+# building what it needs after the unit and integration tests (so they never wait on a cold install) and before its
+# own pytest starts: the real-engine tier (real vLLM, hack/real-engine-tier.sh) and the real-node tier (the chart
+# in real pods, hack/real-node-tier.sh).
 test: venv binaries redis
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 	hack/real-engine-tier.sh
+	hack/real-node-tier.sh
 
 # The real-engine tier alone: conformance checks and real-engine stories (see `test`).
 real-engine-tier: venv binaries redis
@@ -101,6 +103,10 @@ real-node: venv binaries
 
 real-node-down:
 	$(PY) hack/real_node.py down --dir $(REAL_NODE_DIR)
+
+# The real-node tier as `make test` runs it: everything built first, then tests/realnode.
+real-node-tier: venv binaries redis
+	hack/real-node-tier.sh
 
 # The chart installed with Helm onto the real node: the e2e scenarios, the bundled Redis, operator failover.
 realnode-test: venv binaries redis
