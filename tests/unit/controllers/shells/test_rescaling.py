@@ -1,0 +1,142 @@
+"""The width-change shell against an in-memory cluster and engine: the order of what it does to pods and engine."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any, cast
+
+from adapters.engine_api import ElasticEPClient
+from adapters.kube import Kube
+from controllers.planners.gangs import Owner, replica_pods
+from controllers.planners.snapshot import PodView, pod_view
+from controllers.shells.rescaling import RescaleState, rescale_service
+from crds import labels as L
+from crds.llmservice import LLMService
+
+
+class World:
+    """Pods as the API holds them, and the engine calls made, in order."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, PodView] = {}
+        self.log: list[str] = []
+        self.scale_answer = 200
+
+    # Kube facade
+    async def create_pod(self, manifest: dict[str, Any]) -> bool:
+        name = manifest["metadata"]["name"]
+        self.log.append(f"create {name}")
+        self.pods[name] = replace(pod_view(manifest), ready=False)
+        return True
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        self.log.append(f"delete {name}")
+        self.pods[name] = replace(self.pods[name], deleting=True)
+
+    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        p = self.pods[name]
+        labels, annotations = dict(p.labels), dict(p.annotations)
+        meta = patch["metadata"]
+        for target, changes in ((labels, meta.get("labels", {})), (annotations, meta.get("annotations", {}))):
+            for k, v in changes.items():
+                if v is None:
+                    target.pop(k, None)
+                else:
+                    target[k] = v
+        if L.ENTRYPOINT in p.labels and L.ENTRYPOINT not in labels:
+            self.log.append(f"hold {name}")
+        if L.ENTRYPOINT not in p.labels and L.ENTRYPOINT in labels:
+            self.log.append(f"resume {name}")
+        self.pods[name] = replace(p, labels=labels, annotations=annotations)
+
+    # ElasticEPClient
+    async def scale(self, url: str, width: int, drain_timeout_s: int, *, engine: str = "vllm") -> int | None:
+        self.log.append(f"scale {url} {width}")
+        return self.scale_answer
+
+    async def inflight(self, url: str, model: str) -> int | None:
+        return 0
+
+    async def canary(self, url: str, model: str) -> bool:
+        self.log.append(f"canary {url}")
+        return True
+
+
+def elastic_service(expert: int) -> tuple[dict[str, Any], LLMService]:
+    body: dict[str, Any] = {
+        "metadata": {"name": "lite", "namespace": "ns", "uid": "u1", "generation": expert},
+        "spec": {
+            "model": {"name": "deepseek-v2-lite", "source": "hf://deepseek-ai/DeepSeek-V2-Lite", "parametersB": 15.7,
+                      "architecture": "moe", "experts": 64, "expertsPerToken": 6, "activeParametersB": 2.4},
+            "engine": {"type": "simulated"},
+            "gpu": {"count": 2},
+            "parallelism": {"tensor": 2, "expert": expert, "elasticExpert": True, "maxExpert": 4},
+            "replicas": 2,
+        },
+    }  # fmt: skip
+    return body, LLMService.model_validate(body)
+
+
+def running_replicas(world: World, svc: LLMService) -> None:
+    for r in range(2):
+        [manifest] = replica_pods(Owner("LLMService", "lite", "ns", "u1"), svc.spec, r, "ebbtide")
+        manifest["metadata"]["annotations"] |= {L.ENGINE_URL: f"http://r{r}", L.GPU_PRODUCT: "NVIDIA-H100-80GB-HBM3"}
+        world.pods[manifest["metadata"]["name"]] = replace(pod_view(manifest), ready=True, phase="Running")
+
+
+async def change(
+    world: World, expert: int, state: RescaleState, start: float, status: dict[str, Any]
+) -> tuple[float, dict[str, Any]]:
+    """Reconcile passes, one a second, until nothing is under way; joiners become Ready between passes."""
+    body, svc = elastic_service(expert)
+    conditions: list[dict[str, Any]] = list(status.get("conditions", []))
+    now = start
+    for _ in range(60):
+        body["status"] = status
+        out = await rescale_service(
+            cast(Kube, world), body, svc, list(world.pods.values()), conditions, now, "ebbtide", 3.0, state
+        )
+        status = {**status, **out.status}
+        await asyncio.sleep(0)
+        for name, p in list(world.pods.items()):
+            if p.deleting:
+                del world.pods[name]
+            elif not p.ready:
+                url = {**p.annotations, L.ENGINE_URL: f"http://{name}"}
+                world.pods[name] = replace(p, ready=True, phase="Running", annotations=url)
+        now += 1.0
+        entries = [p for p in world.pods.values() if L.EXPERT_WIDTH in p.annotations]
+        if not out.busy and all(p.annotations[L.EXPERT_WIDTH] == str(expert) for p in entries):
+            break
+    return now, {**status, "conditions": conditions}
+
+
+def layout_slots(status: dict[str, Any]) -> list[int]:
+    return [len(slots) for slots in status["expertLayout"].values()]
+
+
+async def test_widening_and_narrowing_one_replica_at_a_time_in_the_engines_order() -> None:
+    world = World()
+    running_replicas(world, elastic_service(2)[1])
+    state = RescaleState(client=cast(ElasticEPClient, world))
+    now, wide = await change(world, 4, state, 1000.0, {})
+    assert world.log == [
+        "create lite-r0-ep-2", "create lite-r0-ep-3", "hold lite-r0", "scale http://r0 4", "canary http://r0",
+        "resume lite-r0",
+        "create lite-r1-ep-2", "create lite-r1-ep-3", "hold lite-r1", "scale http://r1 4", "canary http://r1",
+        "resume lite-r1",
+    ]  # fmt: skip
+    assert layout_slots(wide) == [32] * 4, "ranks keep their slots: a wider EP holds replicas of hot experts"
+    world.log.clear()
+    _, narrow = await change(world, 2, state, now, wide)
+    assert world.log == [
+        "hold lite-r0", "scale http://r0 2", "canary http://r0", "resume lite-r0", "delete lite-r0-ep-2",
+        "delete lite-r0-ep-3",
+        "hold lite-r1", "scale http://r1 2", "canary http://r1", "resume lite-r1", "delete lite-r1-ep-2",
+        "delete lite-r1-ep-3",
+    ]  # fmt: skip
+    assert layout_slots(narrow) == [32] * 2
+    assert sorted(world.pods) == ["lite-r0", "lite-r1"]
+    rescaling = next(c for c in narrow["conditions"] if c["type"] == "Rescaling")
+    assert rescaling["status"] == "False" and rescaling["reason"] == "Rescaled"
