@@ -8,11 +8,12 @@ from typing import Any, cast
 
 from adapters.engine_api import ElasticEPClient
 from adapters.kube import Kube
-from controllers.planners.gangs import Owner, replica_pods
+from controllers.planners.gangs import Owner, joiner_pods, replica_pods, template_hash
 from controllers.planners.snapshot import PodView, pod_view
 from controllers.shells.rescaling import RescaleState, rescale_service
 from crds import labels as L
 from crds.llmservice import LLMService
+from simulator.engine.config import parse_args
 
 
 class World:
@@ -140,3 +141,43 @@ async def test_widening_and_narrowing_one_replica_at_a_time_in_the_engines_order
     assert sorted(world.pods) == ["lite-r0", "lite-r1"]
     rescaling = next(c for c in narrow["conditions"] if c["type"] == "Rescaling")
     assert rescaling["status"] == "False" and rescaling["reason"] == "Rescaled"
+
+
+async def test_an_engine_refusing_the_width_rolls_back_before_the_commit_and_is_not_retried() -> None:
+    world = World()
+    world.scale_answer = 400
+    running_replicas(world, elastic_service(2)[1])
+    state = RescaleState(client=cast(ElasticEPClient, world))
+    _, status = await change(world, 4, state, 1000.0, {})
+    assert world.log == [
+        "create lite-r0-ep-2", "create lite-r0-ep-3", "hold lite-r0", "scale http://r0 4", "resume lite-r0",
+        "delete lite-r0-ep-2", "delete lite-r0-ep-3",
+    ]  # fmt: skip
+    assert sorted(world.pods) == ["lite-r0", "lite-r1"], "the joiners are gone and replica 1 was never touched"
+    assert {p.annotations[L.EXPERT_WIDTH] for p in world.pods.values()} == {"2"}
+    failed = next(c for c in status["conditions"] if c["type"] == "RescaleFailed")
+    assert failed["status"] == "True" and "the engine refused the width (HTTP 400)" in failed["message"]
+
+
+def test_joining_rank_pods_are_one_gang_outside_the_service_with_the_ranks_gpus() -> None:
+    _, svc = elastic_service(4)
+    pods = joiner_pods(Owner("LLMService", "lite", "ns", "u1"), svc.spec, 1, "op-9", range(2, 4), 1, "ebbtide")
+    assert [p["metadata"]["name"] for p in pods] == ["lite-r1-ep-2", "lite-r1-ep-3"]
+    for p in pods:
+        labels = p["metadata"]["labels"]
+        assert L.ENTRYPOINT not in labels and labels[L.GANG] == "lite-r1-op-9"
+        assert p["metadata"]["annotations"][L.GANG_SIZE] == "2"
+        [container] = p["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        args = container["args"]
+        args[args.index("--gpu") + 1] = "H100"
+        assert parse_args(args).perf_model().num_gpus == 1, "the simulated rank process holds the rank's GPUs"
+
+
+def test_an_elastic_width_change_does_not_roll_the_gangs_but_other_changes_do() -> None:
+    assert template_hash(elastic_service(2)[1].spec) == template_hash(elastic_service(4)[1].spec)
+    body, _ = elastic_service(2)
+    body["spec"]["parallelism"]["elasticExpert"] = False
+    plain = LLMService.model_validate(body).spec
+    body["spec"]["parallelism"]["expert"] = 1
+    assert template_hash(plain) != template_hash(LLMService.model_validate(body).spec)
