@@ -190,12 +190,12 @@ def joiner_pods(
     """The rank pods that join replica `replica` in an in-place width change: one gang per operation, so the
     packer places them all or none. No entrypoint label: they take no client traffic.
 
-    vLLM places its new data-parallel ranks on the Ray cluster of the instance, so a joiner is a Ray worker of the
-    replica's leader. The simulated engine models the resize inside the resizing instance; its joiner runs an
+    vLLM places its new data-parallel ranks on the Ray cluster its entry pod heads, so a joiner is a Ray worker
+    of that pod. The simulated engine models the resize inside the resizing instance; its joiner runs an
     engine process of the rank's GPUs that only holds them and answers /health.
     """
-    leader = f"{pod_name(owner.name, replica, PodRole('leader', 0, 1))}.{owner.name}-pods.{owner.namespace}.svc"
     base = replica_pods(owner, spec, replica, scheduler_name)[0]
+    leader = f"{base['metadata']['name']}.{owner.name}-pods.{owner.namespace}.svc"
     out = []
     for rank in ranks:
         name = f"{owner.name}-r{replica}-ep-{rank}"

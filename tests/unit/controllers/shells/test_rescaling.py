@@ -181,3 +181,12 @@ def test_an_elastic_width_change_does_not_roll_the_gangs_but_other_changes_do() 
     plain = LLMService.model_validate(body).spec
     body["spec"]["parallelism"]["expert"] = 1
     assert template_hash(plain) != template_hash(LLMService.model_validate(body).spec)
+
+
+def test_vllm_joining_ranks_are_ray_workers_of_the_entry_pod() -> None:
+    body, _ = elastic_service(4)
+    body["spec"]["engine"] = {"type": "vllm"}
+    spec = LLMService.model_validate(body).spec
+    [pod] = joiner_pods(Owner("LLMService", "lite", "ns", "u1"), spec, 0, "op-1", range(2, 3), 1, "ebbtide")
+    [container] = pod["spec"]["containers"]
+    assert container["args"] == ["ray start --address=lite-r0.lite-pods.ns.svc:6379 --block"]
