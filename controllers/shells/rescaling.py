@@ -217,6 +217,9 @@ async def _observe(
         inflight = await state.http().inflight(url, model) if url else None
         return R.Observation(**{**seen.__dict__, "inflight": 1 if inflight is None else inflight})
     if op.phase == R.Phase.RESIZING:
+        if op.op_id not in state.calls and url is not None:
+            # Another operator process made the call: ask again, which the engine answers 200 once at that width.
+            _call_scale(entry, svc, op, state)
         task = state.calls.get(op.op_id)
         answered = task.result() if task is not None and task.done() else None
         return R.Observation(**{**seen.__dict__, "scale_status": answered})
@@ -263,15 +266,19 @@ async def _apply(
                 if op.from_width <= j.rank < op.to_width and not j.deleting:
                     await kube.delete_pod(ns, j.name)
         elif action == R.Action.CALL_SCALE and op.op_id not in state.calls:
-            url = engine_url(entry, svc.spec.engine.port)
-            if url is not None:
-                coro = state.http().scale(
-                    url, op.to_width, svc.spec.drain_grace_period_seconds, engine=svc.spec.engine.type
-                )
-                state.calls[op.op_id] = asyncio.get_running_loop().create_task(coro)
+            _call_scale(entry, svc, op, state)
         elif action == R.Action.DELETE_RETIRED:
             for j in joiners:
                 if j.rank in op.retired_ranks and not j.deleting:
                     await kube.delete_pod(ns, j.name)
     if not R.active(op):
         state.calls.pop(op.op_id, None)
+
+
+def _call_scale(entry: PodView, svc: LLMService, op: R.Operation, state: RescaleState) -> None:
+    """Start the resize call as a task of its own: the engine answers only when it has finished."""
+    url = engine_url(entry, svc.spec.engine.port)
+    if url is None:
+        return
+    coro = state.http().scale(url, op.to_width, svc.spec.drain_grace_period_seconds, engine=svc.spec.engine.type)
+    state.calls[op.op_id] = asyncio.get_running_loop().create_task(coro)

@@ -190,3 +190,22 @@ def test_vllm_joining_ranks_are_ray_workers_of_the_entry_pod() -> None:
     [pod] = joiner_pods(Owner("LLMService", "lite", "ns", "u1"), spec, 0, "op-1", range(2, 3), 1, "ebbtide")
     [container] = pod["spec"]["containers"]
     assert container["args"] == ["ray start --address=lite-r0.lite-pods.ns.svc:6379 --block"]
+
+
+async def test_a_restarted_operator_asks_for_the_resize_again_and_finishes_the_operation() -> None:
+    world = World()
+    running_replicas(world, elastic_service(2)[1])
+    first = RescaleState(client=cast(ElasticEPClient, world))
+    body, svc = elastic_service(4)
+    conditions: list[dict[str, Any]] = []
+    for now in (1000.0, 1001.0, 1002.0, 1006.0):  # joiners created, Ready, held, routers gone: the call goes out
+        await rescale_service(cast(Kube, world), body, svc, list(world.pods.values()), conditions, now, "e", 3.0, first)
+        for name, p in list(world.pods.items()):
+            if not p.ready:
+                world.pods[name] = replace(p, ready=True, annotations={**p.annotations, L.ENGINE_URL: f"http://{name}"})
+    await asyncio.sleep(0)
+    assert world.log[-1] == "scale http://r0 4"
+    world.log.clear()
+    await change(world, 4, RescaleState(client=cast(ElasticEPClient, world)), 1007.0, {})
+    assert world.log[:3] == ["scale http://r0 4", "canary http://r0", "resume lite-r0"]
+    assert {p.annotations.get(L.EXPERT_WIDTH) for p in world.pods.values() if p.labels[L.ROLE] == "server"} == {"4"}
