@@ -18,7 +18,7 @@ from adapters.engine_api import ElasticEPClient, engine_url
 from adapters.kube import Kube
 from catalogue.gpus import lookup_gpu
 from controllers.planners import rescale as R
-from controllers.planners.conditions import set_condition
+from controllers.planners.conditions import get_condition, set_condition
 from controllers.planners.gangs import Owner, joiner_pods
 from controllers.planners.llmservice import model_of
 from controllers.planners.snapshot import PodView
@@ -122,13 +122,17 @@ async def rescale_service(
         replica = chosen
         joined = len(joiners.get(replica, []))
         begun = _begin(svc, uid, entries[replica], ops[replica], widths[replica], joined, now)
-        out.events.append((_event_type(begun.reason), begun.reason, begun.message))
         if begun.step is None:
-            # Refused, or no elastic path: nothing moved; the width asked for stays unmet until it changes.
+            # Refused, or no elastic path: nothing moved; the width asked for stays unmet until it changes. The
+            # Event goes out once, not on every pass that finds the same refusal.
+            told = get_condition(conditions, ConditionType.RESCALE_FAILED) or {}
+            if told.get("status") != "True" or told.get("message") != begun.message:
+                out.events.append((EventType.WARNING, begun.reason, begun.message))
             conditions[:] = set_condition(
                 conditions, ConditionType.RESCALE_FAILED, True, begun.reason, begun.message, now, generation
             )
             return out
+        out.events.append((_event_type(begun.reason), begun.reason, begun.message))
         if begun.expert_layout is not None:
             out.status["expertLayout"] = begun.expert_layout
         step = begun.step

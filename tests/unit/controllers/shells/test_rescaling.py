@@ -209,3 +209,22 @@ async def test_a_restarted_operator_asks_for_the_resize_again_and_finishes_the_o
     await change(world, 4, RescaleState(client=cast(ElasticEPClient, world)), 1007.0, {})
     assert world.log[:3] == ["scale http://r0 4", "canary http://r0", "resume lite-r0"]
     assert {p.annotations.get(L.EXPERT_WIDTH) for p in world.pods.values() if p.labels[L.ROLE] == "server"} == {"4"}
+
+
+async def test_a_width_the_experts_cannot_take_is_refused_with_the_numbers_once_and_nothing_moves() -> None:
+    world = World()
+    running_replicas(world, elastic_service(2)[1])
+    body, svc = elastic_service(1)  # 64 experts on 32 slots a rank need 2 ranks at least
+    state = RescaleState(client=cast(ElasticEPClient, world))
+    conditions: list[dict[str, Any]] = []
+    events = []
+    for now in (1000.0, 1001.0, 1002.0):
+        out = await rescale_service(
+            cast(Kube, world), body, svc, list(world.pods.values()), conditions, now, "e", 3.0, state
+        )
+        events += out.events
+    assert world.log == [] and sorted(world.pods) == ["lite-r0", "lite-r1"]
+    [(kind, reason, message)] = events
+    assert (kind, reason) == ("Warning", "RescaleRefused") and "minimum width is 2" in message
+    [failed] = [c for c in conditions if c["type"] == "RescaleFailed"]
+    assert failed["status"] == "True" and failed["message"] == message
