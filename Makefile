@@ -9,7 +9,7 @@ CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
 .PHONY: venv binaries control-plane redis test unit integration e2e lint manifests demo demo-down cluster-up \
-        cluster-down real-engine real-engine-tier conformance realengine-test bench kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
+        cluster-down real-engine real-engine-tier conformance realengine-test bench faults fuzz kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
 venv: $(STAMP)
@@ -114,6 +114,15 @@ docs: venv
 # A stand-in rendering of the Grafana dashboard from a local stack's real metrics into docs/dashboard.png (needs chromium).
 dashboard-screenshot: venv control-plane
 	$(BIN)/python hack/render_dashboard.py --out docs/dashboard.png
+
+# Failover and fault stories alone (operator replicas killed, Redis and the API server restarted, a hung engine,
+# a node deleted under a gang); they also run in `make test` (tests/integration).
+faults: venv binaries redis
+	$(BIN)/python -m pytest -q -p no:cacheprovider -rs tests/integration/test_faults.py tests/integration/test_peering.py
+
+# Generated bad specs against the real API server and the operator (hypothesis; also in `make test`).
+fuzz: venv binaries redis
+	$(BIN)/python -m pytest -q -p no:cacheprovider -rs -s tests/integration/test_fuzz.py
 
 # The full public traces for the benchmarks (README, section Data), fetched outside the work tree; then
 # `export EBBTIDE_DATA=<the folder it prints>`. DATA_DIR defaults to $EBBTIDE_DATA, else ~/.cache/ebbtide/data.
