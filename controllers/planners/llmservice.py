@@ -128,11 +128,12 @@ def plan_service(
 
     # A failed member breaks the whole gang: replicas start, serve and stop together. So does a member lost after
     # binding (its node deleted, the pod garbage-collected): the packer binds gangs all or nothing, so a lone
-    # replacement would never be placed, and the survivors' engines have lost a rank anyway.
+    # replacement would never be placed, and the survivors' engines have lost a rank anyway. (A gang of an older
+    # template is left to the roll, which drains it first.)
     for r in list(active):
         if any(p.phase == "Failed" for p in by_replica[r]):
             broken = "a pod failed"
-        elif member_lost(by_replica[r], members):
+        elif member_lost(by_replica[r], members) and not outdated({r: by_replica[r]}, template_hash(spec)):
             broken = "a member was lost with its node"
         else:
             continue
