@@ -9,7 +9,7 @@ CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
 .PHONY: venv binaries control-plane redis test unit integration e2e lint trainer-env manifests demo demo-down cluster-up \
-        cluster-down real-engine real-engine-tier conformance realengine-test real-node real-node-down realnode-test real-node-tier bench bench-power kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
+        cluster-down real-engine real-engine-tier conformance realengine-test real-node real-node-down realnode-test real-node-tier bench bench-power faults fuzz bench-scale kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
 venv: $(STAMP)
@@ -138,6 +138,20 @@ docs: venv
 # A stand-in rendering of the Grafana dashboard from a local stack's real metrics into docs/dashboard.png (needs chromium).
 dashboard-screenshot: venv control-plane
 	$(BIN)/python hack/render_dashboard.py --out docs/dashboard.png
+
+# Failover and fault stories alone (operator replicas killed, Redis and the API server restarted, a hung engine,
+# a node deleted under a gang); they also run in `make test` (tests/integration).
+faults: venv binaries redis
+	$(BIN)/python -m pytest -q -p no:cacheprovider -rs tests/integration/test_faults.py tests/integration/test_peering.py
+
+# Generated bad specs against the real API server and the operator (hypothesis; also in `make test`).
+fuzz: venv binaries redis
+	$(BIN)/python -m pytest -q -p no:cacheprovider -rs -s tests/integration/test_fuzz.py
+
+# The scale benchmark on KWOK (bench/scale.py): SCALE_ARGS picks the size; the default is the small run.
+SCALE_ARGS ?= --nodes 200 --services 100 --jobs 20 --label small
+bench-scale: venv control-plane
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 # The full public traces for the benchmarks (README, section Data), fetched outside the work tree; then
 # `export EBBTIDE_DATA=<the folder it prints>`. DATA_DIR defaults to $EBBTIDE_DATA, else ~/.cache/ebbtide/data.

@@ -10,6 +10,7 @@ import math
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.engine_metrics import MetricsParseError, parse_vllm_metrics
 from controllers.planners.finetune import TrainerReport
 from controllers.planners.snapshot import PodView
 from crds import labels as L
@@ -122,6 +123,17 @@ class ElasticEPClient:
         if r.status_code != 200:
             log.warning("engine %s answered the resize with %d: %s", url, r.status_code, r.text[:300])
         return r.status_code
+
+    async def inflight(self, url: str, model: str) -> int | None:
+        """Requests the engine runs or queues (its /metrics gauges); None when they cannot be read."""
+        try:
+            r = await self.http.get(f"{url}/metrics", timeout=5.0)
+            r.raise_for_status()
+            sample = parse_vllm_metrics(r.text, url, 0.0, model)
+        except (httpx.HTTPError, MetricsParseError) as e:
+            log.warning("reading requests in flight at %s failed: %s", url, e)
+            return None
+        return round(sample.running + sample.waiting)
 
     async def canary(self, url: str, model: str) -> bool:
         """One short completion at the new width; True when it comes back whole."""

@@ -19,5 +19,8 @@ DRAIN_STARTED = "ebbtide.dev/drain-started"  # annotation: epoch seconds when sc
 PREEMPT = "ebbtide.dev/preempt"  # annotation on a FineTuneJob: a preemption was requested (reason)
 PREEMPT_DEADLINE = "ebbtide.dev/preempt-deadline"  # annotation: epoch seconds after which eviction proceeds
 CHECKPOINT_CONFIRMED = "ebbtide.dev/checkpoint-confirmed"  # annotation: step confirmed for the request
+EXPERT_WIDTH = "ebbtide.dev/expert-width"  # annotation on an elastic MoE entry pod: the EP width its engine runs at
+RESCALE = "ebbtide.dev/rescale"  # annotation on that pod: the width-change operation under way (JSON)
+EP_RANK_ROLE = "ep-rank"  # ROLE of a rank pod that joined a running replica by an in-place width change
 
 OPERATOR = "ebbtide"

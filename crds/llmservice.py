@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.base import RESERVED, ApiModel, Condition, ObjectMeta, conditions_field
+from crds.base import ApiModel, Condition, ObjectMeta, conditions_field
 
 
 class ModelSpec(ApiModel):
@@ -320,7 +320,9 @@ class LLMServiceStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="The generation this status reflects.")
     forecast: ForecastStatus | None = Field(default=None, description="The autoscaler's explanation.")
     expert_layout: dict[str, list[int]] | None = Field(
-        default=None, description="MoE: expert ids held by each expert-parallel rank." + RESERVED
+        default=None,
+        description="MoE with elasticExpert: the logical expert in each slot of each expert-parallel rank (by rank "
+        "index), as planned for the latest width change.",
     )
     power_cap_watts: float | None = Field(
         default=None, description="Lowest per-GPU power cap in force on the service's GPUs; absent when uncapped."

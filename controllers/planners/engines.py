@@ -101,17 +101,21 @@ def serving_command(spec: LLMServiceSpec, pod: PodRole) -> tuple[list[str], list
         if m.architecture == "moe" and (p.expert > 1 or p.elastic_expert):
             serve += ["--enable-expert-parallel"]
         if m.architecture == "moe" and p.elastic_expert:
-            # vLLM's elastic EP resizes the data-parallel ranks (each of `tensor` GPUs) and needs EPLB (0.32.0).
+            # vLLM's elastic EP resizes the data-parallel ranks (each of `tensor` GPUs); it needs EPLB and the Ray
+            # data-parallel backend, whose cluster the joining rank pods join (0.32.0).
             max_dp = max(p.data, elastic_max(spec) // p.tensor)
             serve += ["--enable-eplb", "--enable-elastic-ep", "--elastic-ep-max-dp-size", str(max_dp)]
+            serve += ["--data-parallel-backend", "ray"]
         serve += _lora_args(spec)
         if pod.role == "prefill":
             serve += ["--kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_producer"}']
         elif pod.role == "decode":
             serve += ["--kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_consumer"}']
         serve += list(e.args)
-        if pod.nodes == 1:
+        if pod.nodes == 1 and not (m.architecture == "moe" and p.elastic_expert):
             return serve[:2], serve[2:]
+        if pod.nodes == 1:
+            return ["/bin/sh", "-c"], [f"ray start --head --port=6379 && {' '.join(serve)}"]
         # Multi-node vLLM runs on a Ray cluster: the leader heads it and serves; workers join and block.
         if pod.role == "leader":
             script = f"ray start --head --port=6379 && {' '.join(serve)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ def template_hash(spec: LLMServiceSpec) -> str:
     shaping = spec.model_dump(mode="json", exclude={"replicas", "scaling", "drain_grace_period_seconds", "adapters"})
     # Adapters load at run time (POST /v1/load_lora_adapter): only turning LoRA on needs new engines.
     shaping["lora"] = lora_enabled(spec)
+    if spec.parallelism.elastic_expert:
+        # An elastic MoE replica changes its width in place (rescale.py), not by a rolling update.
+        shaping["parallelism"].pop("expert", None)
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -115,6 +119,9 @@ def replica_pods(owner: Owner, spec: LLMServiceSpec, replica: int, scheduler_nam
         }
         if entry:
             pod_labels[L.ENTRYPOINT] = "true"
+        annotations = (
+            {L.EXPERT_WIDTH: str(spec.parallelism.expert)} if entry and spec.parallelism.elastic_expert else {}
+        )
         container: dict[str, Any] = {
             "name": "engine",
             "image": spec.engine.image or DEFAULT_IMAGES[spec.engine.type],
@@ -170,9 +177,59 @@ def replica_pods(owner: Owner, spec: LLMServiceSpec, replica: int, scheduler_nam
                 pod_spec,
                 spec.priority_class_name,
                 spec.gpu.types,
+                annotations,
             )
         )
     return pods
+
+
+def joiner_pods(
+    owner: Owner,
+    spec: LLMServiceSpec,
+    replica: int,
+    op_id: str,
+    ranks: range,
+    gpus: int,
+    scheduler_name: str,
+) -> list[dict[str, Any]]:
+    """The rank pods that join replica `replica` in an in-place width change: one gang per operation, so the
+    packer places them all or none. No entrypoint label: they take no client traffic.
+
+    vLLM places its new data-parallel ranks on the Ray cluster its entry pod heads, so a joiner is a Ray worker
+    of that pod. The simulated engine models the resize inside the resizing instance; its joiner runs an
+    engine process of the rank's GPUs that only holds them and answers /health.
+    """
+    base = replica_pods(owner, spec, replica, scheduler_name)[0]
+    leader = f"{base['metadata']['name']}.{owner.name}-pods.{owner.namespace}.svc"
+    out = []
+    for rank in ranks:
+        name = f"{owner.name}-r{replica}-ep-{rank}"
+        container = copy.deepcopy(base["spec"]["containers"][0])
+        if spec.engine.type == "simulated":
+            args = [a for a in container["args"] if a not in ("--enable-eplb", "--enable-elastic-ep")]
+            if "--elastic-ep-max-dp-size" in args:
+                del args[args.index("--elastic-ep-max-dp-size") : args.index("--elastic-ep-max-dp-size") + 2]
+            args[args.index("--tensor-parallel") + 1] = str(gpus)
+            args[args.index("--expert-parallel") + 1] = "1"
+            container["args"] = args
+        else:
+            container["command"], container["args"] = ["/bin/sh", "-c"], [f"ray start --address={leader}:6379 --block"]
+            container.pop("readinessProbe", None)
+            container.pop("startupProbe", None)
+        container["resources"]["requests"][GPU_RESOURCE] = str(gpus)
+        container["resources"]["limits"][GPU_RESOURCE] = str(gpus)
+        pod_labels = {
+            **base["metadata"]["labels"],
+            L.ROLE: L.EP_RANK_ROLE,
+            L.RANK: str(rank),
+            L.GANG: f"{owner.name}-r{replica}-{op_id}",
+        }
+        pod_labels.pop(L.ENTRYPOINT, None)
+        pod_spec = {**base["spec"], "hostname": name, "containers": [container]}
+        for key in ("priorityClassName", "affinity"):
+            pod_spec.pop(key, None)
+        out.append(gpu_pod(owner, name, pod_labels, len(ranks), pod_spec, spec.priority_class_name, spec.gpu.types, {}))
+    return out
 
 
 def gpu_pod(
@@ -183,6 +240,7 @@ def gpu_pod(
     pod_spec: dict[str, Any],
     priority_class: str | None,
     gpu_types: list[str],
+    annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A pod of a gang: owner reference, gang size, PriorityClass and GPU product affinity on top of `pod_spec`."""
     pod_spec = dict(pod_spec)
@@ -198,7 +256,7 @@ def gpu_pod(
             "name": name,
             "namespace": owner.namespace,
             "labels": pod_labels,
-            "annotations": {L.GANG_SIZE: str(gang_size)},
+            "annotations": {L.GANG_SIZE: str(gang_size), **(annotations or {})},
             "ownerReferences": [owner_reference(owner)],
         },
         "spec": pod_spec,

@@ -77,6 +77,13 @@ def semantic_problem(svc: LLMService, priority_classes: Collection[str]) -> Prob
     )
 
 
+def member_lost(gang: list[PodView], members: int) -> bool:
+    """A gang short of members while one of them is bound: the missing ones were lost after placement (a gang a
+    crashed operator half-created is never bound, so it is completed instead)."""
+    size = int(gang[0].annotations.get(L.GANG_SIZE, members))
+    return len(gang) < size and any(p.node for p in gang)
+
+
 def plan_service(
     svc: LLMService,
     uid: str,
@@ -119,14 +126,22 @@ def plan_service(
         plan.status = status
         return plan
 
-    # A failed member breaks the whole gang: replicas start, serve and stop together.
+    # A failed member breaks the whole gang: replicas start, serve and stop together. So does a member lost after
+    # binding (its node deleted, the pod garbage-collected): the packer binds gangs all or nothing, so a lone
+    # replacement would never be placed, and the survivors' engines have lost a rank anyway. (A gang of an older
+    # template is left to the roll, which drains it first.)
     for r in list(active):
         if any(p.phase == "Failed" for p in by_replica[r]):
-            plan.delete += [p.name for p in by_replica[r]]
-            plan.events.append(
-                (EventType.WARNING, Reason.GANG_RESTARTED, f"replica {r}: a pod failed; restarting the whole gang")
-            )
-            active.remove(r)
+            broken = "a pod failed"
+        elif member_lost(by_replica[r], members) and not outdated({r: by_replica[r]}, template_hash(spec)):
+            broken = "a member was lost with its node"
+        else:
+            continue
+        plan.delete += [p.name for p in by_replica[r]]
+        plan.events.append(
+            (EventType.WARNING, Reason.GANG_RESTARTED, f"replica {r}: {broken}; restarting the whole gang")
+        )
+        active.remove(r)
 
     desired = spec.replicas
     template = template_hash(spec)

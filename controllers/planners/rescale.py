@@ -9,20 +9,22 @@ Phases, in order: `Joining` (scale-up: the joining rank pods are created as one 
 abort on a scale-down) -> `Resizing` (the one call to the engine) -> `Canary` (one completion at the new width) ->
 `Retiring` (scale-down: the retired ranks' pods go only now, after the engine has shut those ranks down) ->
 `Done`. Before the engine commits (any failure, refusal or timeout up to and including `Resizing`) the operation
-rolls back: the joiners are deleted and traffic resumes at the old width. This is not yet called by the shells.
+rolls back: the joiners are deleted and traffic resumes at the old width. controllers/shells/rescaling.py drives
+it for services with `parallelism.elasticExpert`, one replica at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 
 from catalogue.gpus import GPUProfile
 from catalogue.models import ModelSpec
 from crds.reasons import ConditionType, Reason
-from packer.experts import ExpertLayout, LayoutRefused, plan_for_model
+from packer.experts import ExpertLayout, LayoutRefused, contiguous_layout, plan_for_model
 
 
 class Path(StrEnum):
@@ -84,6 +86,7 @@ class Timeouts:
     holding_s: float = 120.0  # also the drain_timeout sent to vLLM
     resizing_s: float = 600.0
     canary_s: float = 60.0
+    settle_s: float = 0.0  # Holding lasts at least this long: the routers' time to let go of the instance
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Operation:
     phase: Phase
     phase_since_s: float
     message: str = ""
+    layout: tuple[tuple[int, ...], ...] = ()  # the planned layout: per rank, the logical expert in each slot
 
     @property
     def joining(self) -> int:
@@ -169,12 +173,14 @@ def advance(op: Operation, seen: Observation, now: float, limits: Timeouts = Tim
             return roll_back(Reason.RESCALE_TIMED_OUT, f"joiners not ready after {limits.joining_s:g} s")
         return stay(f"{where}: waiting for {op.joining} joining rank pod(s)")
     if op.phase == Phase.HOLDING:
-        if seen.inflight == 0:
+        if seen.inflight == 0 and waited >= limits.settle_s:
             return go(Phase.RESIZING, (Action.CALL_SCALE,), f"{where}: instance idle; resizing")
         if waited > limits.holding_s:
             return roll_back(
                 Reason.RESCALE_TIMED_OUT, f"{seen.inflight} request(s) still running after {limits.holding_s:g} s"
             )
+        if seen.inflight == 0:
+            return stay(f"{where}: routers letting go of the instance")
         return stay(f"{where}: {seen.inflight} request(s) finishing before the resize")
     if op.phase == Phase.RESIZING:
         status = seen.scale_status
@@ -258,5 +264,58 @@ def begin(
     except LayoutRefused as refused:
         return Begin(path, Reason.RESCALE_REFUSED, f"EP {current.width} -> {to_width} refused: {refused}")
     step = start(op_id, replica, current.width, to_width, now)
+    step = replace(step, op=replace(step.op, layout=plan.layout.ranks))
     layout = {str(r): list(slots) for r, slots in enumerate(plan.layout.ranks)}
     return Begin(path, Reason.RESCALING, f"{why}; {'; '.join(plan.explanation)}", step, layout)
+
+
+def encode(op: Operation) -> str:
+    """The operation as the annotation that carries it between steps (and across operator restarts)."""
+    return json.dumps(asdict(op), sort_keys=True, separators=(",", ":"))
+
+
+def decode(raw: str | None) -> Operation | None:
+    """The operation an annotation carries; None when there is none or it cannot be read."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        return Operation(
+            str(data["op_id"]),
+            int(data["replica"]),
+            int(data["from_width"]),
+            int(data["to_width"]),
+            Phase(data["phase"]),
+            float(data["phase_since_s"]),
+            str(data.get("message", "")),
+            tuple(tuple(int(e) for e in slots) for slots in data.get("layout", ())),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def active(op: Operation | None) -> bool:
+    """Whether an operation still has steps to take."""
+    return op is not None and op.phase not in (Phase.DONE, Phase.FAILED)
+
+
+def next_replica(widths: Mapping[int, int], ready: Mapping[int, bool], desired: int) -> int | None:
+    """The replica to resize next: the lowest-numbered Ready one not at the desired width. One at a time, so the
+    others keep serving while it is held."""
+    for replica in sorted(widths):
+        if widths[replica] != desired and ready.get(replica, False):
+            return replica
+    return None
+
+
+def current_layout(last: Operation | None, experts: int, width: int) -> ExpertLayout:
+    """The layout a replica runs: the one its last finished change planned for this width, else the engine's
+    starting one."""
+    if last is not None and last.phase == Phase.DONE and last.to_width == width and len(last.layout) == width:
+        return ExpertLayout(last.layout)
+    return contiguous_layout(experts, width)
+
+
+def gpus_per_rank(pod_gpus: int, width: int) -> int:
+    """GPUs of one expert-parallel rank: the entry pod's GPUs over the width its engine started with."""
+    return max(1, pod_gpus // max(1, width))

@@ -31,6 +31,7 @@ from controllers.planners.powerbudget import report as power_report
 from controllers.planners.snapshot import PodView, pod_view
 from controllers.shells.autoscaling import Autoscaler, decision_status, scrape_failure_events
 from controllers.shells.power import PowerManager
+from controllers.shells.rescaling import is_joiner, rescale_service
 from crds import labels as L
 from crds.base import GROUP, VERSION
 from crds.finetunejob import FineTuneJob
@@ -216,12 +217,14 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         return
     body, svc = fetched
     pods = [pod_view(p) for p in r.cache.pods.by_index("service", f"{namespace}/{name}")]
+    # Rank pods that joined a replica in place belong to its width change (shells/rescaling.py), not its gang.
+    gang_pods = [p for p in pods if not is_joiner(p)]
     now = r.clock()
-    draining = draining_gangs(pods, now, r.deregistration_seconds)
+    draining = draining_gangs(gang_pods, now, r.deregistration_seconds)
     plan = plan_service(
         svc,
         body["metadata"]["uid"],
-        pods,
+        gang_pods,
         set(r.cache.priority_class_values()),
         now,
         r.scheduler_name,
@@ -254,6 +257,13 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         lora = svc.spec.adapters or (body.get("status") or {}).get("adapters")
         if lora and svc.spec.engine.type in ("vllm", "simulated"):
             await _sync_adapters(svc, pods, plan.events, plan.status)
+        rescale = await rescale_service(
+            r.kube, body, svc, pods, plan.status["conditions"], now, r.scheduler_name, r.deregistration_seconds
+        )
+        plan.events += rescale.events
+        plan.status.update(rescale.status)
+        if rescale.busy:
+            trigger("LLMService", namespace, name, delay=1.0)
     await _write_back("llmservices", namespace, name, body, plan.events, plan.status)
     if plan.problem is not None:
         raise kopf.PermanentError(f"{plan.problem.reason}: {plan.problem.message}")

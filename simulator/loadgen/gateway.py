@@ -100,7 +100,9 @@ class KubernetesBackends:
         return self._api
 
     def _list(self) -> list[str]:
-        pods = self._core_api().list_namespaced_pod(self.namespace, label_selector=f"{L.SERVICE}={self.service}")
+        # The Service's own selector: worker and joining rank pods, and instances held for a resize, take no traffic.
+        selector = f"{L.SERVICE}={self.service},{L.ENTRYPOINT}=true"
+        pods = self._core_api().list_namespaced_pod(self.namespace, label_selector=selector)
         return ready_engine_urls(pods.items)
 
     async def backends(self) -> list[str]:

@@ -89,17 +89,24 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server (Debian's) on a free port: the autoscaler's history store."""
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """A real redis-server (Debian's) on a free port: the autoscaler's history store (the Redis-killed story
+    kills and restarts it on the same port)."""
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is missing; `make test` installs it (hack/ensure-redis.sh)")
     port = _free_port()
     p = Proc("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                        "--dir", str(tmp_path_factory.mktemp("redis"))])  # fmt: skip
+    p.port = port  # type: ignore[attr-defined]
     p.start()
     wait_until("redis up", lambda: _tcp_open(port), 20, 0.1)
-    yield f"redis://127.0.0.1:{port}/0"
+    yield p
     p.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis: Proc) -> str:
+    return f"redis://127.0.0.1:{redis.port}/0"  # type: ignore[attr-defined]
 
 
 def _tcp_open(port: int) -> bool:

@@ -37,7 +37,7 @@ def test_applied_example_is_stored_with_schema_defaults(cluster: Cluster, exampl
     # Written in the example: kept as is. Left out: filled from the CRD schema's defaults.
     assert spec["replicas"] == 2 and spec["gpu"]["types"] == ["H100"]
     assert spec["engine"]["port"] == 8000
-    assert spec["parallelism"] == {"tensor": 1, "pipeline": 1, "data": 1, "expert": 1}
+    assert spec["parallelism"] == {"tensor": 1, "pipeline": 1, "data": 1, "expert": 1, "elasticExpert": False}
     assert spec["scaling"]["slo"]["attainment"] == 0.99
     assert spec["drainGracePeriodSeconds"] == 60
     cluster.kubectl("delete", "llms", "llama3-8b", "-n", example_ns)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,5 +119,35 @@ def test_only_the_peering_leader_binds_and_the_standby_takes_over_when_it_dies(
     assert bound_gangs(standby) == 2
     assert bound_gangs(operator) == session_before
     assert gpus_booked_once(placed(cluster, ns))
+    logs = standby.log.read_text() + leader.log.read_text()
+    assert "already bound" not in logs, "no binding lost a race to another binder"
+
+
+def test_leader_killed_mid_scale_up_leaves_the_standby_to_finish_it_without_duplicates(
+    cluster: Cluster, ns: str, operator: Proc, replicas: tuple[Proc, Proc]
+) -> None:
+    standby, leader = replicas
+    wait_until(
+        "both replicas claim the peering",
+        lambda: {2_000_001, 2_000_002} <= {c.get("priority") for c in claims(cluster).values()},
+        60,
+    )
+    wait_until("both replicas serve metrics", lambda: serving(standby) and serving(leader), 30)
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=SERVICE.replace("REPLICAS", "1"))
+    wait_until("1 gang bound", lambda: len(placed(cluster, ns)) == 1, 90)
+
+    cluster.kubectl("scale", "-n", ns, "llms/ha", "--replicas=6")
+    # Killed as soon as the first new pod exists: wherever the leader is in the scale-up (pods created, some bound,
+    # status not yet written), the standby must finish it from what the API server holds.
+    wait_until("the scale-up under way", lambda: len(cluster.get("pods", "-n", ns)["items"]) >= 2, 30, 0.05)
+    leader.kill()
+
+    wait_until("the standby finishes the scale-up", lambda: len(placed(cluster, ns)) == 6, LIFETIME_S + 90)
+    time.sleep(LIFETIME_S)  # a duplicate would appear within a resync or two of the takeover
+    pods = [p for p in cluster.get("pods", "-n", ns)["items"] if not p["metadata"].get("deletionTimestamp")]
+    indices = sorted(int(p["metadata"]["labels"]["ebbtide.dev/replica"]) for p in pods)
+    assert indices == [0, 1, 2, 3, 4, 5], f"one pod per replica index, none duplicated or lost: {indices}"
+    assert gpus_booked_once(placed(cluster, ns))
+    assert int(cluster.get("llms", "ha", "-n", ns)["spec"]["replicas"]) == 6, "the scale decision survived"
     logs = standby.log.read_text() + leader.log.read_text()
     assert "already bound" not in logs, "no binding lost a race to another binder"

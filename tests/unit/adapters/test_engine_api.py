@@ -59,3 +59,19 @@ async def test_canary_needs_a_whole_completion() -> None:
         client = ElasticEPClient(transport)
         assert await client.canary("http://engine:8000", "m") is expected
         await client.close()
+
+
+async def test_requests_in_flight_are_the_engines_running_plus_waiting_gauges() -> None:
+    text = (
+        '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="m"} 3.0\n'
+        '# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name="m"} 2.0\n'
+    )
+    client = ElasticEPClient(httpx.MockTransport(lambda request: httpx.Response(200, text=text)))
+    assert await client.inflight("http://engine:8000", "m") == 5
+    await client.close()
+
+
+async def test_requests_in_flight_are_unknown_when_metrics_cannot_be_read() -> None:
+    client = ElasticEPClient(httpx.MockTransport(lambda request: httpx.Response(503, text="")))
+    assert await client.inflight("http://engine:8000", "m") is None
+    await client.close()

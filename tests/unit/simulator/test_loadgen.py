@@ -196,11 +196,11 @@ class TestKubernetesBackends:
         ]
         assert ready_engine_urls(pods) == ["http://10.0.0.1:8000", "http://10.0.0.3:8000"]
 
-    async def test_lists_by_service_label_off_the_event_loop(self) -> None:
+    async def test_lists_the_services_entry_pods_off_the_event_loop(self) -> None:
         api = FakeCoreV1([pod("a", "http://10.0.0.1:8000", True)])
         source = KubernetesBackends("llama", "team-a", api=api)
         assert await source.backends() == ["http://10.0.0.1:8000"]
-        assert api.calls == [("team-a", "ebbtide.dev/service=llama")]
+        assert api.calls == [("team-a", "ebbtide.dev/service=llama,ebbtide.dev/entrypoint=true")]
 
 
 class TestReplay:

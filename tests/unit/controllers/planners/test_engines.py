@@ -95,11 +95,14 @@ def test_the_simulated_engine_starts_with_elastic_ep_up_to_the_widest_width() ->
 def test_vllm_gets_its_elastic_ep_flags_counted_in_data_parallel_ranks() -> None:
     svc = _elastic_moe("vllm")
     [(role, _)] = pod_roles(svc.spec)
-    _, args = serving_command(svc.spec, role)
+    command, [script] = serving_command(svc.spec, role)
+    assert command == ["/bin/sh", "-c"] and script.startswith("ray start --head --port=6379 && vllm serve ")
+    args = script.split()
     for flag in ("--enable-expert-parallel", "--enable-eplb", "--enable-elastic-ep"):
         assert flag in args
-    # maxExpert 4 over ranks of tensor 2 GPUs: vLLM may grow to 2 data-parallel ranks.
+    # maxExpert 4 over ranks of tensor 2 GPUs: vLLM may grow to 2 data-parallel ranks, on its Ray cluster only.
     assert args[args.index("--elastic-ep-max-dp-size") + 1] == "2"
+    assert args[args.index("--data-parallel-backend") + 1] == "ray"
 
 
 def test_sglang_names_its_elastic_ep_backend_and_dense_services_get_no_elastic_flag() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from controllers.planners.gangs import Owner, pod_roles, replica_pods
 from controllers.planners.llmservice import plan_service
 from crds import labels as L
@@ -58,8 +60,19 @@ def test_a_failed_member_restarts_the_whole_gang() -> None:
 
 def test_half_created_gang_is_completed_not_duplicated() -> None:
     svc = service(replicas=1, gpu={"count": 16, "perNode": 8}, parallelism={"tensor": 8, "pipeline": 2})
-    plan = plan_service(svc, "uid", [pod(0, "leader", ready=False, template=svc)], set(), NOW)
-    assert names(plan.create) == ["svc-r0-worker-0"]
+    # The packer binds gangs all or nothing, so the half a crashed operator created is still unbound.
+    unbound = replace(pod(0, "leader", ready=False, template=svc), node=None)
+    plan = plan_service(svc, "uid", [unbound], set(), NOW)
+    assert names(plan.create) == ["svc-r0-worker-0"] and plan.delete == []
+
+
+def test_a_member_lost_with_its_node_restarts_the_whole_gang_under_a_new_index() -> None:
+    svc = service(replicas=1, gpu={"count": 16, "perNode": 8}, parallelism={"tensor": 8, "pipeline": 2})
+    survivor = pod(0, "leader", template=svc, **{L.GANG_SIZE: "2"})
+    plan = plan_service(svc, "uid", [survivor], set(), NOW)
+    assert plan.delete == ["svc-r0-leader"]
+    assert names(plan.create) == ["svc-r1-leader", "svc-r1-worker-0"], "the whole gang again, never a lone worker"
+    assert any(e[1] == "GangRestarted" and "lost" in e[2] for e in plan.events)
 
 
 def test_multi_node_replica_is_a_leader_plus_workers() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from catalogue.gpus import lookup_gpu
@@ -18,6 +20,11 @@ from controllers.planners.rescale import (
     begin,
     choose_path,
     conditions_for,
+    current_layout,
+    decode,
+    encode,
+    gpus_per_rank,
+    next_replica,
     operation_id,
     start,
 )
@@ -193,3 +200,30 @@ class TestOperation:
     def test_the_same_width_is_not_an_operation(self) -> None:
         with pytest.raises(ValueError, match="already runs at EP 2"):
             start("op", 0, 2, 2, 0.0)
+
+
+class TestShellSupport:
+    def test_holding_lasts_until_routers_let_go_even_when_idle(self) -> None:
+        step = start("op", 0, 4, 2, 0.0)
+        limits = Timeouts(settle_s=3.0)
+        assert advance(step.op, Observation(inflight=0), 1.0, limits).op.phase == Phase.HOLDING
+        assert advance(step.op, Observation(inflight=0), 3.0, limits).actions == (Action.CALL_SCALE,)
+
+    def test_the_operation_survives_its_annotation_with_its_layout(self) -> None:
+        assert V2 is not None and H100 is not None
+        got = begin(V2, H100, "vllm", True, LOAD, contiguous_layout(64, 2), 1, 4, "op-1", 5.0)
+        assert got.step is not None
+        op = got.step.op
+        assert len(op.layout) == 4 and decode(encode(op)) == op
+        assert decode("{not json") is None and decode(None) is None
+
+    def test_one_ready_replica_at_a_time_lowest_first(self) -> None:
+        assert next_replica({0: 4, 1: 2, 2: 2}, {0: True, 1: False, 2: True}, 4) == 2
+        assert next_replica({0: 4, 1: 4}, {0: True, 1: True}, 4) is None
+
+    def test_current_layout_is_the_last_finished_plan_of_that_width_else_the_engines_start(self) -> None:
+        done = Operation("op", 0, 2, 4, Phase.DONE, 0.0, layout=((0, 1), (2, 3), (0, 2), (1, 3)))
+        assert current_layout(done, 4, 4).ranks == done.layout
+        assert current_layout(replace(done, phase=Phase.FAILED), 4, 4) == contiguous_layout(4, 4)
+        assert current_layout(None, 4, 2) == contiguous_layout(4, 2)
+        assert gpus_per_rank(2, 2) == 1 and gpus_per_rank(8, 2) == 4
