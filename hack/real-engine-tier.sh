@@ -18,6 +18,9 @@ if [[ $rc -eq 3 ]]; then
 fi
 [[ $rc -eq 0 ]] || { echo "!! the real vLLM environment failed to build (exit $rc)" >&2; exit "$rc"; }
 
+echo "== real-engine tier: the trainer's venv (peft beside the real vLLM; cold: about 2 min)"
+hack/trainer-env.sh >/dev/null || { echo "!! hack/trainer-env.sh failed" >&2; exit 1; }
+
 echo "== real-engine tier: the tiny local model"
 model="$(HF_HUB_OFFLINE=1 "$env_dir/bin/python" hack/tiny-model.py)" || { echo "!! hack/tiny-model.py failed" >&2; exit 1; }
 echo "   vllm: $env_dir/bin/vllm; model: $model ($((SECONDS - started))s)"

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conformance.engines import RealEngineEnv
+from tests.conformance.engines import RealEngineEnv, absent
 from tests.kube import ROOT, Cluster, condition, wait_until
 from tests.realengine.stories import READY_TIMEOUT_S, find_trainer_env, gateway, note, service_yaml
 
@@ -42,7 +42,7 @@ def test_a_real_trainer_is_preempted_resumes_succeeds_and_its_adapter_is_served_
     cluster: Cluster, ns: str, real_engine_env: RealEngineEnv, tmp_path: Path
 ) -> None:
     if find_trainer_env() is None:
-        pytest.skip("TRAINER ENVIRONMENT ABSENT: run hack/trainer-env.sh (make trainer-env)")
+        absent("TRAINER ENVIRONMENT ABSENT: run hack/trainer-env.sh (make trainer-env)")
     t0 = time.monotonic()
     lora = ("--enable-lora", "--max-lora-rank", "8")
     cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=service_yaml(real_engine_env, "tiny", extra_args=lora))
@@ -87,7 +87,7 @@ def test_a_dataset_the_real_trainer_cannot_read_fails_the_job_naming_the_field(
     cluster: Cluster, ns: str, real_engine_env: RealEngineEnv, tmp_path: Path
 ) -> None:
     if find_trainer_env() is None:
-        pytest.skip("TRAINER ENVIRONMENT ABSENT: run hack/trainer-env.sh (make trainer-env)")
+        absent("TRAINER ENVIRONMENT ABSENT: run hack/trainer-env.sh (make trainer-env)")
     manifest = job_yaml(real_engine_env, tmp_path).replace(f"file://{DATASET}", f"file://{tmp_path}/missing.jsonl")
     cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=manifest)
 

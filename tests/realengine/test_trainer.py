@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conformance.engines import RealEngineEnv, free_port, start_vllm
+from tests.conformance.engines import RealEngineEnv, absent, free_port, start_vllm
 from tests.kube import ROOT, wait_until
 from tests.realengine.stories import note
 
@@ -34,7 +34,7 @@ STEP_LINE = re.compile(r"step (\d+)/(\d+) loss ([0-9.]+)")
 def trainer_python(real_engine_env: RealEngineEnv) -> Path:
     found = subprocess.run(["bash", str(ROOT / "hack" / "trainer-env.sh"), "--check"], capture_output=True, text=True)
     if found.returncode != 0:
-        pytest.skip(f"TRAINER ENVIRONMENT ABSENT: run hack/trainer-env.sh (make trainer-env). {found.stderr.strip()}")
+        absent(f"TRAINER ENVIRONMENT ABSENT: run hack/trainer-env.sh (make trainer-env). {found.stderr.strip()}")
     return Path(found.stdout.strip().splitlines()[-1]) / "bin" / "python"
 
 
