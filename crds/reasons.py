@@ -18,6 +18,8 @@ class ConditionType(StrEnum):
     DEGRADED = "Degraded"
     PREEMPTED = "Preempted"
     PUBLISHED = "Published"
+    # LLMService: whether every ready replica holds every adapter of spec.adapters.
+    ADAPTERS_LOADED = "AdaptersLoaded"
     AUTOSCALER_DEGRADED = "AutoscalerDegraded"
     SLO_ATTAINABLE = "SLOAttainable"
     # PowerBudget: exactly one of the four is True, the domain's state after the power manager's last tick.

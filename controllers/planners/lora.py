@@ -50,6 +50,26 @@ def adapters_status(desired: list[AdapterSpec], loaded_by_replica: Sequence[Mapp
 
 
 @dataclass(frozen=True)
+class AdaptersCondition:
+    """The LLMService's AdaptersLoaded condition: False naming the field of every adapter a replica refused."""
+
+    loaded: bool
+    reason: Reason
+    message: str
+
+
+def adapters_condition(desired: list[AdapterSpec], refused: Mapping[str, str]) -> AdaptersCondition:
+    """From this pass's refusals (adapter name -> the engine's answer)."""
+    if not desired:
+        return AdaptersCondition(True, Reason.ADAPTER_UNLOADED, "spec.adapters lists none")
+    bad = [(i, a.name) for i, a in enumerate(desired) if a.name in refused]
+    if not bad:
+        return AdaptersCondition(True, Reason.ADAPTER_LOADED, f"{len(desired)} adapter(s) on every ready replica")
+    message = "; ".join(f"spec.adapters[{i}] ({name}): {refused[name]}" for i, name in bad)
+    return AdaptersCondition(False, Reason.ADAPTER_LOAD_FAILED, message)
+
+
+@dataclass(frozen=True)
 class Publication:
     """The service's new adapter list (None: unchanged) and the job's Published condition and Event."""
 

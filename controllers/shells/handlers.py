@@ -25,7 +25,7 @@ from controllers.planners.drain import draining_gangs
 from controllers.planners.finetune import TrainerReport, plan_job
 from controllers.planners.gangs import Owner, pdb_manifest, service_manifests
 from controllers.planners.llmservice import plan_service
-from controllers.planners.lora import adapters_status, publish, replica_actions
+from controllers.planners.lora import adapters_condition, adapters_status, publish, replica_actions
 from controllers.planners.powerbudget import NodeView
 from controllers.planners.powerbudget import report as power_report
 from controllers.planners.snapshot import PodView, pod_view
@@ -256,7 +256,7 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
         # vLLM's runtime LoRA routes (the simulated engine serves the same); SGLang's differ and are not driven.
         lora = svc.spec.adapters or (body.get("status") or {}).get("adapters")
         if lora and svc.spec.engine.type in ("vllm", "simulated"):
-            await _sync_adapters(svc, pods, plan.events, plan.status)
+            await _sync_adapters(svc, pods, plan.events, plan.status, now)
         rescale = await rescale_service(
             r.kube, body, svc, pods, plan.status["conditions"], now, r.scheduler_name, r.deregistration_seconds
         )
@@ -276,11 +276,13 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
 
 
 async def _sync_adapters(
-    svc: LLMService, pods: list[PodView], events: list[tuple[str, str, str]], status: dict[str, Any]
+    svc: LLMService, pods: list[PodView], events: list[tuple[str, str, str]], status: dict[str, Any], now: float
 ) -> None:
-    """Every ready serving replica holds exactly spec.adapters (vLLM's runtime LoRA routes); status.adapters."""
+    """Every ready serving replica holds exactly spec.adapters (vLLM's runtime LoRA routes); status.adapters and
+    the AdaptersLoaded condition."""
     r = rt()
     held: list[dict[str, str]] = []
+    refused: dict[str, str] = {}
     for pod in pods:
         if not pod.ready or pod.deleting or pod.labels.get(L.ROLE) not in ("server", "leader"):
             continue
@@ -300,11 +302,22 @@ async def _sync_adapters(
                 loaded[name] = path
                 events.append((EventType.NORMAL, Reason.ADAPTER_LOADED, f"{name} loaded on {pod.name} from {path}"))
             else:
+                refused[name] = f"{pod.name} answered HTTP {code}: {text[:200]}"
                 events.append(
                     (EventType.WARNING, Reason.ADAPTER_LOAD_FAILED, f"{name} on {pod.name}: HTTP {code}: {text[:200]}")
                 )
         held.append(loaded)
     status["adapters"] = adapters_status(svc.spec.adapters, held)
+    cond = adapters_condition(svc.spec.adapters, refused)
+    status["conditions"] = set_condition(
+        status.get("conditions", []),
+        ConditionType.ADAPTERS_LOADED,
+        cond.loaded,
+        cond.reason,
+        cond.message,
+        now,
+        svc.metadata.generation,
+    )
 
 
 async def _publish(job: FineTuneJob, status: dict[str, Any], events: list[tuple[str, str, str]], now: float) -> None:

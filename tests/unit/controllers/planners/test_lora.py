@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from controllers.planners.engines import PodRole, serving_command
 from controllers.planners.gangs import template_hash
-from controllers.planners.lora import adapters_status, publish, replica_actions
+from controllers.planners.lora import adapters_condition, adapters_status, publish, replica_actions
 from crds.llmservice import AdapterSpec, LLMService
+from crds.reasons import Reason
 from tests.unit.controllers.builders import job
 
 ADAPTER = "pvc://ebbtide-checkpoints/ns/ft/adapter"
@@ -64,3 +65,14 @@ def test_a_service_started_with_enable_lora_takes_adapters_without_new_engines()
     assert args[args.index("--lora-modules") + 1] == "tide=/models/ebbtide-checkpoints/ns/ft/adapter"
     off = service()
     assert template_hash(off.spec) != template_hash(with_adapter.spec.model_copy(update={"engine": off.spec.engine}))
+
+
+def test_a_refused_adapter_turns_adapters_loaded_false_naming_its_field() -> None:
+    desired = [AdapterSpec(name="tide", source=ADAPTER), AdapterSpec(name="wide", source="pvc://a/rank64")]
+    answer = "chat-0 answered HTTP 400: rank 64 is greater than max_lora_rank 16"
+    refused = adapters_condition(desired, {"wide": answer})
+    assert (refused.loaded, refused.reason) == (False, Reason.ADAPTER_LOAD_FAILED)
+    assert refused.message == f"spec.adapters[1] (wide): {answer}"
+    held = adapters_condition(desired, {})
+    assert (held.loaded, held.reason) == (True, Reason.ADAPTER_LOADED)
+    assert adapters_condition([], {}).loaded
