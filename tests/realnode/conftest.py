@@ -5,6 +5,7 @@ the GPU pods on the KWOK nodes. Needs root; run with `make realnode-test` (`-m r
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import sys
@@ -25,6 +26,15 @@ TIER_DIR = Path(__file__).resolve().parent
 RELEASE, NAMESPACE = "ebbtide", "ebbtide-system"
 # Short enough for the failover story, long enough for a loaded 2-core machine's heartbeats.
 PEERING_LIFETIME_S = 10
+# The bundled Redis's fixed ClusterIP: the node has no cluster DNS, so the operator connects to this address. In
+# the API server's static band of 10.96.0.0/16 (its first 256 addresses), which it allocates dynamically only last.
+REDIS_CLUSTER_IP = "10.96.0.200"
+OPERATOR_ENV = [
+    # The simulated engines listen on the node's IP (each pod's ebbtide.dev/engine-url), not on the KWOK pod IPs.
+    {"name": "EBBTIDE_METRICS_URL_TEMPLATE", "value": "{engineURL}/metrics"},
+    # Ticks a story can wait for (15 s by default).
+    {"name": "EBBTIDE_AUTOSCALE_INTERVAL_SECONDS", "value": "3"},
+]
 
 
 def real_node_module() -> ModuleType:
@@ -64,7 +74,8 @@ def cluster(node: dict[str, Any]) -> Cluster:
 
 
 def chart_values(node: dict[str, Any]) -> list[str]:
-    """The locally built images (never pulled), and the operator and Redis on the real node, tolerating its taint."""
+    """The locally built images (never pulled), and the operator and Redis on the real node, tolerating its taint;
+    Redis at a fixed ClusterIP, the operator's Redis address without DNS."""
     repo, tag = node["images"]["operator"].rsplit(":", 1)
     redis_repo, redis_tag = node["images"]["redis"].rsplit(":", 1)
     toleration = f'[{{"key":"{node["taint"]}","operator":"Exists","effect":"NoSchedule"}}]'
@@ -72,11 +83,11 @@ def chart_values(node: dict[str, Any]) -> list[str]:
     return [
         "--set", f"image.repository={repo}", "--set-string", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
         "--set", f"redis.image.repository={redis_repo}", "--set-string", f"redis.image.tag={redis_tag}",
-        "--set", "redis.image.pullPolicy=Never",
+        "--set", "redis.image.pullPolicy=Never", "--set", f"redis.service.clusterIP={REDIS_CLUSTER_IP}",
         "--set-json", f"operator.tolerations={toleration}", "--set-json", f"operator.nodeSelector={selector}",
         "--set-json", f"redis.tolerations={toleration}", "--set-json", f"redis.nodeSelector={selector}",
         "--set", f"operator.peering.lifetimeSeconds={PEERING_LIFETIME_S}", "--set", "operator.resyncSeconds=3",
-        "--set", "operator.logFormat=plain",
+        "--set", "operator.logFormat=plain", "--set-json", f"operator.extraEnv={json.dumps(OPERATOR_ENV)}",
     ]  # fmt: skip
 
 
