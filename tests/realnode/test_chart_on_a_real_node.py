@@ -24,7 +24,15 @@ from tests.integration.test_preemption import (  # noqa: F401
     test_high_priority_service_preempts_job_after_checkpoint_and_job_resumes,
 )
 from tests.kube import Cluster, condition, wait_until
-from tests.realnode.conftest import NAMESPACE, PEERING_LIFETIME_S, REDIS_CLUSTER_IP, RELEASE, leader, operator_pods
+from tests.realnode.conftest import (
+    AGENT_NAMESPACE,
+    NAMESPACE,
+    PEERING_LIFETIME_S,
+    REDIS_CLUSTER_IP,
+    RELEASE,
+    leader,
+    operator_pods,
+)
 
 AUTOSCALED = """
 apiVersion: ebbtide.dev/v1alpha1
@@ -120,6 +128,44 @@ def test_the_operator_keeps_an_autoscaled_services_history_in_the_bundled_redis(
         logs = live.kubectl("logs", "-n", NAMESPACE, p["metadata"]["name"]).stdout
         assert f"history store unavailable for {ns}/remembered" not in logs
     print(f"\nthe operator's history in Redis at {REDIS_CLUSTER_IP}: {series()}")
+
+
+def test_the_node_agent_runs_on_the_real_node_with_the_stated_privileges_and_says_it_has_no_nvml(
+    live: Cluster, node: dict[str, Any]
+) -> None:
+    def agent() -> dict[str, Any] | None:
+        pods = live.get("pods", "-n", AGENT_NAMESPACE, "-l", "app.kubernetes.io/component=node-agent")["items"]
+        return pods[0] if pods else None
+
+    def terminated() -> dict[str, Any] | None:
+        p = agent()
+        for s in (p or {}).get("status", {}).get("containerStatuses", []):
+            state = s.get("lastState", {}).get("terminated") or s.get("state", {}).get("terminated")
+            if state:
+                return state  # type: ignore[no-any-return]
+        return None
+
+    # The DaemonSet's one pod, admitted by the privileged namespace and placed on the real node only.
+    pod = wait_until("the node agent's pod", agent, 60)
+    assert pod["spec"]["nodeName"] == node["node"]
+    ctx = pod["spec"]["containers"][0]["securityContext"]
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert ctx["runAsUser"] == 0 and ctx["readOnlyRootFilesystem"] and not ctx["allowPrivilegeEscalation"]
+    assert not pod["spec"].get("hostNetwork") and not pod["spec"].get("hostPID")
+    # No GPU and no NVML on this node: the agent says so and exits non-zero, and the kubelet restarts it.
+    state = wait_until("the agent's container to run and exit", terminated, 120)
+
+    def said() -> str | None:
+        # Either run's log: the kubelet may already have removed the exited container, or not yet started the next.
+        for previous in (["--previous"], []):
+            out = live.kubectl("logs", "-n", AGENT_NAMESPACE, pod["metadata"]["name"], *previous, check=False).stdout
+            if "NVML unavailable" in out:
+                return out
+        return None
+
+    logs = wait_until("the agent's log saying NVML is unavailable", said, 90, interval=2)
+    assert state["exitCode"] == 2, state
+    print(f"\nnode agent without a GPU: exit {state['exitCode']}: {logs.strip()[-300:]}")
 
 
 def test_killing_the_leader_pod_hands_binding_to_another_replica_without_double_booking(live: Cluster, ns: str) -> None:
