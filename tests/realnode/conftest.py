@@ -5,6 +5,7 @@ the GPU pods on the KWOK nodes. Needs root; run with `make realnode-test` (`-m r
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import sys
@@ -23,8 +24,19 @@ from tests.kube import ROOT, Cluster, wait_until
 
 TIER_DIR = Path(__file__).resolve().parent
 RELEASE, NAMESPACE = "ebbtide", "ebbtide-system"
+# The node agent's namespace: it runs as root with CAP_SYS_ADMIN, which only the privileged Pod Security level admits.
+AGENT_NAMESPACE = "ebbtide-node-agent"
 # Short enough for the failover story, long enough for a loaded 2-core machine's heartbeats.
 PEERING_LIFETIME_S = 10
+# The bundled Redis's fixed ClusterIP: the node has no cluster DNS, so the operator connects to this address. In
+# the API server's static band of 10.96.0.0/16 (its first 256 addresses), which it allocates dynamically only last.
+REDIS_CLUSTER_IP = "10.96.0.200"
+OPERATOR_ENV = [
+    # The simulated engines listen on the node's IP (each pod's ebbtide.dev/engine-url), not on the KWOK pod IPs.
+    {"name": "EBBTIDE_METRICS_URL_TEMPLATE", "value": "{engineURL}/metrics"},
+    # Ticks a story can wait for (15 s by default).
+    {"name": "EBBTIDE_AUTOSCALE_INTERVAL_SECONDS", "value": "3"},
+]
 
 
 def real_node_module() -> ModuleType:
@@ -64,7 +76,8 @@ def cluster(node: dict[str, Any]) -> Cluster:
 
 
 def chart_values(node: dict[str, Any]) -> list[str]:
-    """The locally built images (never pulled), and the operator and Redis on the real node, tolerating its taint."""
+    """The locally built images (never pulled), and the operator, Redis and the node agent on the real node,
+    tolerating its taint; Redis at a fixed ClusterIP, the operator's Redis address without DNS."""
     repo, tag = node["images"]["operator"].rsplit(":", 1)
     redis_repo, redis_tag = node["images"]["redis"].rsplit(":", 1)
     toleration = f'[{{"key":"{node["taint"]}","operator":"Exists","effect":"NoSchedule"}}]'
@@ -72,11 +85,15 @@ def chart_values(node: dict[str, Any]) -> list[str]:
     return [
         "--set", f"image.repository={repo}", "--set-string", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
         "--set", f"redis.image.repository={redis_repo}", "--set-string", f"redis.image.tag={redis_tag}",
-        "--set", "redis.image.pullPolicy=Never",
+        "--set", "redis.image.pullPolicy=Never", "--set", f"redis.service.clusterIP={REDIS_CLUSTER_IP}",
         "--set-json", f"operator.tolerations={toleration}", "--set-json", f"operator.nodeSelector={selector}",
         "--set-json", f"redis.tolerations={toleration}", "--set-json", f"redis.nodeSelector={selector}",
         "--set", f"operator.peering.lifetimeSeconds={PEERING_LIFETIME_S}", "--set", "operator.resyncSeconds=3",
-        "--set", "operator.logFormat=plain",
+        "--set", "operator.logFormat=plain", "--set-json", f"operator.extraEnv={json.dumps(OPERATOR_ENV)}",
+        # The node agent on the real node only (null drops the chart's GPU-node selector; KWOK nodes run no agent).
+        "--set", "nodeAgent.enabled=true", "--set", f"nodeAgent.namespace={AGENT_NAMESPACE}",
+        "--set-json", f'nodeAgent.nodeSelector={{"nvidia.com/gpu.present":null,"{node["taint"]}":"true"}}',
+        "--set-json", f"nodeAgent.tolerations={toleration}",
     ]  # fmt: skip
 
 
@@ -86,6 +103,10 @@ def release(cluster: Cluster, node: dict[str, Any]) -> Iterator[str]:
     rollout. Yields the namespace. The uninstall story removes it; otherwise the session's end does."""
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)  # kept from a run with EBBTIDE_KEEP_CLUSTER
     cluster.kubectl("label", "--overwrite", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
+    cluster.kubectl("create", "namespace", AGENT_NAMESPACE, check=False)
+    cluster.kubectl(
+        "label", "--overwrite", "namespace", AGENT_NAMESPACE, "pod-security.kubernetes.io/enforce=privileged"
+    )
     out = helm("upgrade", "--install", RELEASE, str(CHART), "-n", NAMESPACE, *chart_values(node),
                kubeconfig=cluster.kubeconfig)  # fmt: skip
     assert "STATUS: deployed" in out.stdout

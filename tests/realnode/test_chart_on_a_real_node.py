@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.e2e.test_scenarios import (  # noqa: F401  (collected here, against the chart's operator)
     test_dense_service_becomes_ready_and_scales_with_kubectl,
@@ -22,8 +23,32 @@ from tests.integration.test_peering import BOUND_GANGS, SERVICE, gpus_booked_onc
 from tests.integration.test_preemption import (  # noqa: F401
     test_high_priority_service_preempts_job_after_checkpoint_and_job_resumes,
 )
-from tests.kube import Cluster, wait_until
-from tests.realnode.conftest import NAMESPACE, PEERING_LIFETIME_S, RELEASE, leader, operator_pods
+from tests.kube import Cluster, condition, wait_until
+from tests.realnode.conftest import (
+    AGENT_NAMESPACE,
+    NAMESPACE,
+    PEERING_LIFETIME_S,
+    REDIS_CLUSTER_IP,
+    RELEASE,
+    leader,
+    operator_pods,
+)
+
+AUTOSCALED = """
+apiVersion: ebbtide.dev/v1alpha1
+kind: LLMService
+metadata: {name: remembered}
+spec:
+  model: {name: llama-3-8b, source: hf://meta-llama/Meta-Llama-3-8B-Instruct, parametersB: 8}
+  engine: {type: simulated}
+  gpu: {count: 1, types: [H100]}
+  replicas: 1
+  scaling:
+    minReplicas: 1
+    maxReplicas: 2
+    policy: forecast
+    slo: {ttftSeconds: 2.0, interTokenLatencySeconds: 0.1}
+"""
 
 
 def pod(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -66,6 +91,7 @@ def test_the_bundled_redis_runs_and_answers_through_its_service(live: Cluster, n
     redis_pod = live.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=redis")["items"][0]
     assert redis_pod["spec"]["nodeName"] == node["node"]
     ip = live.get("service", f"{RELEASE}-redis", "-n", NAMESPACE)["spec"]["clusterIP"]
+    assert ip == REDIS_CLUSTER_IP
 
     def ping() -> bool:
         # The ClusterIP is routed by kube-proxy's rules a moment after the Service appears.
@@ -77,6 +103,69 @@ def test_the_bundled_redis_runs_and_answers_through_its_service(live: Cluster, n
             return False
 
     wait_until("PONG through the Service's ClusterIP", ping, 30)
+
+
+def test_the_operator_keeps_an_autoscaled_services_history_in_the_bundled_redis(live: Cluster, ns: str) -> None:
+    env = {e["name"]: e.get("value") for e in operator_pods(live)[0]["spec"]["containers"][0]["env"]}
+    assert env["EBBTIDE_REDIS_URL"] == f"redis://{REDIS_CLUSTER_IP}:6379/0"
+    live.kubectl("apply", "-n", ns, "-f", "-", stdin=AUTOSCALED)
+    store = redis.Redis(host=REDIS_CLUSTER_IP, port=6379, socket_timeout=5, decode_responses=True)
+
+    def series() -> dict[str, int]:
+        # The history store's per-indicator sorted sets (adapters/store.py), one member per observation.
+        try:
+            return {k: int(store.zcard(k)) for k in store.scan_iter(match=f"*:hist:{ns}/remembered:*")}
+        except redis.ConnectionError:
+            return {}
+
+    # The first scrape only sets the baseline; the ticks after it append, so two points mean the operator writes on.
+    wait_until("two observations of the service in Redis", lambda: max(series().values(), default=0) >= 2, 180)
+    index = list(store.scan_iter(match=f"*:keys:{ns}/remembered"))
+    assert len(index) == 1 and set(series()) <= set(store.smembers(index[0])), index
+    degraded = condition(live.get("llms", "remembered", "-n", ns), "AutoscalerDegraded") or {}
+    assert degraded.get("reason") != "HistoryUnavailable", degraded
+    for p in operator_pods(live):
+        logs = live.kubectl("logs", "-n", NAMESPACE, p["metadata"]["name"]).stdout
+        assert f"history store unavailable for {ns}/remembered" not in logs
+    print(f"\nthe operator's history in Redis at {REDIS_CLUSTER_IP}: {series()}")
+
+
+def test_the_node_agent_runs_on_the_real_node_with_the_stated_privileges_and_says_it_has_no_nvml(
+    live: Cluster, node: dict[str, Any]
+) -> None:
+    def agent() -> dict[str, Any] | None:
+        pods = live.get("pods", "-n", AGENT_NAMESPACE, "-l", "app.kubernetes.io/component=node-agent")["items"]
+        return pods[0] if pods else None
+
+    def terminated() -> dict[str, Any] | None:
+        p = agent()
+        for s in (p or {}).get("status", {}).get("containerStatuses", []):
+            state = s.get("lastState", {}).get("terminated") or s.get("state", {}).get("terminated")
+            if state:
+                return state  # type: ignore[no-any-return]
+        return None
+
+    # The DaemonSet's one pod, admitted by the privileged namespace and placed on the real node only.
+    pod = wait_until("the node agent's pod", agent, 60)
+    assert pod["spec"]["nodeName"] == node["node"]
+    ctx = pod["spec"]["containers"][0]["securityContext"]
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert ctx["runAsUser"] == 0 and ctx["readOnlyRootFilesystem"] and not ctx["allowPrivilegeEscalation"]
+    assert not pod["spec"].get("hostNetwork") and not pod["spec"].get("hostPID")
+    # No GPU and no NVML on this node: the agent says so and exits non-zero, and the kubelet restarts it.
+    state = wait_until("the agent's container to run and exit", terminated, 120)
+
+    def said() -> str | None:
+        # Either run's log: the kubelet may already have removed the exited container, or not yet started the next.
+        for previous in (["--previous"], []):
+            out = live.kubectl("logs", "-n", AGENT_NAMESPACE, pod["metadata"]["name"], *previous, check=False).stdout
+            if "NVML unavailable" in out:
+                return out
+        return None
+
+    logs = wait_until("the agent's log saying NVML is unavailable", said, 90, interval=2)
+    assert state["exitCode"] == 2, state
+    print(f"\nnode agent without a GPU: exit {state['exitCode']}: {logs.strip()[-300:]}")
 
 
 def test_killing_the_leader_pod_hands_binding_to_another_replica_without_double_booking(live: Cluster, ns: str) -> None:

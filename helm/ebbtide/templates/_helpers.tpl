@@ -49,8 +49,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/* The Redis URL the operator gets as EBBTIDE_REDIS_URL: the bundled Redis or the external one. */}}
+{{/* An IP as a URL's host: IPv6 in brackets. */}}
+{{- define "ebbtide.redisHost" -}}
+{{- if contains ":" . }}[{{ . }}]{{ else }}{{ . }}{{ end }}
+{{- end }}
+
 {{- define "ebbtide.redisURL" -}}
-{{- if .Values.redis.enabled }}
+{{- if and .Values.redis.enabled .Values.redis.service.clusterIP }}
+{{- /* A fixed ClusterIP needs no cluster DNS to reach. */}}
+{{- printf "redis://%s:6379/0" (include "ebbtide.redisHost" .Values.redis.service.clusterIP) }}
+{{- else if .Values.redis.enabled }}
 {{- printf "redis://%s-redis.%s.svc:6379/0" (include "ebbtide.fullname" .) .Release.Namespace }}
 {{- else }}
 {{- .Values.redis.external.url }}

@@ -85,6 +85,26 @@ def test_bundled_redis_is_passed_to_the_operator_and_an_external_url_replaces_it
     assert env["EBBTIDE_REDIS_URL"] == "redis://cache.example:6379/2"
 
 
+def operator_env(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value")
+        for e in find(objs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
+@pytest.mark.parametrize(("ip", "url"), [("10.96.200.10", "redis://10.96.200.10:6379/0"),
+                                          ("fd00:10:96::20a", "redis://[fd00:10:96::20a]:6379/0")])  # fmt: skip
+def test_a_fixed_redis_cluster_ip_is_the_operators_redis_address_without_dns(ip: str, url: str) -> None:
+    objs = render(f"redis.service.clusterIP={ip}")
+    assert find(objs, "Service", "-redis")["spec"]["clusterIP"] == ip
+    assert operator_env(objs)["EBBTIDE_REDIS_URL"] == url
+    assert "clusterIP" not in find(render(), "Service", "-redis")["spec"]
+    # An external Redis wins: the bundled one, and its address, are not rendered.
+    external = render("redis.enabled=false", "redis.external.url=redis://cache.example:6379/2",
+                      f"redis.service.clusterIP={ip}")  # fmt: skip
+    assert operator_env(external)["EBBTIDE_REDIS_URL"] == "redis://cache.example:6379/2"
+
+
 def test_node_agent_runs_the_nvml_agent_with_only_the_privilege_nvml_needs() -> None:
     assert not [o for o in render() if o["kind"] == "DaemonSet"]
     objs = render("nodeAgent.enabled=true", "nodeAgent.namespace=gpu-agents")
@@ -144,6 +164,7 @@ def test_example_priority_classes_match_the_repository_examples() -> None:
         ("operator.logFormat=xml", "/operator/logFormat"),
         ("operator.metricsPort=70000", "/operator/metricsPort"),
         ("redis.external.url=http://not-redis", "/redis/external/url"),
+        ("redis.service.clusterIP=redis.local", "/redis/service/clusterIP"),
         ("operator.replica=2", "'replica'"),
         ("operator.metricsSource=kafka", "/operator/metricsSource"),
         ("operator.metricsSource=prometheus", "/operator/prometheus/url"),
