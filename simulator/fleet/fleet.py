@@ -393,20 +393,29 @@ class Fleet:
             log.warning("pod %s: cannot run as a real engine: %s", key, e)
             await self.patch_status(ns, name, failed=str(e))
             return
+        eng = await self.announce_real(key, pod, node, port, trainer=False)
+        logfile = self.s.state_dir / "real-engines" / f"{ns}_{name}.log"
+        eng.process = await RealProcess.start(argv, container_env(container, pod), logfile)
+        self.processes.add(eng.process)
+        log.info("pod %s: real vLLM pid %d at %s (log %s): %s", key, eng.process.pid, eng.url, logfile, " ".join(argv))
+        eng.task = asyncio.get_running_loop().create_task(self.probe_real(key, eng, readiness_probe(container)))
+
+    async def announce_real(
+        self, key: str, pod: dict[str, Any], node: NodeState, port: int, *, trainer: bool
+    ) -> RunningEngine:
+        """Book a real process's GPUs, announce its address on the pod and mark it not ready until it answers."""
+        ns, name = key.split("/", 1)
+        container = pod["spec"]["containers"][0]
         url = f"http://127.0.0.1:{port}"
         self.next_pod_ip(key)
         grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
-        eng = RunningEngine(ns, name, node.name, url, self.claim_gpus(key, container, node), False, grace_s=grace)
+        eng = RunningEngine(ns, name, node.name, url, self.claim_gpus(key, container, node), trainer, grace_s=grace)
         self.engines[key] = eng
         await asyncio.to_thread(
             self.core.patch_namespaced_pod, name, ns, {"metadata": {"annotations": {L.ENGINE_URL: url}}}
         )
         await self.patch_status(ns, name, ready=False)
-        logfile = self.s.state_dir / "real-engines" / f"{ns}_{name}.log"
-        eng.process = await RealProcess.start(argv, container_env(container, pod), logfile)
-        self.processes.add(eng.process)
-        log.info("pod %s: real vLLM pid %d at %s (log %s): %s", key, eng.process.pid, url, logfile, " ".join(argv))
-        eng.task = asyncio.get_running_loop().create_task(self.probe_real(key, eng, readiness_probe(container)))
+        return eng
 
     async def start_trainer(self, key: str, pod: dict[str, Any], node: NodeState) -> None:
         """The real LoRA trainer with the pod's command line: Running once its /metrics answers, Succeeded when it
@@ -435,15 +444,7 @@ class Fleet:
             log.warning("pod %s: cannot run as a real trainer: %s", key, e)
             await self.patch_status(ns, name, failed=str(e))
             return
-        url = f"http://127.0.0.1:{port}"
-        self.next_pod_ip(key)
-        grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
-        eng = RunningEngine(ns, name, node.name, url, self.claim_gpus(key, container, node), True, grace_s=grace)
-        self.engines[key] = eng
-        await asyncio.to_thread(
-            self.core.patch_namespaced_pod, name, ns, {"metadata": {"annotations": {L.ENGINE_URL: url}}}
-        )
-        await self.patch_status(ns, name, ready=False)
+        eng = await self.announce_real(key, pod, node, port, trainer=True)
         logs = self.s.state_dir / "real-engines"
         termination = logs / f"{ns}_{name}.termination"
         env = {
@@ -454,7 +455,7 @@ class Fleet:
         }
         eng.process = await RealProcess.start(argv, env, logs / f"{ns}_{name}.log")
         self.processes.add(eng.process)
-        log.info("pod %s: real trainer pid %d at %s: %s", key, eng.process.pid, url, " ".join(argv))
+        log.info("pod %s: real trainer pid %d at %s: %s", key, eng.process.pid, eng.url, " ".join(argv))
         eng.task = asyncio.get_running_loop().create_task(self.watch_trainer(key, eng, termination))
 
     async def watch_trainer(self, key: str, eng: RunningEngine, termination: Path) -> None:
