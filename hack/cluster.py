@@ -45,9 +45,20 @@ def log(msg: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: every socket stays bound until all are chosen, since the kernel may hand a port
+    that was just closed out again (etcd and the API server once got the same one)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def binaries() -> Path:
@@ -213,7 +224,8 @@ def up(state: Path, nodes: int, real_engines: bool = False, real_node: bool = Fa
     t0 = time.monotonic()
     bins = binaries()
     make_pki(state / "pki")
-    ports = {"etcd": free_port(), "etcd_peer": free_port(), "apiserver": free_port()}
+    *chosen, cm_port, scheduler_port, kwok_port = free_ports(6)
+    ports = dict(zip(("etcd", "etcd_peer", "apiserver"), chosen, strict=True))
     (state / "ports.json").write_text(json.dumps({**ports, "real_node": real_node}))
     kcfg = kubeconfig(state, ports["apiserver"])
     pki = state / "pki"
@@ -245,20 +257,20 @@ def up(state: Path, nodes: int, real_engines: bool = False, real_node: bool = Fa
     wait_for("kube-apiserver", lambda: api_get(state, "/readyz")[0] == 200)
     common = [f"--kubeconfig={kcfg}", "--leader-elect=false", "--bind-address=127.0.0.1"]
     start(state, "kube-controller-manager", [
-        str(bins / "kube-controller-manager"), *common, f"--secure-port={free_port()}",
+        str(bins / "kube-controller-manager"), *common, f"--secure-port={cm_port}",
         f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
         "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
         "--concurrent-gc-syncs=10", "--v=1",
         # kwok's heartbeats can lag on a loaded 2-core machine; fake nodes must not flap NotReady.
         "--node-monitor-grace-period=300s",
     ])
-    start(state, "kube-scheduler", [str(bins / "kube-scheduler"), *common, f"--secure-port={free_port()}"])
+    start(state, "kube-scheduler", [str(bins / "kube-scheduler"), *common, f"--secure-port={scheduler_port}"])
     start(state, "kwok", [
         str(bins / "kwok"), f"--kubeconfig={kcfg}", "--manage-all-nodes=false",
         "--manage-nodes-with-label-selector=kwok.x-k8s.io/node=fake",
         # Pods of simulated engines (and with --real-engines, of vLLM) get their status from the fleet, not kwok.
         f"--config={kwok_stages(state, real_engines)}",
-        "--cidr=10.0.0.1/16", "--node-ip=127.0.0.1", f"--server-address=127.0.0.1:{free_port()}",
+        "--cidr=10.0.0.1/16", "--node-ip=127.0.0.1", f"--server-address=127.0.0.1:{kwok_port}",
     ])
     wait_for("default namespace", lambda: api_get(state, "/api/v1/namespaces/default")[0] == 200)
     kubectl(bins, state, "apply", "-f", "-", stdin=node_manifests(_pools(nodes)))

@@ -176,6 +176,9 @@ def _terminated(message: str) -> None:
         pass
 
 
+STEP_DELAY_ENV = "EBBTIDE_TRAINER_FAULT_STEP_DELAY_S"
+
+
 def train(cfg: TrainerConfig, stop: threading.Event, metrics: Metrics) -> int:
     """Run to max-steps or until `stop` (SIGTERM): checkpoint, then return the exit code."""
     run = Run(cfg, metrics)
@@ -188,6 +191,9 @@ def train(cfg: TrainerConfig, stop: threading.Event, metrics: Metrics) -> int:
         f"resumed from {resumed.path}" if resumed else "fresh",
     )
     last_time = time.monotonic()
+    # Fault injection for tests on fast machines: a pause after each step (SIGTERM still ends it at once), so that
+    # a few dozen steps of a tiny model last long enough to be observed and interrupted.
+    step_delay_s = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
     while run.step < cfg.max_steps:
         if stop.is_set():
             ck = run.checkpoint("SIGTERM")
@@ -201,6 +207,8 @@ def train(cfg: TrainerConfig, stop: threading.Event, metrics: Metrics) -> int:
         if (every and run.step % every == 0) or time.monotonic() - last_time >= cfg.checkpoint_interval_seconds:
             run.checkpoint("interval")
             last_time = time.monotonic()
+        if step_delay_s > 0:
+            stop.wait(step_delay_s)
     run.checkpoint("final")
     adapter = run.export_adapter()
     metrics.finished()

@@ -81,11 +81,21 @@ def cluster() -> Iterator[Cluster]:
 
 
 def _free_port() -> int:
+    return _free_ports(1)[0]
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (each socket stays bound until all are chosen: a closed port can come back at once)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +128,7 @@ def _tcp_open(port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, redis_url: str) -> Iterator[Proc]:
-    metrics, health = _free_port(), _free_port()
+    metrics, health = _free_ports(2)
     p = Proc(
         "operator",
         [

@@ -4,6 +4,7 @@ Runs only when asked for (`-m realengine`, as `make realengine-test` does); skip
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,10 @@ from tests.kube import Cluster, wait_until
 from tests.realengine.stories import find_trainer_env, note
 
 __all__ = ["redis_url"]  # the integration suite's Redis fixture, shared
+
+# The tiny model trains a step in about 20 ms on an idle machine: without a pause the real trainers of this tier
+# (run here and by the fleet, which passes its environment on) finish before a test can look at or interrupt them.
+os.environ.setdefault("EBBTIDE_TRAINER_FAULT_STEP_DELAY_S", "0.4")
 
 
 @pytest.fixture(scope="session")
