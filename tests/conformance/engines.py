@@ -230,3 +230,36 @@ def both(sim_mismatch: str | None = None, *, param: str = "engine") -> pytest.Ma
         [pytest.param("vllm", id="vllm"), pytest.param("simulated", id="simulated", marks=sim_marks)],
         indirect=param == "engine",
     )
+
+
+# A context far beyond the tiny model's 2,048 positions (vLLM allows it with VLLM_ALLOW_LONG_MAX_MODEL_LEN; the
+# model's weights are random, so nothing is lost): the checks that must look inside a running stream size it to
+# the machine's speed, since the tiny model streams thousands of tokens a second on an idle machine.
+LONG_CONTEXT = 32768
+SIMULATED_CONTEXT = 2048  # the simulated engine's speed is its model's, and 1,800 tokens already take it seconds
+MIN_STREAM_TOKENS = 1800
+
+
+def start_long(kind: str, env: RealEngineEnv | None, name: str, *extra: str) -> Engine:
+    """An engine of `kind` with the long context; its own process, since the checks using it end it."""
+    if kind == "vllm":
+        assert env is not None
+        return start_vllm(
+            env, name, *extra, max_model_len=LONG_CONTEXT, extra_env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
+        )
+    return start_simulated(name, *extra, max_model_len=SIMULATED_CONTEXT)
+
+
+def tokens_lasting(engine: Engine, seconds: float) -> int:
+    """How many tokens a stream of this engine needs to last about `seconds` (it is warmed up first)."""
+    body = {"model": SERVED, "prompt": "time me", "max_tokens": 256, "ignore_eos": True}
+    with engine.client(timeout=300) as c:
+        c.post("/v1/completions", json={**body, "max_tokens": 4}).raise_for_status()  # the first request's warm-up
+        t0 = time.monotonic()
+        c.post("/v1/completions", json=body).raise_for_status()
+        rate = 256 / max(time.monotonic() - t0, 1e-3)
+    # Concurrent streams share the steps; on this tiny model a step of a few streams costs about one of a single
+    # stream, and where it costs more the streams only last longer.
+    wanted = int(rate * seconds)
+    context = LONG_CONTEXT if engine.kind == "vllm" else SIMULATED_CONTEXT
+    return max(MIN_STREAM_TOKENS, min(wanted, context - 64))

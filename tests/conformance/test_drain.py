@@ -12,14 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conformance.engines import SERVED, Engine, RealEngineEnv, both, start_simulated, start_vllm
+from tests.conformance.engines import SERVED, Engine, RealEngineEnv, both, start_long, tokens_lasting
 from tests.conformance.wire import DONE, sse_events
 
 pytestmark = pytest.mark.conformance
 
-CONTEXT = 2048  # the tiny model's longest context: long streams give the checks time to look inside a drain
 STREAMS = 4
-TOKENS = 1800
+STREAM_SECONDS = 8.0  # how long the streams should last: time for the checks to look inside a drain
 SHUTDOWN_TIMEOUT_S = 60
 ABORT_WITHIN_S = 30.0  # without a shutdown timeout, streams end and the process exits well within this
 
@@ -29,6 +28,7 @@ class Stream:
     """One long streaming completion read on its own thread."""
 
     engine: Engine
+    tokens: int
     status: int | None = None
     events: list[dict[str, Any] | str] = field(default_factory=list)
     error: str | None = None
@@ -43,7 +43,7 @@ class Stream:
         body = {
             "model": SERVED,
             "prompt": "drain me",
-            "max_tokens": TOKENS,
+            "max_tokens": self.tokens,
             "ignore_eos": True,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -86,18 +86,15 @@ class Stream:
 
 
 def _start(kind: str, request: pytest.FixtureRequest, name: str, *extra: str) -> Engine:
-    if kind == "vllm":
-        env: RealEngineEnv = request.getfixturevalue("real_engine_env")
-        return start_vllm(env, name, *extra, max_model_len=CONTEXT)
-    return start_simulated(name, *extra, max_model_len=CONTEXT)
+    env: RealEngineEnv | None = request.getfixturevalue("real_engine_env") if kind == "vllm" else None
+    return start_long(kind, env, name, *extra)
 
 
 def _streams_in_flight(engine: Engine) -> list[Stream]:
-    # A first request pays the engine's warm-up, so that the streams then start together and SIGTERM finds them
-    # all in flight (on an idle machine the four streams take only about 5 s).
-    with httpx.Client(base_url=engine.base_url, timeout=300) as c:
-        c.post("/v1/completions", json={"model": SERVED, "prompt": "warm up", "max_tokens": 4}).raise_for_status()
-    streams = [Stream(engine) for _ in range(STREAMS)]
+    # Sized to last STREAM_SECONDS on this machine, after the engine's warm-up, so that the streams start together
+    # and SIGTERM finds them all in flight whether the machine is idle or loaded.
+    tokens = tokens_lasting(engine, STREAM_SECONDS)
+    streams = [Stream(engine, tokens) for _ in range(STREAMS)]
     for s in streams:
         s.start()
     for s in streams:
@@ -137,7 +134,7 @@ def test_with_a_shutdown_timeout_in_flight_requests_finish_and_new_ones_get_500(
     for s in streams:
         assert s.error is None, s.error
         assert s.finish_reasons() == ["length"]
-        assert s.completion_tokens() == TOKENS
+        assert s.completion_tokens() == s.tokens
         assert s.events[-1] == DONE
     assert exited_after < SHUTDOWN_TIMEOUT_S + 30
 
@@ -171,7 +168,7 @@ def test_without_a_shutdown_timeout_in_flight_requests_are_aborted(kind: str, re
     for s in streams:
         assert not s.running
         tokens = s.completion_tokens()
-        assert "length" not in s.finish_reasons() and (tokens is None or tokens < TOKENS), s.finish_reasons()
+        assert "length" not in s.finish_reasons() and (tokens is None or tokens < s.tokens), s.finish_reasons()
         if hung:
             assert s.error is not None, "a stream cut by SIGKILL ends with a transport error"
         else:

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conformance.engines import RealEngineEnv, absent, find_real_engine_env
-from tests.integration.conftest import RUN, Proc, _free_port, _up, redis_url
+from tests.integration.conftest import RUN, Proc, _free_port, _up, redis, redis_url
 from tests.kube import Cluster, wait_until
 from tests.realengine.stories import find_trainer_env, note
 
-__all__ = ["redis_url"]  # the integration suite's Redis fixture, shared
+__all__ = ["redis", "redis_url"]  # the integration suite's Redis fixtures, shared
 
 # The tiny model trains a step in about 20 ms on an idle machine: without a pause the real trainers of this tier
 # (run here and by the fleet, which passes its environment on) finish before a test can look at or interrupt them.
