@@ -53,7 +53,8 @@ integration: venv binaries redis
 # (docs/engines.md). Cold: 6-11 min on 2 cores and ~3.2 GB of downloads; then instant.
 real-engine:
 	@env="$$(hack/real-engine-env.sh)" && model="$$("$$env/bin/python" hack/tiny-model.py)" && \
-	  echo "real vLLM: $$env/bin/vllm; tiny model: $$model"
+	  slow="$$("$$env/bin/python" hack/tiny-model.py --slow)" && \
+	  echo "real vLLM: $$env/bin/vllm; tiny model: $$model; slow model: $$slow"
 
 # The LoRA trainer's venv (trainer/): peft and accelerate added beside the real-engine venv, which it reads and never
 # changes (hack/trainer-env.sh). Cold: ~2 min.

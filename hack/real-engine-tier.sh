@@ -21,8 +21,9 @@ fi
 echo "== real-engine tier: the trainer's venv (peft beside the real vLLM; cold: about 2 min)"
 hack/trainer-env.sh >/dev/null || { echo "!! hack/trainer-env.sh failed" >&2; exit 1; }
 
-echo "== real-engine tier: the tiny local model"
+echo "== real-engine tier: the tiny local models (the tiny one, and the slow one for the checks inside streams)"
 model="$(HF_HUB_OFFLINE=1 "$env_dir/bin/python" hack/tiny-model.py)" || { echo "!! hack/tiny-model.py failed" >&2; exit 1; }
+HF_HUB_OFFLINE=1 "$env_dir/bin/python" hack/tiny-model.py --slow >/dev/null || { echo "!! hack/tiny-model.py --slow failed" >&2; exit 1; }
 echo "   vllm: $env_dir/bin/vllm; model: $model ($((SECONDS - started))s)"
 
 echo "== real-engine tier: conformance checks and stories against the real vLLM"

@@ -1,5 +1,8 @@
 """Creates the tiny local model real-engine tests serve: a random 2-layer Llama and a byte-level BPE tokenizer.
 
+`--slow` makes a wider and deeper one on the same tokenizer (hidden 1024, 4 layers, about 270 MB) for the checks
+that must look inside running streams: on the tiny model vLLM's engine core outruns its own API server on a
+2-core machine, whose backlog then holds every HTTP answer (metrics, first chunks) until the streams are done.
 Nothing is downloaded; the same script gives the same files. Run it with the real-engine venv's python
 (`$(hack/real-engine-env.sh)/bin/python hack/tiny-model.py`); it prints the model folder on stdout.
 """
@@ -16,14 +19,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-# Bump when the recipe changes: the folder name carries it, so a new recipe never reuses an old model.
-RECIPE = "tiny-llama-v1"
+# Bump a recipe's name when it changes: the folder name carries it, so a new recipe never reuses an old model.
+# name -> (hidden size, layers, attention heads, KV heads)
+RECIPES = {"tiny-llama-v1": (128, 2, 4, 2), "slow-llama-v1": (1024, 4, 16, 4)}
 SEED = 20240613
 VOCAB = 2048
-HIDDEN = 128
-LAYERS = 2
-HEADS = 4
-KV_HEADS = 2
 MAX_POSITIONS = 2048
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 # A plain role-tagged template: enough for /v1/chat/completions to render a conversation.
@@ -43,11 +43,11 @@ def log(message: str) -> None:
     print(f"[tiny-model] {message}", file=sys.stderr, flush=True)
 
 
-def default_dir() -> Path:
+def default_dir(recipe: str) -> Path:
     base = os.environ.get("EBBTIDE_CACHE") or str(
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ebbtide"
     )
-    return Path(base) / "real-engine" / "models" / RECIPE
+    return Path(base) / "real-engine" / "models" / recipe
 
 
 def corpus(lines: int = 4000) -> Iterator[str]:
@@ -84,19 +84,20 @@ def build_tokenizer(out: Path) -> None:
     fast.save_pretrained(str(out))
 
 
-def build_model(out: Path) -> None:
+def build_model(out: Path, recipe: str) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers import PreTrainedTokenizerFast as Fast
 
     tok = Fast.from_pretrained(str(out))
+    hidden, layers, heads, kv_heads = RECIPES[recipe]
     config = LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=4 * HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=MAX_POSITIONS,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -122,8 +123,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=None, help="model folder (default: in the Ebbtide cache)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
+    parser.add_argument("--slow", action="store_true", help="the wider, deeper model (slow-llama-v1)")
     args = parser.parse_args()
-    out: Path = args.out or default_dir()
+    recipe = "slow-llama-v1" if args.slow else "tiny-llama-v1"
+    out: Path = args.out or default_dir(recipe)
     stamp = out / ".ebbtide-ready"
     if stamp.exists() and not args.force:
         print(out)
@@ -135,9 +138,10 @@ def main() -> None:
     tmp.mkdir(parents=True)
     log(f"training a {VOCAB}-token byte-level BPE tokenizer")
     build_tokenizer(tmp)
-    log(f"creating a random {LAYERS}-layer Llama (hidden {HIDDEN}, vocab {VOCAB}, seed {SEED})")
-    build_model(tmp)
-    (tmp / ".ebbtide-ready").write_text(json.dumps({"recipe": RECIPE, "sha256": digest(tmp)}) + "\n")
+    hidden, layers, _, _ = RECIPES[recipe]
+    log(f"creating a random {layers}-layer Llama (hidden {hidden}, vocab {VOCAB}, seed {SEED})")
+    build_model(tmp, recipe)
+    (tmp / ".ebbtide-ready").write_text(json.dumps({"recipe": recipe, "sha256": digest(tmp)}) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log(f"model ready: {json.loads(stamp.read_text())['sha256']}")

@@ -17,6 +17,9 @@ from typing import NoReturn
 import httpx
 import pytest
 
+from autoscaler.observation import RUNNING
+from tests.conformance.wire import scrape, value
+
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / ".run" / "conformance"
 ENV_SCRIPT = "hack/real-engine-env.sh"
@@ -121,10 +124,11 @@ def _start(kind: str, name: str, argv: list[str], env: dict[str, str], port: int
 
 @dataclass(frozen=True)
 class RealEngineEnv:
-    """The cached venv with the real vLLM and the tiny model it serves."""
+    """The cached venv with the real vLLM, the tiny model it serves and the slower one (`hack/tiny-model.py`)."""
 
     venv: Path
     model: Path
+    slow_model: Path
 
 
 def absent(reason: str) -> NoReturn:
@@ -146,17 +150,20 @@ def find_real_engine_env() -> RealEngineEnv | str:
             f"at a pre-built venv. ({check.stderr.strip()})"
         )
     venv = Path(check.stdout.strip().splitlines()[-1])
-    model = subprocess.run(
-        [str(venv / "bin" / "python"), str(ROOT / "hack" / "tiny-model.py")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    if model.returncode != 0:
-        raise RuntimeError(f"hack/tiny-model.py failed:\n{model.stderr[-3000:]}")
-    return RealEngineEnv(venv, Path(model.stdout.strip().splitlines()[-1]))
+    models = []
+    for variant in ([], ["--slow"]):
+        model = subprocess.run(
+            [str(venv / "bin" / "python"), str(ROOT / "hack" / "tiny-model.py"), *variant],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        if model.returncode != 0:
+            raise RuntimeError(f"hack/tiny-model.py {' '.join(variant)} failed:\n{model.stderr[-3000:]}")
+        models.append(Path(model.stdout.strip().splitlines()[-1]))
+    return RealEngineEnv(venv, models[0], models[1])
 
 
 def start_vllm(
@@ -165,13 +172,14 @@ def start_vllm(
     *extra: str,
     max_model_len: int = MAX_MODEL_LEN,
     extra_env: dict[str, str] | None = None,
+    model: Path | None = None,
 ) -> Engine:
     """`vllm serve` of the tiny model, as the issue's recipe runs it (float32, eager, 1 GiB of KV cache)."""
     port = free_port()
     argv = [
         str(env.venv / "bin" / "vllm"),
         "serve",
-        str(env.model),
+        str(model or env.model),
         "--served-model-name",
         SERVED,
         "--dtype",
@@ -232,20 +240,32 @@ def both(sim_mismatch: str | None = None, *, param: str = "engine") -> pytest.Ma
     )
 
 
-# A context far beyond the tiny model's 2,048 positions (vLLM allows it with VLLM_ALLOW_LONG_MAX_MODEL_LEN; the
-# model's weights are random, so nothing is lost): the checks that must look inside a running stream size it to
-# the machine's speed, since the tiny model streams thousands of tokens a second on an idle machine.
+# A context far beyond the models' 2,048 positions (vLLM allows it with VLLM_ALLOW_LONG_MAX_MODEL_LEN; the weights
+# are random, so nothing is lost): the checks that must look inside a running stream size it to the machine's
+# speed, and a machine faster than this one needs longer streams.
 LONG_CONTEXT = 32768
 SIMULATED_CONTEXT = 2048  # the simulated engine's speed is its model's, and 1,800 tokens already take it seconds
 MIN_STREAM_TOKENS = 1800
+STREAM_INTERVAL = 32
 
 
 def start_long(kind: str, env: RealEngineEnv | None, name: str, *extra: str) -> Engine:
-    """An engine of `kind` with the long context; its own process, since the checks using it end it."""
+    """An engine of `kind` for checks that look inside running streams; its own process, since they end it.
+
+    vLLM serves the slow model (on the tiny one its engine core outruns its API server on 2 cores, and the backlog
+    holds every answer until the streams end) with a long context, in chunks of STREAM_INTERVAL tokens (one event
+    per token costs the API server and the test's readers more than the engine)."""
     if kind == "vllm":
         assert env is not None
         return start_vllm(
-            env, name, *extra, max_model_len=LONG_CONTEXT, extra_env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
+            env,
+            name,
+            "--stream-interval",
+            str(STREAM_INTERVAL),
+            *extra,
+            max_model_len=LONG_CONTEXT,
+            extra_env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
+            model=env.slow_model,
         )
     return start_simulated(name, *extra, max_model_len=SIMULATED_CONTEXT)
 
@@ -260,6 +280,16 @@ def tokens_lasting(engine: Engine, seconds: float) -> int:
         rate = 256 / max(time.monotonic() - t0, 1e-3)
     # Concurrent streams share the steps; on this tiny model a step of a few streams costs about one of a single
     # stream, and where it costs more the streams only last longer.
-    wanted = int(rate * seconds)
-    context = LONG_CONTEXT if engine.kind == "vllm" else SIMULATED_CONTEXT
-    return max(MIN_STREAM_TOKENS, min(wanted, context - 64))
+    return max(MIN_STREAM_TOKENS, min(int(rate * seconds), longest_stream(engine)))
+
+
+def requests_running(engine: Engine) -> float:
+    """The requests the engine's core is still generating, from its own `/metrics`; a client's open stream may be
+    one the core finished long ago and the reader has not caught up with."""
+    with engine.client(timeout=30) as c:
+        return value(scrape(c), RUNNING, model_name=engine.model)
+
+
+def longest_stream(engine: Engine) -> int:
+    """The most tokens one stream of this engine can ask for from a short prompt."""
+    return (LONG_CONTEXT if engine.kind == "vllm" else SIMULATED_CONTEXT) - 64
