@@ -66,6 +66,7 @@ KUBELET_CHAINS = [("mangle", "KUBE-IPTABLES-HINT"), ("mangle", "KUBE-KUBELET-CAN
 # The project files the operator image holds (operator/Dockerfile's list): its tag is their content hash.
 IMAGE_SOURCES = ["pyproject.toml", "README.md", "crds", "catalogue", "autoscaler", "packer", "controllers", "adapters",
                  "operator"]
+IMAGE_EXTRAS = "nodeagent"  # as operator/Dockerfile: the same image runs the node agent, which needs nvidia-ml-py
 STARTED = time.monotonic()
 
 
@@ -403,7 +404,7 @@ def base_rootfs() -> Path:
 
 def operator_tag() -> str:
     files = run("git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", *IMAGE_SOURCES).stdout.split()
-    h = hashlib.sha256()
+    h = hashlib.sha256(IMAGE_EXTRAS.encode())
     for f in sorted(files):
         p = ROOT / f
         if p.is_file():
@@ -436,7 +437,7 @@ def operator_image() -> str:
     with heartbeat("building wheels"):
         venv_python = ROOT / ".venv" / "bin" / "python"
         python = str(venv_python) if venv_python.exists() else sys.executable
-        run(python, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), str(app))
+        run(python, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), f"{app}[{IMAGE_EXTRAS}]")
     # The image's Python (Debian's 3.11.2) may need a dependency the host's did not (environment markers), so the
     # index stays reachable for what the host's wheels lack.
     # The host's resolver and CA bundle (an intercepting proxy's CA may be in it) for that, removed afterwards; a
@@ -450,7 +451,7 @@ def operator_image() -> str:
     with heartbeat("installing into the image's venv"):
         run("chroot", str(root), "python3", "-m", "venv", "/opt/venv", cwd=root, env=env)
         run("chroot", str(root), "/opt/venv/bin/pip", "install", "-q", "--find-links", "/wheels", "--no-cache-dir",
-            "--disable-pip-version-check", "ebbtide", cwd=root, env=env)
+            "--disable-pip-version-check", f"ebbtide[{IMAGE_EXTRAS}]", cwd=root, env=env)
     shutil.rmtree(wheels)
     for temp in (root / "etc" / "resolv.conf", root / "build-ca.crt"):
         temp.unlink(missing_ok=True)

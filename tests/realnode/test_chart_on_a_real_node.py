@@ -4,13 +4,16 @@ tests/integration), then operator failover, then uninstall."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from adapters.nvml import CAPS_ANNOTATION, ENFORCED_ANNOTATION
 from tests.e2e.test_scenarios import (  # noqa: F401  (collected here, against the chart's operator)
     test_dense_service_becomes_ready_and_scales_with_kubectl,
     test_finetune_job_runs_to_success,
@@ -18,12 +21,13 @@ from tests.e2e.test_scenarios import (  # noqa: F401  (collected here, against t
     test_invalid_spec_is_rejected_naming_the_field,
     test_power_budget_reports_its_domain,
 )
-from tests.helmchart import helm
+from tests.helmchart import CHART, helm
+from tests.integration.conftest import RUN
 from tests.integration.test_peering import BOUND_GANGS, SERVICE, gpus_booked_once, placed
 from tests.integration.test_preemption import (  # noqa: F401
     test_high_priority_service_preempts_job_after_checkpoint_and_job_resumes,
 )
-from tests.kube import Cluster, condition, wait_until
+from tests.kube import ROOT, Cluster, condition, wait_until
 from tests.realnode.conftest import (
     AGENT_NAMESPACE,
     NAMESPACE,
@@ -166,6 +170,54 @@ def test_the_node_agent_runs_on_the_real_node_with_the_stated_privileges_and_say
     logs = wait_until("the agent's log saying NVML is unavailable", said, 90, interval=2)
     assert state["exitCode"] == 2, state
     print(f"\nnode agent without a GPU: exit {state['exitCode']}: {logs.strip()[-300:]}")
+
+
+def test_given_an_nvml_library_the_node_agent_applies_the_caps_asked_on_its_node_and_puts_defaults_back(
+    live: Cluster, node: dict[str, Any]
+) -> None:
+    # The simulated libnvidia-ml.so.1 (simulator/nvml) mounted from the host and put on the agent's library path,
+    # as the NVIDIA container runtime injects the driver's: the agent and nvidia-ml-py in the image run unchanged.
+    lib = (RUN / "realnode-simnvml").resolve()
+    built = subprocess.run([str(ROOT / "hack" / "build-simnvml.sh"), str(lib)], capture_output=True, text=True)
+    if built.returncode == 3:
+        pytest.skip(built.stderr.strip())
+    assert built.returncode == 0, built.stderr
+    limits = lib / "limits"
+    limits.unlink(missing_ok=True)
+    mount = "/opt/ebbtide-nvml"
+    env = {"LD_LIBRARY_PATH": mount, "EBBTIDE_SIMNVML_GPUS": "2", "EBBTIDE_SIMNVML_STATE": f"{mount}/limits"}
+    volume = {"name": "nvml", "hostPath": {"path": str(lib), "type": "Directory"}}
+    helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--reuse-values",
+         "--set-json", f"nodeAgent.extraEnv={json.dumps([{'name': k, 'value': v} for k, v in env.items()])}",
+         "--set-json", f"nodeAgent.extraVolumes={json.dumps([volume])}",
+         "--set-json", f'nodeAgent.extraVolumeMounts=[{{"name":"nvml","mountPath":"{mount}"}}]',
+         kubeconfig=live.kubeconfig)  # fmt: skip
+    live.kubectl("rollout", "status", f"daemonset/{RELEASE}-node-agent", "-n", AGENT_NAMESPACE, "--timeout=180s")
+    name = node["node"]
+
+    def enforced() -> dict[str, Any]:
+        notes = live.get("node", name)["metadata"].get("annotations", {})
+        return json.loads(notes.get(ENFORCED_ANNOTATION, "{}"))
+
+    def on_device() -> list[int]:
+        return [int(line) for line in limits.read_text().split()] if limits.exists() else []
+
+    try:
+        # The operator asks for caps on the node (what its power manager writes); GPU 1 stays at its default.
+        live.kubectl("annotate", "--overwrite", "node", name, f'{CAPS_ANNOTATION}={{"0":350,"1":null}}')
+        wait_until("GPU 0 capped at 350 W", lambda: enforced().get("0", {}).get("enforcedW") == 350, 90)
+        assert enforced()["1"] == {"enforcedW": 700, "defaultW": 700}
+        assert on_device() == [350_000, 0], "NVML holds the limit in milliwatts, per device"
+        # A cap NVML's constraints rule out is reported, and the limit in force stays.
+        live.kubectl("annotate", "--overwrite", "node", name, f'{CAPS_ANNOTATION}={{"0":100}}')
+        wait_until("the refusal reported", lambda: "constraints" in enforced().get("0", {}).get("error", ""), 90)
+        assert enforced()["0"]["enforcedW"] == 350 and on_device() == [350_000, 0]
+    finally:
+        # The caps lifted: every GPU back to its default limit.
+        live.kubectl("annotate", "node", name, f"{CAPS_ANNOTATION}-")
+    wait_until("defaults back", lambda: all(d.get("enforcedW") == 700 for d in enforced().values()), 90)
+    assert on_device() == [0, 0]
+    print(f"\nnode agent with the simulated NVML: {enforced()}")
 
 
 def test_killing_the_leader_pod_hands_binding_to_another_replica_without_double_booking(live: Cluster, ns: str) -> None:
