@@ -159,6 +159,20 @@ async def test_an_engine_refusing_the_width_rolls_back_before_the_commit_and_is_
     assert failed["status"] == "True" and "the engine refused the width (HTTP 400)" in failed["message"]
 
 
+async def test_an_engine_without_elastic_ep_rolls_back_and_the_condition_says_whole_replicas() -> None:
+    world = World()
+    world.scale_answer = 404  # an image without /scale_elastic_ep
+    running_replicas(world, elastic_service(2)[1])
+    state = RescaleState(client=cast(ElasticEPClient, world))
+    _, status = await change(world, 4, state, 1000.0, {})
+    assert "scale http://r0 4" in world.log and world.log[-2:] == ["delete lite-r0-ep-2", "delete lite-r0-ep-3"]
+    assert sorted(world.pods) == ["lite-r0", "lite-r1"] and world.log.count("resume lite-r0") == 1
+    assert {p.annotations[L.EXPERT_WIDTH] for p in world.pods.values()} == {"2"}
+    failed = next(c for c in status["conditions"] if c["type"] == "RescaleFailed")
+    assert failed["status"] == "True" and failed["reason"] == "ElasticEPUnavailable"
+    assert "HTTP 404" in failed["message"] and "whole replicas" in failed["message"]
+
+
 def test_joining_rank_pods_are_one_gang_outside_the_service_with_the_ranks_gpus() -> None:
     _, svc = elastic_service(4)
     pods = joiner_pods(Owner("LLMService", "lite", "ns", "u1"), svc.spec, 1, "op-9", range(2, 4), 1, "ebbtide")
