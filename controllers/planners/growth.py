@@ -104,7 +104,7 @@ def choose_growth(
         f"({timings.commit_s:.0f} s 503 window each) vs. {more} whole replica(s) ~{replica_start_s:.0f} s"
     )
     if widen_s < replica_start_s:
-        message = f"widen expert parallelism, EP {width} -> {to_width}: {both}"
+        message = f"widen expert parallelism: {both}"
         return GrowthChoice(
             Growth.WIDEN, replicas, to_width, replica_start_s, widen_s, timings.commit_s, Reason.AUTOSCALED, message
         )
