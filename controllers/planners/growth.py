@@ -66,12 +66,14 @@ def choose_growth(
     unavailable: str | None = None,
     in_progress: bool = False,
     replica_start_s: float | None = None,
+    joiner_start_s: float | None = None,
     startup: StartupModel = StartupModel(),
     cal: ElasticCalibration = DEFAULT_ELASTIC,
 ) -> GrowthChoice:
     """For `wanted` replicas' worth of capacity where `replicas` run at EP `width`: widen (at most to
     `max_width`) or add replicas. `unavailable` says why the service has no elastic EP (whole replicas then);
-    `replica_start_s` is a measured cold start, which replaces the modelled one."""
+    `replica_start_s` and `joiner_start_s` are measured pod starts (a whole replica's, a joining rank pod's), which
+    replace the modelled ones."""
     if wanted <= replicas:
         raise ValueError(f"choose_growth is for more capacity: {wanted} wanted, {replicas} running")
     if replica_start_s is None:
@@ -98,7 +100,8 @@ def choose_growth(
     to_width, slots = found, len(contiguous_layout(model.experts, width).ranks[0])
     timings = resize_timings(model, width, to_width, slots, tensor_parallel=rank_gpus, cal=cal)
     # One replica at a time (controllers/shells/rescaling.py): the others serve while it is held.
-    widen_s = replicas * (startup.image_pull_s + timings.total_s)
+    joiner_s = startup.image_pull_s if joiner_start_s is None else joiner_start_s
+    widen_s = replicas * (joiner_s + timings.total_s)
     both = (
         f"widening EP {width} -> {to_width} on {replicas} replica(s) ~{widen_s:.0f} s "
         f"({timings.commit_s:.0f} s 503 window each) vs. {more} whole replica(s) ~{replica_start_s:.0f} s"

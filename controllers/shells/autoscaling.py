@@ -432,15 +432,11 @@ def moe_growth(
     in_progress = _true(conditions, ConditionType.RESCALING) is not None or (failed is None and not running.settled)
     model = model_of(spec.model)
     gpu = next(g for g in (lookup_gpu(n) for n in [*spec.gpu.types, "H100"]) if g is not None)
-    # Whole replicas' cold start as measured on this service's entry pods (joined rank pods start differently).
-    measured = cold_start_of(
-        [
-            p
-            for p in raw_pods
-            if not p["metadata"].get("deletionTimestamp")
-            and (p["metadata"].get("labels") or {}).get(L.ROLE) != L.EP_RANK_ROLE
-        ]
-    )
+    # Pod starts as measured on this service: whole replicas' entry pods, and rank pods that joined (which only
+    # start an engine core; their weights come from the serving ranks, in the modelled resize).
+    alive = [p for p in raw_pods if not p["metadata"].get("deletionTimestamp")]
+    joined = [p for p in alive if (p["metadata"].get("labels") or {}).get(L.ROLE) == L.EP_RANK_ROLE]
+    measured = cold_start_of([p for p in alive if p not in joined])
     return choose_growth(
         model,
         gpu,
@@ -453,6 +449,7 @@ def moe_growth(
         unavailable=unavailable,
         in_progress=in_progress,
         replica_start_s=measured,
+        joiner_start_s=cold_start_of(joined),
     )
 
 

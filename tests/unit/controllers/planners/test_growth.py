@@ -50,6 +50,12 @@ class TestChooseGrowth:
         assert c.widen_s == pytest.approx(2 * (startup.image_pull_s + t.prepare_s + t.commit_s)), "one at a time"
         assert c.window_s == t.commit_s > 0
 
+    def test_a_measured_joiner_start_replaces_the_modelled_image_pull(self) -> None:
+        modelled = grow(replica_start_s=SLOW_COLD_START_S)
+        measured = grow(replica_start_s=SLOW_COLD_START_S, joiner_start_s=0.0)
+        assert modelled.widen_s is not None and measured.widen_s is not None
+        assert modelled.widen_s - measured.widen_s == pytest.approx(StartupModel().image_pull_s)
+
     def test_adds_replicas_when_a_cold_start_is_sooner(self) -> None:
         c = grow(replica_start_s=FAST_COLD_START_S)
         assert c.growth == Growth.REPLICAS and c.replicas == 2 and c.width == 2
