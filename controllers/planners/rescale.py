@@ -72,6 +72,16 @@ def choose_path(
     return Path.IN_PLACE, f"{engine} resizes in place from EP {from_width} to EP {to_width}"
 
 
+def replaced_to_narrow(engine: str, architecture: str, asked: int, widths: Mapping[int, int]) -> set[int]:
+    """Elastic replicas running wider than asked on an engine that cannot narrow in place (SGLang only grows):
+    they are replaced whole, drained first like an outdated gang, and start again at the width asked for."""
+    return {
+        r
+        for r, width in widths.items()
+        if width > asked and choose_path(engine, architecture, width, asked, True)[0] == Path.WHOLE_REPLICA
+    }
+
+
 def operation_id(service_uid: str, replica: int, from_width: int, to_width: int, generation: int) -> str:
     """The same id for the same requested change, so a repeated step does nothing twice."""
     digest = hashlib.sha256(f"{service_uid}/{replica}/{from_width}/{to_width}/{generation}".encode()).hexdigest()
