@@ -106,12 +106,13 @@ def choose_growth(
         f"widening EP {width} -> {to_width} on {replicas} replica(s) ~{widen_s:.0f} s "
         f"({timings.commit_s:.0f} s 503 window each) vs. {more} whole replica(s) ~{replica_start_s:.0f} s"
     )
-    if widen_s < replica_start_s:
+    tie = math.isclose(widen_s, replica_start_s)
+    if widen_s < replica_start_s and not tie:
         message = f"widen expert parallelism: {both}"
         return GrowthChoice(
             Growth.WIDEN, replicas, to_width, replica_start_s, widen_s, timings.commit_s, Reason.AUTOSCALED, message
         )
-    verdict = "a tie goes to whole replicas" if math.isclose(widen_s, replica_start_s) else "whole replicas sooner"
+    verdict = "a tie goes to whole replicas" if tie else "whole replicas sooner"
     return replicas_because(f"{both}; {verdict}", widen_s)
 
 
