@@ -82,7 +82,9 @@ def choose_growth(
     more = wanted - replicas
 
     def replicas_because(why: str, widen_s: float | None = None, reason: Reason = Reason.AUTOSCALED) -> GrowthChoice:
-        message = f"{more} whole replica(s) at EP {width}, online in ~{replica_start_s:.0f} s: {why}"
+        # With a widening estimate, `why` already names both times.
+        online = "" if widen_s is not None else f", online in ~{replica_start_s:.0f} s"
+        message = f"{more} whole replica(s) at EP {width}{online}: {why}"
         return GrowthChoice(Growth.REPLICAS, wanted, width, replica_start_s, widen_s, 0.0, reason, message)
 
     if unavailable is not None:

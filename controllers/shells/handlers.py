@@ -445,7 +445,7 @@ async def autoscale(namespace: str, name: str) -> None:
     undo = widening_to_undo(svc, status_conditions, views)
     if undo is not None:
         # The replicas stayed at their width (the engine refused, timed out, or has no elastic EP): the spec
-        # follows them back, and the growth goes to whole replicas from the next tick on.
+        # follows them back, and the growth goes to whole replicas (below, and from then on).
         failed = next(c for c in status_conditions if c.get("type") == ConditionType.RESCALE_FAILED)
         await r.kube.patch_object_spec("llmservices", namespace, name, {"parallelism": {"expert": undo}})
         await r.kube.patch_object_metadata("llmservices", namespace, name, {L.AUTOSCALED_FROM_EXPERT: None})
@@ -454,7 +454,6 @@ async def autoscale(namespace: str, name: str) -> None:
             "scaling by whole replicas instead"
         )
         _event(body, EventType.WARNING, failed.get("reason") or Reason.RESCALE_FAILED, message)
-        return
     growth = moe_growth(svc, status_conditions, views, raw, decision.replicas)
     if growth is not None:
         decision = replace(decision, replicas=growth.replicas, reason=f"{decision.reason}; {growth.message}")

@@ -113,4 +113,5 @@ async def test_a_failed_widening_the_autoscaler_asked_for_is_undone(runtime: han
     calls = await tick(runtime, 4, SLOW_COLD_START_S, failed, **{L.AUTOSCALED_FROM_EXPERT: "2"})
     assert ("patch_spec", {"parallelism": {"expert": 2}}) in calls
     assert ("annotate", {L.AUTOSCALED_FROM_EXPERT: None}) in calls
-    assert ("event", "ElasticEPUnavailable") in calls and not [c for c in calls if c[0] == "scale"]
+    assert ("scale", 2) in calls, "the capacity comes as a whole replica instead, in the same tick"
+    assert calls.count(("event", "ElasticEPUnavailable")) == 2, "the undo and the replica each say why"
