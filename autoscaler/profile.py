@@ -26,9 +26,12 @@ def engine_profile(
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
     output_tokens: int = DEFAULT_OUTPUT_TOKENS,
     max_batch: int = 256,
+    *,
+    expert_parallel: int = 1,
 ) -> EngineProfile:
-    """Requests/s one replica sustains with decode steps inside the ITL target and the KV cache not full."""
-    perf = PerfModel(model, gpu, tensor_parallel)
+    """Requests/s one replica sustains with decode steps inside the ITL target and the KV cache not full
+    (expert_parallel: MoE ranks of tensor_parallel GPUs each)."""
+    perf = PerfModel(model, gpu, tensor_parallel, expert_parallel=expert_parallel)
     per_request_kv = prompt_tokens + output_tokens // 2
     best = 1
     for batch in range(1, max_batch + 1):

@@ -22,5 +22,7 @@ CHECKPOINT_CONFIRMED = "ebbtide.dev/checkpoint-confirmed"  # annotation: step co
 EXPERT_WIDTH = "ebbtide.dev/expert-width"  # annotation on an elastic MoE entry pod: the EP width its engine runs at
 RESCALE = "ebbtide.dev/rescale"  # annotation on that pod: the width-change operation under way (JSON)
 EP_RANK_ROLE = "ep-rank"  # ROLE of a rank pod that joined a running replica by an in-place width change
+# annotation on an LLMService: the EP width the autoscaler widened from (undone when the widening fails)
+AUTOSCALED_FROM_EXPERT = "ebbtide.dev/autoscaled-from-expert"
 
 OPERATOR = "ebbtide"

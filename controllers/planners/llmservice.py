@@ -12,6 +12,7 @@ from catalogue.models import resolve_model
 from controllers.planners.conditions import get_condition, report_problem, set_condition
 from controllers.planners.drain import draining_gangs
 from controllers.planners.gangs import Owner, gangs_gpus, pod_roles, replica_pods, template_hash
+from controllers.planners.rescale import replaced_to_narrow
 from controllers.planners.rollout import next_to_replace, outdated, scale_in_order
 from controllers.planners.snapshot import PodView
 from controllers.planners.validation import Problem, check_fits, check_gpu_types, check_priority_class, first_problem
@@ -47,6 +48,17 @@ class ServicePlan:
     status: dict[str, Any] = field(default_factory=dict)  # the reconciler's fields only (OWNED_FIELDS, conditions)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     problem: Problem | None = None
+
+
+def widths(by_replica: dict[int, list[PodView]]) -> dict[int, int]:
+    """The expert-parallel width each elastic replica's engine runs at, from its entry pod's annotation."""
+    found: dict[int, int] = {}
+    for r, pods in by_replica.items():
+        for p in pods:
+            raw = p.annotations.get(L.EXPERT_WIDTH)
+            if raw is not None and raw.isdigit():
+                found[r] = int(raw)
+    return found
 
 
 def model_of(m: ModelSpec) -> CatalogueModel:
@@ -146,6 +158,10 @@ def plan_service(
     desired = spec.replicas
     template = template_hash(spec)
     stale = outdated({r: by_replica[r] for r in active}, template)
+    if spec.parallelism.elastic_expert:
+        stale |= replaced_to_narrow(
+            spec.engine.type, spec.model.architecture, spec.parallelism.expert, widths(by_replica)
+        )
     if len(active) > desired:
         excess = scale_in_order(active, stale)[: len(active) - desired]
         plan.start_drain = excess

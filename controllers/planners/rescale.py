@@ -72,6 +72,16 @@ def choose_path(
     return Path.IN_PLACE, f"{engine} resizes in place from EP {from_width} to EP {to_width}"
 
 
+def replaced_to_narrow(engine: str, architecture: str, asked: int, widths: Mapping[int, int]) -> set[int]:
+    """Elastic replicas running wider than asked on an engine that cannot narrow in place (SGLang only grows):
+    they are replaced whole, drained first like an outdated gang, and start again at the width asked for."""
+    return {
+        r
+        for r, width in widths.items()
+        if width > asked and choose_path(engine, architecture, width, asked, True)[0] == Path.WHOLE_REPLICA
+    }
+
+
 def operation_id(service_uid: str, replica: int, from_width: int, to_width: int, generation: int) -> str:
     """The same id for the same requested change, so a repeated step does nothing twice."""
     digest = hashlib.sha256(f"{service_uid}/{replica}/{from_width}/{to_width}/{generation}".encode()).hexdigest()
@@ -101,6 +111,7 @@ class Operation:
     phase_since_s: float
     message: str = ""
     layout: tuple[tuple[int, ...], ...] = ()  # the planned layout: per rank, the logical expert in each slot
+    failure: str = ""  # the reason a rollback began with, kept for the condition once it has finished
 
     @property
     def joining(self) -> int:
@@ -162,7 +173,13 @@ def advance(op: Operation, seen: Observation, now: float, limits: Timeouts = Tim
 
     def roll_back(reason: Reason, why: str) -> Step:
         actions = (Action.DELETE_JOINERS, Action.RESUME_TRAFFIC) if op.joining else (Action.RESUME_TRAFFIC,)
-        return go(Phase.ROLLING_BACK, actions, f"{where}: {why}; rolling back to EP {op.from_width}", reason)
+        message = f"{where}: {why}; rolling back to EP {op.from_width}"
+        return Step(
+            replace(op, phase=Phase.ROLLING_BACK, phase_since_s=now, message=message, failure=reason),
+            actions,
+            reason,
+            message,
+        )
 
     if op.phase == Phase.JOINING:
         if seen.joiners_failed:
@@ -188,6 +205,10 @@ def advance(op: Operation, seen: Observation, now: float, limits: Timeouts = Tim
             return go(Phase.CANARY, (Action.CANARY,), f"{where}: engine resized; canary request")
         if status == 503:
             return stay(f"{where}: the engine is in its commit window")
+        if status == 404:
+            # vLLM before elastic EP (and an engine started without it) has no such route: nothing moved.
+            why = "the engine has no /scale_elastic_ep (HTTP 404): an image without elastic EP; whole replicas instead"
+            return roll_back(Reason.ELASTIC_EP_UNAVAILABLE, why)
         if status is not None:
             meaning = {400: "refused the width", 408: "could not drain in time", 500: "failed to scale"}.get(
                 status, f"answered {status}"
@@ -211,11 +232,12 @@ def advance(op: Operation, seen: Observation, now: float, limits: Timeouts = Tim
         if seen.retired_gone:
             return go(Phase.DONE, (), f"{where}: retired ranks released", Reason.RESCALED)
         return stay(f"{where}: releasing retired ranks")
+    failure = Reason(op.failure) if op.failure in {r.value for r in Reason} else Reason.RESCALE_FAILED
     if op.phase == Phase.ROLLING_BACK:
         if seen.joiners_gone or not op.joining:
-            return go(Phase.FAILED, (), op.message, Reason.RESCALE_FAILED)
-        return Step(op, (Action.DELETE_JOINERS,), Reason.RESCALE_FAILED, op.message)
-    return Step(op, (), Reason.RESCALED if op.phase == Phase.DONE else Reason.RESCALE_FAILED, op.message)
+            return go(Phase.FAILED, (), op.message, failure)
+        return Step(op, (Action.DELETE_JOINERS,), failure, op.message)
+    return Step(op, (), Reason.RESCALED if op.phase == Phase.DONE else failure, op.message)
 
 
 def conditions_for(step: Step) -> tuple[tuple[str, bool, Reason], tuple[str, bool, Reason]]:
@@ -289,6 +311,7 @@ def decode(raw: str | None) -> Operation | None:
             float(data["phase_since_s"]),
             str(data.get("message", "")),
             tuple(tuple(int(e) for e in slots) for slots in data.get("layout", ())),
+            str(data.get("failure", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -28,7 +28,11 @@ from autoscaler.profile import engine_profile
 from autoscaler.types import SLO, History, ScalingBounds, ScalingDecision, ScrapeFailure, ServiceObservation
 from catalogue.gpus import lookup_gpu
 from catalogue.models import Architecture, resolve_model
-from controllers.planners.conditions import parse_rfc3339, set_condition
+from controllers.planners.conditions import get_condition, parse_rfc3339, set_condition
+from controllers.planners.engines import elastic_max
+from controllers.planners.growth import GrowthChoice, choose_growth
+from controllers.planners.llmservice import model_of
+from controllers.planners.rescale import gpus_per_rank
 from controllers.planners.snapshot import PodView
 from crds import labels as L
 from crds.llmservice import LLMService
@@ -366,3 +370,96 @@ def scrape_failure_events(before: ServiceObservation | None, now: ServiceObserva
 
 def _finite(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and not math.isfinite(v))
+
+
+ENTRY_ROLES = ("server", "leader")
+
+
+@dataclass(frozen=True)
+class ElasticWidths:
+    """What the entry pods of an elastic MoE service say: the narrowest width a replica runs at, that replica's
+    GPUs per rank, and whether every replica runs at the width the spec asks for."""
+
+    width: int
+    rank_gpus: int
+    settled: bool
+
+
+def elastic_widths(svc: LLMService, pods: list[PodView]) -> ElasticWidths:
+    """The running widths of an elastic MoE service's replicas (controllers/shells/rescaling.py writes them)."""
+    spec = svc.spec
+    asked = spec.parallelism.expert
+    entries = [p for p in pods if p.labels.get(L.ROLE) in ENTRY_ROLES and not p.deleting and p.draining_since is None]
+    widths: dict[int, int] = {}
+    for p in entries:
+        try:
+            widths[p.replica] = int(p.annotations.get(L.EXPERT_WIDTH, asked))
+        except ValueError:
+            widths[p.replica] = asked
+    if not widths:
+        return ElasticWidths(asked, gpus_per_rank(spec.gpu.count, asked), True)
+    narrowest = min(widths, key=lambda r: widths[r])
+    joined = sum(
+        1 for p in pods if p.replica == narrowest and p.labels.get(L.ROLE) == L.EP_RANK_ROLE and not p.deleting
+    )
+    width = widths[narrowest]
+    # The entry pod holds the GPUs of the width its engine started with; rank pods that joined hold the rest.
+    return ElasticWidths(width, gpus_per_rank(spec.gpu.count, width - joined), set(widths.values()) == {asked})
+
+
+def _true(conditions: list[dict[str, Any]], type_: ConditionType) -> dict[str, Any] | None:
+    found = get_condition(conditions, type_)
+    return found if found is not None and found.get("status") == "True" else None
+
+
+def moe_growth(
+    svc: LLMService,
+    conditions: list[dict[str, Any]],
+    pods: list[PodView],
+    raw_pods: list[dict[str, Any]],
+    wanted: int,
+) -> GrowthChoice | None:
+    """For an elastic MoE service the autoscaler wants to grow: widen EP in place or add whole replicas
+    (controllers/planners/growth.py); None for any other service or when it does not grow."""
+    spec = svc.spec
+    if spec.model.architecture != "moe" or not spec.parallelism.elastic_expert or wanted <= spec.replicas:
+        return None
+    running = elastic_widths(svc, pods)
+    failed = _true(conditions, ConditionType.RESCALE_FAILED)
+    unavailable = None
+    if failed is not None:
+        unavailable = f"the last width change failed ({failed.get('reason')}): {failed.get('message', '')}"
+    in_progress = _true(conditions, ConditionType.RESCALING) is not None or (failed is None and not running.settled)
+    model = model_of(spec.model)
+    gpu = next(g for g in (lookup_gpu(n) for n in [*spec.gpu.types, "H100"]) if g is not None)
+    # Pod starts as measured on this service: whole replicas' entry pods, and rank pods that joined (which only
+    # start an engine core; their weights come from the serving ranks, in the modelled resize).
+    alive = [p for p in raw_pods if not p["metadata"].get("deletionTimestamp")]
+    joined = [p for p in alive if (p["metadata"].get("labels") or {}).get(L.ROLE) == L.EP_RANK_ROLE]
+    measured = cold_start_of([p for p in alive if p not in joined])
+    return choose_growth(
+        model,
+        gpu,
+        slo_of(svc),
+        replicas=spec.replicas,
+        wanted=wanted,
+        width=running.width,
+        max_width=elastic_max(spec),
+        rank_gpus=running.rank_gpus,
+        unavailable=unavailable,
+        in_progress=in_progress,
+        replica_start_s=measured,
+        joiner_start_s=cold_start_of(joined),
+    )
+
+
+def widening_to_undo(svc: LLMService, conditions: list[dict[str, Any]], pods: list[PodView]) -> int | None:
+    """The width to set spec.parallelism.expert back to when a widening the autoscaler asked for failed (the
+    replicas stayed at their old width; whole replicas carry the growth instead), else None."""
+    raw = (svc.metadata.annotations or {}).get(L.AUTOSCALED_FROM_EXPERT)
+    if raw is None or _true(conditions, ConditionType.RESCALING) is not None:
+        return None
+    if _true(conditions, ConditionType.RESCALE_FAILED) is None:
+        return None
+    running = elastic_widths(svc, pods)
+    return running.width if running.width != svc.spec.parallelism.expert else None

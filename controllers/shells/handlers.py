@@ -24,12 +24,19 @@ from controllers.planners.conditions import already_applied, invalid_spec_status
 from controllers.planners.drain import draining_gangs
 from controllers.planners.finetune import TrainerReport, plan_job
 from controllers.planners.gangs import Owner, pdb_manifest, service_manifests
+from controllers.planners.growth import Growth
 from controllers.planners.llmservice import plan_service
 from controllers.planners.lora import adapters_condition, adapters_status, publish, replica_actions
 from controllers.planners.powerbudget import NodeView
 from controllers.planners.powerbudget import report as power_report
 from controllers.planners.snapshot import PodView, pod_view
-from controllers.shells.autoscaling import Autoscaler, decision_status, scrape_failure_events
+from controllers.shells.autoscaling import (
+    Autoscaler,
+    decision_status,
+    moe_growth,
+    scrape_failure_events,
+    widening_to_undo,
+)
 from controllers.shells.power import PowerManager
 from controllers.shells.rescaling import is_joiner, rescale_service
 from crds import labels as L
@@ -433,6 +440,29 @@ async def autoscale(namespace: str, name: str) -> None:
         if q in decision.forecast_quantiles:
             M.FORECAST_RPS_FOR.labels(namespace, name, q).set(decision.forecast_quantiles[q])
     publish_cluster_forecast(r.autoscaler.cluster.last)
+    status_conditions = (body.get("status") or {}).get("conditions", [])
+    views = [pod_view(p) for p in raw]
+    undo = widening_to_undo(svc, status_conditions, views)
+    if undo is not None:
+        # The replicas stayed at their width (the engine refused, timed out, or has no elastic EP): the spec
+        # follows them back, and the growth goes to whole replicas (below, and from then on).
+        failed = next(c for c in status_conditions if c.get("type") == ConditionType.RESCALE_FAILED)
+        await r.kube.patch_object_spec("llmservices", namespace, name, {"parallelism": {"expert": undo}})
+        await r.kube.patch_object_metadata("llmservices", namespace, name, {L.AUTOSCALED_FROM_EXPERT: None})
+        message = (
+            f"EP {svc.spec.parallelism.expert} -> {undo}: the widening failed ({failed.get('reason')}); "
+            "scaling by whole replicas instead"
+        )
+        _event(body, EventType.WARNING, failed.get("reason") or Reason.RESCALE_FAILED, message)
+    growth = moe_growth(svc, status_conditions, views, raw, decision.replicas)
+    if growth is not None:
+        decision = replace(decision, replicas=growth.replicas, reason=f"{decision.reason}; {growth.message}")
+        if growth.growth == Growth.WIDEN:
+            await r.kube.patch_object_metadata(
+                "llmservices", namespace, name, {L.AUTOSCALED_FROM_EXPERT: str(svc.spec.parallelism.expert)}
+            )
+            await r.kube.patch_object_spec("llmservices", namespace, name, {"parallelism": {"expert": growth.width}})
+            _event(body, EventType.NORMAL, Reason.AUTOSCALED, growth.message)
     held = r.power.admit(svc, decision.replicas, svc.spec.replicas) if r.power is not None else None
     power_limited = None
     if held is not None and not held.allowed:
@@ -446,10 +476,12 @@ async def autoscale(namespace: str, name: str) -> None:
         decision = replace(decision, replicas=svc.spec.replicas)
     if decision.replicas != svc.spec.replicas:
         await r.kube.scale("llmservices", namespace, name, decision.replicas)
+        # An MoE service that cannot widen says why, as a Warning of that reason.
+        fallback = growth is not None and growth.reason == Reason.ELASTIC_EP_UNAVAILABLE
         _event(
             body,
-            EventType.NORMAL,
-            Reason.AUTOSCALED,
+            EventType.WARNING if fallback else EventType.NORMAL,
+            Reason.ELASTIC_EP_UNAVAILABLE if fallback else Reason.AUTOSCALED,
             f"{svc.spec.replicas} -> {decision.replicas} replicas: {decision.reason}",
         )
     if decision.degraded and not any(

@@ -117,11 +117,32 @@ async def rescale_service(
         if any(op is not None and op.phase == R.Phase.FAILED and op.to_width == desired for op in ops.values()):
             return out  # a failed change is not retried until the width asked for changes again
         chosen = R.next_replica(widths, {r: p.ready for r, p in entries.items()}, desired)
+        replacing = get_condition(conditions, ConditionType.RESCALING) or {}
         if chosen is None:
+            if (
+                replacing.get("status") == "True"
+                and replacing.get("reason") == Reason.ELASTIC_EP_UNAVAILABLE
+                and set(widths.values()) == {desired}
+            ):
+                message = f"every replica runs at EP {desired}"
+                conditions[:] = set_condition(
+                    conditions, ConditionType.RESCALING, False, Reason.RESCALED, message, now, generation
+                )
             return out
         replica = chosen
         joined = len(joiners.get(replica, []))
         begun = _begin(svc, uid, entries[replica], ops[replica], widths[replica], joined, now)
+        if begun.step is None and begun.path == R.Path.WHOLE_REPLICA:
+            # Nothing resizes in place: plan_service replaces the replica whole (drained first, like a roll) and
+            # its replacement starts at the width asked for. Said once per replica.
+            message = f"replica {replica} EP {widths[replica]} -> {desired}: {begun.message}; replacing it whole"
+            if replacing.get("status") != "True" or replacing.get("message") != message:
+                out.events.append((EventType.WARNING, begun.reason, message))
+            conditions[:] = set_condition(
+                conditions, ConditionType.RESCALING, True, begun.reason, message, now, generation
+            )
+            out.busy = True
+            return out
         if begun.step is None:
             # Refused, or no elastic path: nothing moved; the width asked for stays unmet until it changes. The
             # Event goes out once, not on every pass that finds the same refusal.

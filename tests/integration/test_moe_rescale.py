@@ -4,6 +4,7 @@ local control plane with the simulated fleet; no request through the gateway fai
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from typing import Any
@@ -122,3 +123,23 @@ def test_moe_service_widens_expert_parallelism_in_place_and_back_without_a_faile
     assert not failed, f"{len(failed)} of {len(records)} requests failed, e.g. {failed[0]}"
     assert reasons.count("Rescaled") == 4, reasons
     assert not rank_pods(cluster, ns), "the retired rank pods are gone"
+
+
+def test_moe_service_asked_for_more_capacity_weighs_widening_against_a_replica_and_says_which(
+    cluster: Cluster, ns: str
+) -> None:
+    one = ELASTIC_MOE.replace("replicas: 2\n", "replicas: 1\n").replace("maxExpert: 4", "maxExpert: 8")
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=one)
+    wait_until("1 replica Ready", lambda: ready_service(cluster, ns, "lite", 1), 60)
+    # The platform team raises the floor: the autoscaler must bring a second replica's worth of capacity online.
+    floor = '{"spec": {"scaling": {"policy": "forecast", "minReplicas": 2}}}'
+    cluster.kubectl("patch", "-n", ns, "llms/lite", "--type=merge", "-p", floor)
+    wait_until("2 replicas Ready", lambda: ready_service(cluster, ns, "lite", 2), 60)
+
+    events = cluster.get("events", "-n", ns, "--field-selector", "involvedObject.name=lite")["items"]
+    [grew] = [e["message"] for e in events if e["reason"] == "Autoscaled" and "1 -> 2 replicas" in e["message"]]
+    print(f"\n{grew}")
+    # This fleet starts a replica in seconds; widening needs a joiner's start and the resize's own phases.
+    both = r"widening EP 2 -> \d+ on 1 replica\(s\) ~\d+ s \(\d+ s 503 window each\) vs\. 1 whole replica\(s\) ~\d+ s"
+    assert re.search(rf"1 whole replica\(s\) at EP 2: {both}; whole replicas sooner", grew), grew
+    assert set(widths(cluster, ns).values()) == {"2"} and not rank_pods(cluster, ns), "nothing widened"

@@ -178,5 +178,16 @@ class RecordingKube:
     async def annotate_node(self, name: str, annotations: dict[str, str | None]) -> None:
         self.calls.append(("annotate_node", (name, annotations)))
 
+    async def scale(self, plural: str, namespace: str, name: str, replicas: int) -> None:
+        self.calls.append(("scale", replicas))
+
+    async def patch_object_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        self.calls.append(("patch_spec", spec))
+
+    async def patch_object_metadata(
+        self, plural: str, namespace: str, name: str, annotations: dict[str, str | None]
+    ) -> None:
+        self.calls.append(("annotate", annotations))
+
     def bound(self) -> list[tuple[str, str]]:
         return [args for name, args in self.calls if name == "bind"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import numpy as np
@@ -19,8 +21,18 @@ from autoscaler.forecast import EbbtideForecaster
 from autoscaler.loop import ScalingLoop
 from autoscaler.policies import EbbtideForecast, ReactiveTargetTracking
 from autoscaler.types import SLO, ScalingBounds, ScalingDecision, ScrapeFailure, ServiceObservation
-from controllers.planners.snapshot import PodView
-from controllers.shells.autoscaling import CLUSTER, Autoscaler, decision_status, policy_knobs, scrape_failure_events
+from controllers.planners.gangs import Owner, replica_pods
+from controllers.planners.growth import Growth
+from controllers.planners.snapshot import PodView, pod_view
+from controllers.shells.autoscaling import (
+    CLUSTER,
+    Autoscaler,
+    decision_status,
+    moe_growth,
+    policy_knobs,
+    scrape_failure_events,
+    widening_to_undo,
+)
 from crds.llmservice import LLMService
 from crds.reasons import ConditionType, EventType, Reason
 from tests.unit.autoscaler.vllm_text import exposition
@@ -236,3 +248,90 @@ def test_a_failure_that_changes_status_is_reported_again() -> None:
         (EventType.WARNING, Reason.METRICS_UNAVAILABLE, f"engine pod svc-0: GET {url} answered HTTP 503")
     ]
     assert scrape_failure_events(then, then) == []
+
+
+# Elastic MoE services: widen expert parallelism or add whole replicas (controllers/planners/growth.py).
+SLOW_COLD_START_S = 3600.0  # no in-place resize takes this long
+FAST_COLD_START_S = 1.0  # no in-place resize is this quick
+
+
+def elastic_moe(expert: int = 2, annotations: dict[str, str] | None = None) -> LLMService:
+    return LLMService.model_validate(
+        {
+            "metadata": {"name": "lite", "namespace": "ns", "uid": "u1", "annotations": annotations or {}},
+            "spec": {
+                "model": {"name": "deepseek-v2-lite", "source": "hf://deepseek-ai/DeepSeek-V2-Lite",
+                          "parametersB": 15.7, "architecture": "moe", "experts": 64, "expertsPerToken": 6,
+                          "activeParametersB": 2.4},
+                "engine": {"type": "vllm"},
+                "gpu": {"count": 2, "types": ["H100"]},
+                "parallelism": {"tensor": 2, "expert": expert, "elasticExpert": True, "maxExpert": 8},
+                "replicas": 1,
+            },
+        }
+    )  # fmt: skip
+
+
+def running_at(width: int, cold_start_s: float) -> tuple[list[dict[str, Any]], list[PodView]]:
+    """One replica's entry pod at `width`, created `cold_start_s` before it became Ready."""
+    [manifest] = replica_pods(Owner("LLMService", "lite", "ns", "u1"), elastic_moe(width).spec, 0, "ebbtide")
+    manifest["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    ready_at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=cold_start_s)
+    ready = {"type": "Ready", "status": "True", "lastTransitionTime": ready_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    manifest["status"] = {"phase": "Running", "conditions": [ready]}
+    return [manifest], [pod_view(manifest)]
+
+
+def condition_(type_: str, reason: str, message: str) -> dict[str, Any]:
+    return {"type": type_, "status": "True", "reason": reason, "message": message}
+
+
+def test_an_elastic_moe_service_widens_when_a_whole_replica_would_come_later() -> None:
+    raw, pods = running_at(2, SLOW_COLD_START_S)
+    choice = moe_growth(elastic_moe(2), [], pods, raw, wanted=2)
+    assert choice is not None and choice.growth == Growth.WIDEN and choice.replicas == 1 and choice.width > 2
+    assert choice.replica_s == SLOW_COLD_START_S, "the cold start measured on the service's own pods"
+    assert choice.widen_s is not None and f"~{choice.widen_s:.0f} s" in choice.message
+    assert f"~{SLOW_COLD_START_S:.0f} s" in choice.message
+
+
+def test_an_elastic_moe_service_adds_a_replica_when_a_cold_start_is_sooner() -> None:
+    raw, pods = running_at(2, FAST_COLD_START_S)
+    choice = moe_growth(elastic_moe(2), [], pods, raw, wanted=2)
+    assert choice is not None and choice.growth == Growth.REPLICAS and choice.replicas == 2 and choice.width == 2
+    assert "whole replicas sooner" in choice.message
+
+
+def test_after_a_failed_widening_growth_is_by_whole_replicas_and_says_why() -> None:
+    raw, pods = running_at(2, SLOW_COLD_START_S)
+    why = "replica 0 EP 2 -> 4: the engine has no /scale_elastic_ep (HTTP 404)"
+    failed = [condition_("RescaleFailed", "ElasticEPUnavailable", why)]
+    choice = moe_growth(elastic_moe(2), failed, pods, raw, wanted=2)
+    assert choice is not None and choice.growth == Growth.REPLICAS and choice.reason == Reason.ELASTIC_EP_UNAVAILABLE
+    assert why in choice.message and "ElasticEPUnavailable" in choice.message
+
+
+def test_a_widening_under_way_holds_the_replica_count() -> None:
+    raw, pods = running_at(2, FAST_COLD_START_S)
+    rescaling = [condition_("Rescaling", "Rescaling", "replica 0 EP 2 -> 4: joiners ready")]
+    held = moe_growth(elastic_moe(4), rescaling, pods, raw, wanted=2)
+    assert held is not None and held.growth == Growth.WAIT and held.replicas == 1
+    not_started = moe_growth(elastic_moe(4), [], pods, raw, wanted=2)
+    assert not_started is not None and not_started.growth == Growth.WAIT, "the spec asks a width not yet run"
+
+
+def test_only_elastic_moe_services_that_grow_are_asked() -> None:
+    raw, pods = running_at(2, SLOW_COLD_START_S)
+    assert moe_growth(elastic_moe(2), [], pods, raw, wanted=1) is None
+    assert moe_growth(service(1), [], [], [], wanted=2) is None
+
+
+def test_a_failed_widening_the_autoscaler_asked_for_is_undone_to_the_running_width() -> None:
+    _, pods = running_at(2, SLOW_COLD_START_S)
+    mine = {"ebbtide.dev/autoscaled-from-expert": "2"}
+    failed = [condition_("RescaleFailed", "ElasticEPUnavailable", "HTTP 404")]
+    assert widening_to_undo(elastic_moe(4, mine), failed, pods) == 2
+    assert widening_to_undo(elastic_moe(4), failed, pods) is None, "a width the user asked for stays"
+    assert widening_to_undo(elastic_moe(4, mine), [], pods) is None, "nothing failed"
+    under_way = [*failed, condition_("Rescaling", "Rescaling", "")]
+    assert widening_to_undo(elastic_moe(4, mine), under_way, pods) is None

@@ -7,6 +7,7 @@ from dataclasses import replace
 from controllers.planners.gangs import Owner, pod_roles, replica_pods
 from controllers.planners.llmservice import plan_service
 from crds import labels as L
+from crds.llmservice import LLMService
 from tests.unit.controllers.builders import pod, service
 
 NOW = 1_000.0
@@ -113,3 +114,28 @@ def test_unschedulable_pods_mark_degraded() -> None:
     plan = plan_service(service(replicas=1), "uid", [p], set(), NOW)
     degraded = next(c for c in plan.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "Unschedulable"
+
+
+def elastic_moe(engine: str, expert: int = 2) -> LLMService:
+    moe = {"name": "deepseek-v2-lite", "source": "hf://deepseek-ai/DeepSeek-V2-Lite", "parametersB": 15.7,
+           "architecture": "moe", "experts": 64, "expertsPerToken": 6, "activeParametersB": 2.4}  # fmt: skip
+    return service(
+        replicas=2,
+        model=moe,
+        engine={"type": engine},
+        gpu={"count": 2, "types": ["H100"]},
+        parallelism={"tensor": 2, "expert": expert, "elasticExpert": True, "maxExpert": 4},
+    )
+
+
+def test_a_replica_an_engine_cannot_narrow_in_place_is_replaced_whole_one_at_a_time() -> None:
+    sglang = elastic_moe("sglang")
+    wide = [pod(r, template=sglang, **{L.EXPERT_WIDTH: "4"}) for r in range(2)]
+    plan = plan_service(sglang, "uid", wide, set(), NOW)
+    assert len(plan.start_drain) == 1, "SGLang only grows: one replica drains to start again at EP 2"
+    assert any(reason == "RollingUpdate" for _, reason, _ in plan.events)
+    vllm = elastic_moe("vllm")
+    in_place = [pod(r, template=vllm, **{L.EXPERT_WIDTH: "4"}) for r in range(2)]
+    assert plan_service(vllm, "uid", in_place, set(), NOW).start_drain == [], "vLLM narrows in place"
+    grown = [pod(r, template=sglang, **{L.EXPERT_WIDTH: "2"}) for r in range(2)]
+    assert plan_service(elastic_moe("sglang", 4), "uid", grown, set(), NOW).start_drain == [], "it grows in place"

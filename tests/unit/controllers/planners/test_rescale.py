@@ -160,6 +160,26 @@ class TestOperation:
         assert steps[4].actions == (Action.DELETE_JOINERS,), "joiners are deleted until they are gone"
         assert steps[-1].op.phase == Phase.FAILED
 
+    def test_an_engine_without_elastic_ep_falls_back_to_whole_replicas_and_says_so(self) -> None:
+        steps = walk(
+            start("op", 0, 2, 4, 0.0),
+            (10.0, Observation(joiners_ready=True)),
+            (11.0, Observation(inflight=0)),
+            (20.0, Observation(scale_status=404)),
+            (21.0, Observation()),
+            (25.0, Observation(joiners_gone=True)),
+        )
+        back = steps[3]
+        assert back.op.phase == Phase.ROLLING_BACK and back.reason == Reason.ELASTIC_EP_UNAVAILABLE
+        assert "HTTP 404" in back.message and "whole replicas" in back.message
+        assert back.actions == (Action.DELETE_JOINERS, Action.RESUME_TRAFFIC), "nothing moved: traffic resumes"
+        failed = steps[-1]
+        assert failed.op.phase == Phase.FAILED
+        assert all(s.reason == Reason.ELASTIC_EP_UNAVAILABLE for s in steps[3:]), "the reason outlives the rollback"
+        _, failed_condition = conditions_for(failed)
+        assert failed_condition == (ConditionType.RESCALE_FAILED, True, Reason.ELASTIC_EP_UNAVAILABLE)
+        assert decode(encode(back.op)) == back.op, "a restarted operator keeps the reason"
+
     def test_the_503_window_is_waited_out(self) -> None:
         steps = walk(start("op", 0, 4, 2, 0.0), (1.0, Observation()), (3.0, Observation(scale_status=503)))
         assert steps[-1].op.phase == Phase.RESIZING and steps[-1].actions == ()

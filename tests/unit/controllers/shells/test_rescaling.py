@@ -64,13 +64,13 @@ class World:
         return True
 
 
-def elastic_service(expert: int) -> tuple[dict[str, Any], LLMService]:
+def elastic_service(expert: int, engine: str = "simulated") -> tuple[dict[str, Any], LLMService]:
     body: dict[str, Any] = {
         "metadata": {"name": "lite", "namespace": "ns", "uid": "u1", "generation": expert},
         "spec": {
             "model": {"name": "deepseek-v2-lite", "source": "hf://deepseek-ai/DeepSeek-V2-Lite", "parametersB": 15.7,
                       "architecture": "moe", "experts": 64, "expertsPerToken": 6, "activeParametersB": 2.4},
-            "engine": {"type": "simulated"},
+            "engine": {"type": engine},
             "gpu": {"count": 2},
             "parallelism": {"tensor": 2, "expert": expert, "elasticExpert": True, "maxExpert": 4},
             "replicas": 2,
@@ -159,6 +159,20 @@ async def test_an_engine_refusing_the_width_rolls_back_before_the_commit_and_is_
     assert failed["status"] == "True" and "the engine refused the width (HTTP 400)" in failed["message"]
 
 
+async def test_an_engine_without_elastic_ep_rolls_back_and_the_condition_says_whole_replicas() -> None:
+    world = World()
+    world.scale_answer = 404  # an image without /scale_elastic_ep
+    running_replicas(world, elastic_service(2)[1])
+    state = RescaleState(client=cast(ElasticEPClient, world))
+    _, status = await change(world, 4, state, 1000.0, {})
+    assert "scale http://r0 4" in world.log and world.log[-2:] == ["delete lite-r0-ep-2", "delete lite-r0-ep-3"]
+    assert sorted(world.pods) == ["lite-r0", "lite-r1"] and world.log.count("resume lite-r0") == 1
+    assert {p.annotations[L.EXPERT_WIDTH] for p in world.pods.values()} == {"2"}
+    failed = next(c for c in status["conditions"] if c["type"] == "RescaleFailed")
+    assert failed["status"] == "True" and failed["reason"] == "ElasticEPUnavailable"
+    assert "HTTP 404" in failed["message"] and "whole replicas" in failed["message"]
+
+
 def test_joining_rank_pods_are_one_gang_outside_the_service_with_the_ranks_gpus() -> None:
     _, svc = elastic_service(4)
     pods = joiner_pods(Owner("LLMService", "lite", "ns", "u1"), svc.spec, 1, "op-9", range(2, 4), 1, "ebbtide")
@@ -228,3 +242,35 @@ async def test_a_width_the_experts_cannot_take_is_refused_with_the_numbers_once_
     assert (kind, reason) == ("Warning", "RescaleRefused") and "minimum width is 2" in message
     [failed] = [c for c in conditions if c["type"] == "RescaleFailed"]
     assert failed["status"] == "True" and failed["message"] == message
+
+
+async def test_sglang_asked_to_narrow_is_replaced_whole_and_says_so_once_per_replica() -> None:
+    world = World()
+    running_replicas(world, elastic_service(2, "sglang")[1])
+    for name, p in world.pods.items():
+        world.pods[name] = replace(p, annotations={**p.annotations, L.EXPERT_WIDTH: "4"})
+    body, svc = elastic_service(2, "sglang")
+    conditions: list[dict[str, Any]] = []
+    state = RescaleState(client=cast(ElasticEPClient, world))
+    passes = []
+    for now in (1000.0, 1001.0):
+        passes.append(
+            await rescale_service(
+                cast(Kube, world), body, svc, list(world.pods.values()), conditions, now, "ebbtide", 3.0, state
+            )
+        )
+    assert not any(line.startswith(("scale", "create", "hold")) for line in world.log), "nothing resizes in place"
+    assert [e[1] for e in passes[0].events] == ["ElasticEPUnavailable"] and passes[1].events == [], "said once"
+    assert passes[0].busy
+    rescaling = next(c for c in conditions if c["type"] == "Rescaling")
+    assert rescaling["status"] == "True" and rescaling["reason"] == "ElasticEPUnavailable"
+    assert "only grows" in rescaling["message"] and "replacing it whole" in rescaling["message"]
+    assert not any(c["type"] == "RescaleFailed" for c in conditions), "a fallback, not a failure"
+    # plan_service replaced both replicas (drained, started again at EP 2): the condition clears.
+    for name, p in world.pods.items():
+        world.pods[name] = replace(p, annotations={**p.annotations, L.EXPERT_WIDTH: "2"})
+    await rescale_service(
+        cast(Kube, world), body, svc, list(world.pods.values()), conditions, 1100.0, "ebbtide", 3.0, state
+    )
+    rescaling = next(c for c in conditions if c["type"] == "Rescaling")
+    assert rescaling["status"] == "False" and rescaling["reason"] == "Rescaled"

@@ -1,0 +1,117 @@
+"""The autoscaler's tick for an elastic MoE service: it widens EP or adds replicas as the growth planner chooses,
+names the choice in its Event, and after a failed widening undoes it and grows by whole replicas."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from adapters.cache import ClusterCache
+from adapters.engine_api import EngineClient
+from adapters.kube import Kube
+from autoscaler.types import ScalingDecision, ServiceObservation
+from controllers.shells import handlers
+from controllers.shells.autoscaling import Autoscaler
+from crds import labels as L
+from tests.unit.controllers.builders import RecordingKube
+from tests.unit.controllers.test_autoscaling import (
+    FAST_COLD_START_S,
+    SLOW_COLD_START_S,
+    condition_,
+    elastic_moe,
+    running_at,
+)
+
+
+@dataclass
+class Cluster:
+    last: None = None
+
+
+@dataclass
+class WantsTwo:
+    """An autoscaler whose loop wants two replicas: what the tick does with that is under test."""
+
+    last_observation: dict[str, ServiceObservation] = field(default_factory=dict)
+    cluster: Cluster = field(default_factory=Cluster)
+
+    async def decide(self, key: str, svc: Any, raw: Any, pods: Any, now: float) -> ScalingDecision:
+        return ScalingDecision(2, "forecast p90 above one replica's capacity")
+
+    def forget(self, key: str) -> None:
+        pass
+
+
+@pytest.fixture
+def runtime() -> Iterator[handlers.Runtime]:
+    kube = cast(Kube, RecordingKube())
+    cache = ClusterCache(kube)
+    for informer in cache.informers():
+        informer.replace([])
+    before = handlers.RUNTIME
+    handlers.RUNTIME = handlers.Runtime(
+        kube=kube,
+        cache=cache,
+        engines=cast(EngineClient, None),
+        namespace="ns",
+        autoscaler=cast(Autoscaler, WantsTwo()),
+    )
+    yield handlers.RUNTIME
+    handlers.RUNTIME = before
+
+
+async def tick(
+    runtime: handlers.Runtime, expert: int, cold_start_s: float, conditions: list[dict[str, Any]], **ann: str
+) -> list[tuple[str, Any]]:
+    svc = elastic_moe(expert, ann)
+    body = {"apiVersion": "ebbtide.dev/v1alpha1", "kind": "LLMService", **svc.model_dump(by_alias=True, mode="json")}
+    body["metadata"] |= {"resourceVersion": "1"}
+    body["status"] = {"conditions": conditions}
+    body["spec"]["scaling"]["policy"] = "forecast"
+    runtime.cache.llmservices.apply("ADDED", body)
+    raw, _ = running_at(2, cold_start_s)
+    for p in raw:
+        p["metadata"] |= {"namespace": "ns", "resourceVersion": "1"}
+        runtime.cache.pods.apply("ADDED", p)
+    await handlers.autoscale("ns", "lite")
+    await asyncio.sleep(0)
+    return cast(RecordingKube, runtime.kube).calls
+
+
+async def test_a_slow_cold_start_widens_expert_parallelism_instead_of_adding_a_replica(
+    runtime: handlers.Runtime,
+) -> None:
+    calls = await tick(runtime, 2, SLOW_COLD_START_S, [])
+    [spec] = [args for name, args in calls if name == "patch_spec"]
+    assert spec["parallelism"]["expert"] > 2
+    assert ("annotate", {L.AUTOSCALED_FROM_EXPERT: "2"}) in calls
+    assert not [c for c in calls if c[0] == "scale"], "the replica count stays"
+    assert ("event", "Autoscaled") in calls
+
+
+async def test_a_fast_cold_start_adds_a_replica(runtime: handlers.Runtime) -> None:
+    calls = await tick(runtime, 2, FAST_COLD_START_S, [])
+    assert ("scale", 2) in calls and not [c for c in calls if c[0] == "patch_spec"]
+    assert ("event", "Autoscaled") in calls
+
+
+async def test_without_elastic_ep_the_replica_is_added_with_a_warning_saying_why(runtime: handlers.Runtime) -> None:
+    failed = [condition_("RescaleFailed", "ElasticEPUnavailable", "the engine has no /scale_elastic_ep (HTTP 404)")]
+    calls = await tick(runtime, 2, SLOW_COLD_START_S, failed)
+    assert ("scale", 2) in calls and not [c for c in calls if c[0] == "patch_spec"]
+    assert ("event", "ElasticEPUnavailable") in calls
+    [(_, _, status, _)] = cast(RecordingKube, runtime.kube).statuses
+    assert "HTTP 404" in status["forecast"]["reason"], "the decision's reason says why"
+
+
+async def test_a_failed_widening_the_autoscaler_asked_for_is_undone(runtime: handlers.Runtime) -> None:
+    failed = [condition_("RescaleFailed", "ElasticEPUnavailable", "the engine has no /scale_elastic_ep (HTTP 404)")]
+    calls = await tick(runtime, 4, SLOW_COLD_START_S, failed, **{L.AUTOSCALED_FROM_EXPERT: "2"})
+    assert ("patch_spec", {"parallelism": {"expert": 2}}) in calls
+    assert ("annotate", {L.AUTOSCALED_FROM_EXPERT: None}) in calls
+    assert ("scale", 2) in calls, "the capacity comes as a whole replica instead, in the same tick"
+    assert calls.count(("event", "ElasticEPUnavailable")) == 2, "the undo and the replica each say why"
