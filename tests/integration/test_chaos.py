@@ -46,8 +46,8 @@ LOADED = ("chat-a", "chat-b", "chat-c")
 SCALED = "chat-c"  # the service whose replicas change while the faults happen
 SCRAPED = "scrape"  # autoscaled and outside the load: its engine URL is pointed at a hung /metrics
 KILLS_SERVING_PODS = "node-delete"
-# A node deletion's pods are GC'd (up to about a minute) and recreated: its window runs until the service is Ready
-# again plus the gateway's refresh.
+# A fault's window runs this long past its undoing: the gateway's refresh (0.5 s) and requests already in flight. A
+# node deletion is undone when every loaded service is Ready again without the node (its pods GC'd and recreated).
 WINDOW_GRACE_S = 5.0
 SERVICE = """
 apiVersion: ebbtide.dev/v1alpha1
