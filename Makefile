@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-8)
 CLUSTER_DIR ?= .run/cluster
 NODES ?= 8
 
-.PHONY: venv binaries control-plane redis test unit integration e2e lint trainer-env manifests demo demo-down cluster-up \
+.PHONY: chaos venv binaries control-plane redis test unit integration e2e lint trainer-env manifests demo demo-down cluster-up \
         cluster-down real-engine real-engine-tier conformance realengine-test real-node real-node-down realnode-test real-node-tier bench bench-power faults fuzz bench-scale kind-up e2e-kind kind-down helm helm-crds helm-lint docs data \
         dashboard-screenshot clean
 
@@ -144,6 +144,11 @@ dashboard-screenshot: venv control-plane
 # a node deleted under a gang); they also run in `make test` (tests/integration).
 faults: venv binaries redis
 	$(BIN)/python -m pytest -q -p no:cacheprovider -rs tests/integration/test_faults.py tests/integration/test_peering.py
+
+# Faults at random under gateway load for a bounded time (tests/integration/test_chaos.py, docs/operations.md):
+# EBBTIDE_CHAOS_SECONDS (default 180) bounds it, EBBTIDE_CHAOS_SEED replays a run. Not part of `make test`.
+chaos: venv binaries redis
+	$(BIN)/python -m pytest -q -p no:cacheprovider -rs -s -m chaos tests/integration/test_chaos.py
 
 # Generated bad specs against the real API server and the operator (hypothesis; also in `make test`).
 fuzz: venv binaries redis

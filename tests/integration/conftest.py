@@ -126,19 +126,21 @@ def _tcp_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def operator_argv(cluster: Cluster, redis_url: str, metrics: int, health: int) -> list[str]:
+    """The session operator's command line (the chaos run starts its peering replicas with the same one)."""
+    return [
+        sys.executable, str(ROOT / "operator" / "main.py"), "--kubeconfig", str(cluster.kubeconfig),
+        "--metrics-port", str(metrics), "--health-port", str(health), "--resync-seconds", "3",
+        "--peering-lifetime-seconds", "8", "--log-format", "plain", "--redis-url", redis_url,
+        "--autoscale-interval-seconds", "2", "--metrics-url-template", "{engineURL}/metrics",
+        "--deregistration-seconds", "3", "--default-cold-start-seconds", "5", "--forecast-error-window", "20",
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, redis_url: str) -> Iterator[Proc]:
     metrics, health = _free_ports(2)
-    p = Proc(
-        "operator",
-        [
-            sys.executable, str(ROOT / "operator" / "main.py"), "--kubeconfig", str(cluster.kubeconfig),
-            "--metrics-port", str(metrics), "--health-port", str(health), "--resync-seconds", "3",
-            "--peering-lifetime-seconds", "8", "--log-format", "plain", "--redis-url", redis_url,
-            "--autoscale-interval-seconds", "2", "--metrics-url-template", "{engineURL}/metrics",
-            "--deregistration-seconds", "3", "--default-cold-start-seconds", "5", "--forecast-error-window", "20",
-        ],
-    )  # fmt: skip
+    p = Proc("operator", operator_argv(cluster, redis_url, metrics, health))
     p.metrics_port = metrics  # type: ignore[attr-defined]
     p.health_port = health  # type: ignore[attr-defined]
     p.start()

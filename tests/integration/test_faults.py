@@ -263,16 +263,21 @@ def node_restored(cluster: Cluster) -> Iterator[list[dict[str, Any]]]:
     deleted: list[dict[str, Any]] = []
     yield deleted
     for node in deleted:
-        meta = node["metadata"]
-        manifest = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": meta["name"], "labels": meta["labels"], "annotations": {
-                k: v for k, v in meta.get("annotations", {}).items() if k.startswith(("kwok", "node.alpha"))}},
-            "spec": {"taints": node["spec"].get("taints", [])},
-            "status": {k: node["status"][k] for k in ("allocatable", "capacity")},
-        }  # fmt: skip
-        cluster.kubectl("create", "-f", "-", stdin=json.dumps(manifest), check=False)
+        recreate_node(cluster, node)
+
+
+def recreate_node(cluster: Cluster, node: dict[str, Any]) -> None:
+    """Create a deleted node again from its last manifest (same labels, taints and GPUs; KWOK takes it back)."""
+    meta = node["metadata"]
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": meta["name"], "labels": meta["labels"], "annotations": {
+            k: v for k, v in meta.get("annotations", {}).items() if k.startswith(("kwok", "node.alpha"))}},
+        "spec": {"taints": node["spec"].get("taints", [])},
+        "status": {k: node["status"][k] for k in ("allocatable", "capacity")},
+    }  # fmt: skip
+    cluster.kubectl("create", "-f", "-", stdin=json.dumps(manifest), check=False)
 
 
 def test_node_deleted_under_a_running_gang_restarts_the_gang_whole(
