@@ -53,9 +53,10 @@ def service_yaml(
     scaling: str = "{policy: none}",
     drain_grace_s: int = 30,
     extra_args: tuple[str, ...] = (),
+    model: Path | None = None,
 ) -> str:
-    """An LLMService of the tiny model on the real vLLM. Its weights are `pvc://<model folder>`, which the fleet
-    finds in its models folder; the args are the CPU build's (float32, eager, a short context)."""
+    """An LLMService of the tiny model (or `model`) on the real vLLM. Its weights are `pvc://<model folder>`, which
+    the fleet finds in its models folder; the args are the CPU build's (float32, eager, a short context)."""
     args = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager", *extra_args]
     # parametersB is the tiny model's size rounded up (0.7M parameters); the catalogue profiles it on an L4.
     return f"""
@@ -63,7 +64,7 @@ apiVersion: ebbtide.dev/v1alpha1
 kind: LLMService
 metadata: {{name: {name}}}
 spec:
-  model: {{name: {SERVED}, source: "pvc://{env.model.name}", parametersB: 0.001}}
+  model: {{name: {SERVED}, source: "pvc://{(model or env.model).name}", parametersB: 0.001}}
   engine: {{type: vllm, args: {json.dumps(args)}}}
   gpu: {{count: 1, types: [L4]}}
   replicas: {replicas}
