@@ -1,13 +1,16 @@
 """A small async facade over the official Kubernetes client: every call runs in a worker thread.
 
-kopf is asyncio; the official client is synchronous, so each call goes through `asyncio.to_thread` and the
+kopf is asyncio; the official client is synchronous, so each call runs in the facade's own thread pool and the
 event loop never blocks. Objects come back as plain camelCase dicts, the way the API server sends them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -20,6 +23,9 @@ from crds.base import API_VERSION, GROUP, VERSION
 
 log = logging.getLogger(__name__)
 APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (JSON is YAML)
+# Calls in flight at once. asyncio's default pool has min(32, cores + 4) threads, 6 on a 2-core node: a burst of
+# reconciles then queued behind it, not behind the API server (bench/results/scale.md). One connection a thread.
+API_THREADS = 32
 KINDS = {"llmservices": "LLMService", "finetunejobs": "FineTuneJob", "powerbudgets": "PowerBudget"}
 
 
@@ -45,7 +51,7 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
     except (config.ConfigException, TypeError, FileNotFoundError):
         config.load_incluster_config(client_configuration=cfg)
-    cfg.connection_pool_maxsize = 32
+    cfg.connection_pool_maxsize = API_THREADS
     return client.ApiClient(cfg)
 
 
@@ -72,6 +78,11 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.policy = client.PolicyV1Api(api)
         self.scheduling = client.SchedulingV1Api(api)
+        self._pool = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube-api")
+
+    async def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run one blocking client call in the facade's pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def apply_status(
         self, plural: str, namespace: str | None, name: str, status: dict[str, Any], manager: FieldManager
@@ -92,7 +103,7 @@ class Kube:
             )
 
         try:
-            await asyncio.to_thread(call)
+            await self._call(call)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -101,23 +112,23 @@ class Kube:
         self, plural: str, namespace: str, name: str, annotations: dict[str, str | None]
     ) -> None:
         body = {"metadata": {"annotations": annotations}}
-        await asyncio.to_thread(
+        await self._call(
             self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body
         )
 
     async def annotate_node(self, name: str, annotations: dict[str, str | None]) -> None:
         """Merge-patch a node's annotations (None removes one): the power manager's caps for the node agent."""
-        await asyncio.to_thread(self.core.patch_node, name, {"metadata": {"annotations": annotations}})
+        await self._call(self.core.patch_node, name, {"metadata": {"annotations": annotations}})
 
     async def patch_object_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
         """Merge-patch part of an object's spec (a list given is the whole new list)."""
-        await asyncio.to_thread(
+        await self._call(
             self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, {"spec": spec}
         )
 
     async def scale(self, plural: str, namespace: str, name: str, replicas: int) -> None:
         """Write spec.replicas through the scale subresource, as HPA and KEDA do."""
-        await asyncio.to_thread(
+        await self._call(
             self.custom.patch_namespaced_custom_object_scale,
             GROUP,
             VERSION,
@@ -131,7 +142,7 @@ class Kube:
         """Create; False when it already exists (creation is idempotent by name)."""
         try:
             create: Any = self.core.create_namespaced_pod
-            await asyncio.to_thread(create, manifest["metadata"]["namespace"], manifest)
+            await self._call(create, manifest["metadata"]["namespace"], manifest)
             return True
         except ApiException as e:
             if e.status == 409:
@@ -141,7 +152,7 @@ class Kube:
     async def delete_pod(self, namespace: str, name: str, grace_period_seconds: int | None = None) -> None:
         """Delete a pod with its own grace period (SIGTERM first), or the one given (0: at once)."""
         try:
-            await asyncio.to_thread(
+            await self._call(
                 self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace_period_seconds
             )
         except ApiException as e:
@@ -150,7 +161,7 @@ class Kube:
 
     async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         try:
-            await asyncio.to_thread(self.core.patch_namespaced_pod, name, namespace, patch)
+            await self._call(self.core.patch_namespaced_pod, name, namespace, patch)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -172,14 +183,14 @@ class Kube:
             raise ValueError(f"ensure() does not handle {kind}")
         if current is None:
             try:
-                await asyncio.to_thread(create, ns, manifest)
+                await self._call(create, ns, manifest)
                 return
             except ApiException as e:
                 if e.status != 409:
                     raise
         spec = dict(manifest["spec"])
         spec.pop("clusterIP", None)  # immutable once set
-        await asyncio.to_thread(patch, name, ns, {"spec": spec})
+        await self._call(patch, name, ns, {"spec": spec})
 
     async def bind(self, namespace: str, pod: str, node: str) -> bool:
         """Bind a pod to a node (Binding API); False when it is gone or already bound by another binder."""
@@ -188,7 +199,7 @@ class Kube:
             target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
         )
         try:
-            await asyncio.to_thread(self.core.create_namespaced_binding, namespace, body, _preload_content=False)
+            await self._call(self.core.create_namespaced_binding, namespace, body, _preload_content=False)
             return True
         except ApiException as e:
             if e.status not in (404, 409):
@@ -197,7 +208,7 @@ class Kube:
 
     async def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
-            await asyncio.to_thread(self.core.patch_namespaced_pod_status, name, namespace, {"status": status})
+            await self._call(self.core.patch_namespaced_pod_status, name, namespace, {"status": status})
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -225,6 +236,6 @@ class Kube:
             count=1,
         )
         try:
-            await asyncio.to_thread(self.core.create_namespaced_event, ns, event)
+            await self._call(self.core.create_namespaced_event, ns, event)
         except ApiException as e:
             log.info("event %s on %s not posted: %s", reason, meta["name"], e.reason)

@@ -10,6 +10,13 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 MANAGED = Gauge("ebbtide_managed_objects", "Objects the operator manages", ["kind"])
+# kopf keeps no queue of its own to measure; these two are the reconcile queue as a user sees it.
+BACKLOG = Gauge(
+    "ebbtide_reconcile_backlog",
+    "Objects whose current spec no reconcile has reported yet (status.observedGeneration behind generation)",
+    ["kind"],
+)
+IN_FLIGHT = Gauge("ebbtide_reconciles_in_flight", "Reconcile passes running now", ["kind"])
 PODS_CREATED = Counter("ebbtide_pods_created_total", "Pods created", ["kind"])
 PODS_DELETED = Counter("ebbtide_pods_deleted_total", "Pods deleted", ["kind", "reason"])
 DESIRED_REPLICAS = Gauge("ebbtide_desired_replicas", "spec.replicas per LLMService", ["namespace", "service"])

@@ -261,6 +261,9 @@ def up(state: Path, nodes: int, real_engines: bool = False, real_node: bool = Fa
         f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
         "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
         "--concurrent-gc-syncs=10", "--v=1",
+        # Its default client rate (20/s) lifts new nodes' not-ready taints 4-5 a second: 2,000 KWOK nodes would
+        # wait minutes before any gang may land there (bench/results/scale.md). Large clusters raise it too.
+        "--kube-api-qps=100", "--kube-api-burst=200",
         # kwok's heartbeats can lag on a loaded 2-core machine; fake nodes must not flap NotReady.
         "--node-monitor-grace-period=300s",
     ])

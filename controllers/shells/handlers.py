@@ -82,7 +82,7 @@ def _ours(namespace: str) -> bool:
 
 RUNTIME: Runtime | None = None
 _locks: dict[tuple[str, str, str], asyncio.Lock] = {}
-_pending: set[tuple[str, str, str]] = set()
+_pending: dict[tuple[str, str, str], bool] = {}  # scheduled reconciles -> whether one asked for a full pass
 _posting: set[asyncio.Task[None]] = set()  # Events on their way (a task nobody holds may be collected early)
 EVENT_SOURCE = "ebbtide-operator"
 
@@ -122,9 +122,9 @@ def _emit(body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
 
 
 async def _create_pods(kind: str, manifests: list[dict[str, Any]]) -> None:
-    for manifest in manifests:
-        if await rt().kube.create_pod(manifest):
-            M.PODS_CREATED.labels(kind).inc()
+    """Create a plan's pods side by side: a gang is bound only once all its members exist."""
+    created = await asyncio.gather(*(rt().kube.create_pod(m) for m in manifests))
+    M.PODS_CREATED.labels(kind).inc(sum(created))
 
 
 async def _write_back(
@@ -142,19 +142,20 @@ async def _write_back(
         await rt().kube.apply_status(plural, namespace, name, status, manager)
 
 
-def trigger(kind: str, namespace: str, name: str, delay: float = 0.2) -> None:
-    """Schedule a reconcile soon, coalescing bursts of pod events into one pass."""
+def trigger(kind: str, namespace: str, name: str, delay: float = 0.2, full: bool = False) -> None:
+    """Schedule a reconcile soon, coalescing bursts of pod events into one pass (a full one if any asked)."""
     key = (kind, namespace, name)
     if key in _pending:
+        _pending[key] |= full
         return
-    _pending.add(key)
+    _pending[key] = full
 
     async def later() -> None:
         await asyncio.sleep(delay)
-        _pending.discard(key)
+        full_pass = _pending.pop(key, full)
         fn = RECONCILERS[kind]
         try:
-            await fn(namespace, name, False)
+            await fn(namespace, name, full_pass)
         except kopf.TemporaryError as e:
             log.info("reconcile of %s %s/%s will be retried: %s", kind, namespace, name, e)
         except kopf.PermanentError as e:
@@ -169,8 +170,9 @@ def _timed(kind: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[...
             t0 = time.perf_counter()
             result = "ok"
             try:
-                async with _lock((kind, namespace, name)):
-                    await fn(namespace, name, full)
+                with M.IN_FLIGHT.labels(kind).track_inprogress():
+                    async with _lock((kind, namespace, name)):
+                        await fn(namespace, name, full)
             except ApiError as e:
                 result = "error"
                 # Conflicts and API faults pass; kopf retries with the backoff of the handler that called.
@@ -240,12 +242,15 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
     if plan.problem is not None:
         M.SEMANTIC_ERRORS.labels("LLMService", plan.problem.reason).inc()
     else:
+        # Pods first: they are what the packer waits on; the Services and the PDB matter only once pods serve.
+        await _create_pods("LLMService", plan.create)
         if full:
             owner = Owner("LLMService", name, namespace, body["metadata"]["uid"])
-            for manifest in [*service_manifests(owner, svc.spec), pdb_manifest(owner, svc.spec)]:
-                meta = manifest["metadata"]
-                await r.kube.ensure(manifest, r.cache.owned(manifest["kind"], meta["namespace"], meta["name"]))
-        await _create_pods("LLMService", plan.create)
+            manifests = [*service_manifests(owner, svc.spec), pdb_manifest(owner, svc.spec)]
+            await asyncio.gather(
+                *(r.kube.ensure(m, r.cache.owned(m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]))
+                  for m in manifests)
+            )
         by_replica: dict[int, list[PodView]] = {}
         for p in pods:
             by_replica.setdefault(p.replica, []).append(p)
@@ -567,19 +572,26 @@ def on_pod_change(type_: Change, old: Obj | None, new: Obj | None) -> None:
             trigger(kind, obj["metadata"]["namespace"], labels[label])
 
 
-def on_object_change(kind: str) -> Callable[[Change, Obj | None, Obj | None], None]:
-    """A cached LLMService or FineTuneJob's spec changed or its deletion began: reconcile it from the cache.
+def on_object_change(kind: str, informer: Informer) -> Callable[[Change, Obj | None, Obj | None], None]:
+    """A cached LLMService or FineTuneJob appeared, its spec changed or its deletion began: reconcile it from the
+    cache.
 
-    kopf's own update handler may run before this replica's cache has the new spec; this pass follows it."""
+    kopf's own create and update handlers may run before this replica's cache has the object or its new spec, and
+    then find nothing to do: without this pass a new object would wait for its first periodic resync (the scale
+    benchmark's tail). The first list is left to kopf's resume handlers."""
 
     def listener(type_: Change, old: Obj | None, new: Obj | None) -> None:
-        if new is None or old is None or not _ours(new["metadata"]["namespace"]):
+        if new is None or not _ours(new["metadata"]["namespace"]):
+            return
+        if old is None:
+            if informer.synced.is_set():
+                trigger(kind, new["metadata"]["namespace"], new["metadata"]["name"], full=True)
             return
         before, after = old["metadata"], new["metadata"]
         if before.get("generation") != after.get("generation") or (
             after.get("deletionTimestamp") and not before.get("deletionTimestamp")
         ):
-            trigger(kind, after["namespace"], after["name"])
+            trigger(kind, after["namespace"], after["name"], full=True)
 
     return listener
 
@@ -593,14 +605,37 @@ def count_managed(kind: str, informer: Informer) -> Callable[[Change, Obj | None
     return listener
 
 
+def count_backlog(kind: str) -> Callable[[Change, Obj | None, Obj | None], None]:
+    """Keep `ebbtide_reconcile_backlog{kind}` at the number of cached objects whose status does not yet report
+    their current generation: new objects and spec changes waiting for a reconcile."""
+    behind: set[tuple[str, str]] = set()
+
+    def listener(type_: Change, old: Obj | None, new: Obj | None) -> None:
+        obj = new or old
+        if obj is None:
+            return
+        meta = obj["metadata"]
+        key = (meta.get("namespace") or "", meta["name"])
+        observed = (obj.get("status") or {}).get("observedGeneration")
+        if new is None or meta.get("deletionTimestamp") or observed == meta.get("generation"):
+            behind.discard(key)
+        else:
+            behind.add(key)
+        M.BACKLOG.labels(kind).set(len(behind))
+
+    return listener
+
+
 def listen(cache: ClusterCache) -> None:
     """Wire the cache's events to the reconcile triggers (called once the cache exists)."""
     cache.pods.listen(on_pod_change)
-    cache.llmservices.listen(on_object_change("LLMService"))
-    cache.finetunejobs.listen(on_object_change("FineTuneJob"))
+    cache.llmservices.listen(on_object_change("LLMService", cache.llmservices))
+    cache.finetunejobs.listen(on_object_change("FineTuneJob", cache.finetunejobs))
     for kind, informer in (
         ("LLMService", cache.llmservices),
         ("FineTuneJob", cache.finetunejobs),
         ("PowerBudget", cache.powerbudgets),
     ):
         informer.listen(count_managed(kind, informer))
+    cache.llmservices.listen(count_backlog("LLMService"))
+    cache.finetunejobs.listen(count_backlog("FineTuneJob"))

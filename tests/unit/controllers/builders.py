@@ -159,6 +159,13 @@ class RecordingKube:
     async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.calls.append(("patch_pod", name))
 
+    async def create_pod(self, manifest: dict[str, Any]) -> bool:
+        self.calls.append(("create_pod", manifest["metadata"]["name"]))
+        return True
+
+    async def ensure(self, manifest: dict[str, Any], current: dict[str, Any] | None = None) -> None:
+        self.calls.append(("ensure", manifest["kind"]))
+
     async def bind(self, namespace: str, pod: str, node: str) -> bool:
         self.calls.append(("bind", (pod, node)))
         return True

@@ -90,3 +90,68 @@ async def test_the_managed_objects_gauge_follows_the_cache(runtime: handlers.Run
     assert managed("PowerBudget") == 2.0
     runtime.cache.powerbudgets.apply("DELETED", budget("rack-a"))
     assert managed("PowerBudget") == 1.0
+
+
+def queue(metric: str, kind: str = "FineTuneJob") -> float | None:
+    return REGISTRY.get_sample_value(f"ebbtide_{metric}", {"kind": kind})
+
+
+async def test_the_backlog_counts_objects_whose_spec_no_reconcile_has_reported(runtime: handlers.Runtime) -> None:
+    # FineTuneJobs: their cache events reach the gauge without a reconcile changing what the test applies.
+    def job(name: str, generation: int, observed: int | None, deleting: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": "elsewhere", "uid": name, "generation": generation}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-12-07T00:00:00Z"
+        status = {"observedGeneration": observed} if observed is not None else {}
+        return {"apiVersion": "ebbtide.dev/v1alpha1", "kind": "FineTuneJob", "metadata": meta, "status": status}
+
+    jobs = runtime.cache.finetunejobs
+    jobs.apply("ADDED", job("new", 1, None))
+    jobs.apply("ADDED", job("settled", 3, 3))
+    assert queue("reconcile_backlog") == 1.0
+    jobs.apply("MODIFIED", job("settled", 4, 3))  # a spec change waits for its reconcile
+    assert queue("reconcile_backlog") == 2.0
+    jobs.apply("MODIFIED", job("new", 1, 1))
+    jobs.apply("MODIFIED", job("settled", 4, 3, deleting=True))
+    assert queue("reconcile_backlog") == 0.0
+    jobs.apply("ADDED", job("gone", 1, None))
+    jobs.apply("DELETED", job("gone", 1, None))
+    assert queue("reconcile_backlog") == 0.0
+
+
+async def test_a_reconcile_is_in_flight_only_while_it_runs(runtime: handlers.Runtime) -> None:
+    gate = asyncio.Event()
+    seen: list[float | None] = []
+
+    @handlers._timed("FineTuneJob")
+    async def slow(namespace: str, name: str, full: bool) -> None:
+        seen.append(queue("reconciles_in_flight"))
+        await gate.wait()
+
+    task = asyncio.create_task(slow("team", "job", True))
+    await asyncio.sleep(0.05)
+    assert seen == [1.0] and queue("reconciles_in_flight") == 1.0
+    gate.set()
+    await task
+    assert queue("reconciles_in_flight") == 0.0
+
+
+async def test_a_new_object_the_cache_learns_of_is_reconciled_whole_at_once(runtime: handlers.Runtime) -> None:
+    # kopf's create handler may have run before the cache had the object and found nothing: the cache's own
+    # ADDED event must not leave it to the first periodic resync.
+    body = {
+        "apiVersion": "ebbtide.dev/v1alpha1",
+        "kind": "LLMService",
+        "metadata": {"name": "svc", "namespace": "team", "uid": "u1", "generation": 1, "resourceVersion": "1"},
+        "spec": {
+            "model": {"name": "m", "source": "hf://org/m", "parametersB": 8},
+            "engine": {"type": "simulated"},
+            "replicas": 2,
+        },
+    }
+    start = reconciles()
+    runtime.cache.llmservices.apply("ADDED", body)
+    await asyncio.sleep(0.4)
+    calls = cast(RecordingKube, runtime.kube).calls
+    assert reconciles() - start == 1
+    assert [c for c in calls if c[0] == "create_pod"] and ("ensure", "Service") in calls
