@@ -6,9 +6,9 @@ Starts a local control plane (hack/cluster.py) with `--nodes` fake GPU nodes (ha
 16-GPU ones a gang over two nodes) and FineTuneJobs are applied in bursts of `--burst` objects. A watch records, on
 this process's clock, when each gang's first pod appears and when its last pod is bound, and when each service
 first reports Ready, from the apply of its burst. Meanwhile it samples the RSS and CPU of the operator and of the
-control plane (from /proc), then reads the API server's request counters (`apiserver_request_total`) over the
-burst phase and over an idle window after it, and the operator's packer decision histogram. Writes
-bench/results/scale-LABEL.json and prints it.
+control plane (from /proc) and the operator's reconcile queue (backlog and in flight, from its /metrics), then
+reads the API server's request counters (`apiserver_request_total`) over the burst phase and over an idle window
+after it, and the operator's packer decision histogram. Writes bench/results/scale-LABEL.json and prints it.
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ class Observed:
     gang_bound: dict[str, float] = field(default_factory=dict)
     gang_created: dict[str, float] = field(default_factory=dict)  # its first pod seen: the operator's share ends
     ready: dict[str, float] = field(default_factory=dict)
+    accepted: dict[str, float] = field(default_factory=dict)  # object name -> its watch's first sight of it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -137,15 +138,17 @@ def watch_pods(api: kclient.CoreV1Api, seen: Observed, stop_: threading.Event) -
             w.stop()
 
 
-def watch_services(api: kclient.CustomObjectsApi, seen: Observed, stop_: threading.Event) -> None:
+def watch_objects(api: kclient.CustomObjectsApi, plural: str, seen: Observed, stop_: threading.Event) -> None:
+    """When the API server accepted each object (its first watch event) and, for services, first reported Ready."""
     w = kwatch.Watch()
-    for ev in w.stream(api.list_namespaced_custom_object, "ebbtide.dev", "v1alpha1", NS, "llmservices",
+    for ev in w.stream(api.list_namespaced_custom_object, "ebbtide.dev", "v1alpha1", NS, plural,
                        timeout_seconds=0, _request_timeout=None):  # fmt: skip
-        obj = ev["object"]
+        now, obj = time.monotonic(), ev["object"]
         conds = (obj.get("status") or {}).get("conditions") or []
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
-            with seen.lock:
-                seen.ready.setdefault(obj["metadata"]["name"], time.monotonic())
+        with seen.lock:
+            seen.accepted.setdefault(obj["metadata"]["name"], now)
+            if plural == "llmservices" and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+                seen.ready.setdefault(obj["metadata"]["name"], now)
         if stop_.is_set():
             w.stop()
 
@@ -187,6 +190,42 @@ class Sampler:
         if len(pts) < 2:
             return 0.0
         return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+
+
+QUEUE = re.compile(r'^ebbtide_(reconcile_backlog|reconciles_in_flight)\{kind="([^"]+)"\} (\S+)$', re.M)
+
+
+@dataclass
+class QueueSampler:
+    """Samples the operator's reconcile queue (ebbtide_reconcile_backlog, ebbtide_reconciles_in_flight) every
+    second from its /metrics."""
+
+    url: str
+    series: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    stop_: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop_.wait(1.0):
+            try:
+                text = httpx.get(self.url, timeout=5).text
+            except httpx.HTTPError:
+                continue
+            values: dict[str, float] = defaultdict(float)
+            for metric, _kind, v in QUEUE.findall(text):
+                values[metric] += float(v)  # summed over kinds
+            self.series.append((time.monotonic(), dict(values)))
+
+    def summary(self, t0: float, t1: float) -> dict[str, Any]:
+        """Peak and mean of each gauge between t0 and t1, and how long the backlog took to drain to zero."""
+        pts = [(t, v) for t, v in self.series if t0 <= t <= t1]
+        out: dict[str, Any] = {}
+        for metric in ("reconcile_backlog", "reconciles_in_flight"):
+            xs = [v.get(metric, 0.0) for _, v in pts]
+            out[metric] = {"peak": max(xs, default=0.0), "mean": round(float(np.mean(xs)), 2) if xs else 0.0}
+        busy = [t for t, v in pts if v.get("reconcile_backlog", 0.0) > 0]
+        out["backlog_nonzero_s"] = round(len(busy) * 1.0, 1)
+        out["backlog_zero_after_s"] = round(max(busy) - t0, 1) if busy else 0.0
+        return out
 
 
 def packer_decisions(metrics_url: str) -> dict[str, float]:
@@ -279,12 +318,15 @@ def main() -> None:
     threading.Thread(target=sampler.run, daemon=True).start()
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     wait_for("operator metrics", lambda: _up(metrics_url), 120)
+    queue = QueueSampler(metrics_url)
+    threading.Thread(target=queue.run, daemon=True).start()
 
     api_client = kconfig.new_client_from_config(config_file=str(kubeconfig))
     seen, stop_ = Observed(), threading.Event()
     threading.Thread(target=watch_pods, args=(kclient.CoreV1Api(api_client), seen, stop_), daemon=True).start()
-    threading.Thread(target=watch_services, args=(kclient.CustomObjectsApi(api_client), seen, stop_),
-                     daemon=True).start()  # fmt: skip
+    for plural in ("llmservices", "finetunejobs"):
+        threading.Thread(target=watch_objects, args=(kclient.CustomObjectsApi(api_client), plural, seen, stop_),
+                         daemon=True).start()  # fmt: skip
     time.sleep(2.0)
 
     def api_counts() -> Counts:
@@ -331,6 +373,7 @@ def main() -> None:
     finally:
         stop_.set()
         sampler.stop_.set()
+        queue.stop_.set()
         stop(operator)
         stop(fleet)
         kubectl("delete", "namespace", NS, "--wait=false", check=False)
@@ -342,6 +385,9 @@ def main() -> None:
                  for g in seen.gang_bound if seen.gang_owner[g] in seen.applied]  # fmt: skip
         ready = [t - seen.applied[n] for n, t in seen.ready.items() if n in seen.applied]
         created_to_bound = [t - seen.gang_created[g] for g, t in seen.gang_bound.items()]
+        owners = {g: seen.gang_owner[g] for g in seen.gang_bound if seen.gang_owner[g] in seen.accepted}
+        accepted_to_bound = [seen.gang_bound[g] - seen.accepted[o] for g, o in owners.items()]
+        accepted_to_pod = [seen.gang_created[g] - seen.accepted[o] for g, o in owners.items()]
     burst_s, idle_s = t1 - t0, t3 - t2
     result = {
         "label": args.label,
@@ -360,6 +406,14 @@ def main() -> None:
         "gangs": len(bound),
         "apply_to_bound_s": {"p50": pct(bound, 50), "p99": pct(bound, 99), "max": max(bound, default=float("nan"))},
         "created_to_bound_s": {"p50": pct(created_to_bound, 50), "p99": pct(created_to_bound, 99)},
+        # From the API server accepting the object, not from kubectl starting its burst (which sends the objects
+        # one after another): the operator's share (to the first pod) and the whole way to bound.
+        "accepted_to_pod_s": {"p50": pct(accepted_to_pod, 50), "p99": pct(accepted_to_pod, 99)},
+        "accepted_to_bound_s": {
+            "p50": pct(accepted_to_bound, 50),
+            "p99": pct(accepted_to_bound, 99),
+            "max": max(accepted_to_bound, default=float("nan")),
+        },
         "apply_to_ready_s": {"p50": pct(ready, 50), "p99": pct(ready, 99), "max": max(ready, default=float("nan"))},
         "burst_phase_s": round(burst_s, 1),
         "peak_rss_mb": {k: round(v, 1) for k, v in sampler.peak_rss.items()},
@@ -372,6 +426,7 @@ def main() -> None:
             "idle": round(sum(delta(c3, c2).values()) / idle_s, 2),
         },
         "packer_decision": packer,
+        "reconcile_queue": queue.summary(t0, t1),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"scale-{args.label}.json").write_text(json.dumps(result, indent=1) + "\n")
