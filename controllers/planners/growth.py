@@ -5,6 +5,7 @@ brings that capacity online sooner by the catalogue's startup model, a whole rep
 every weight from storage, engine init) against the in-place resize of every replica, one at a time (the joining
 ranks' pod start, their weight pull from the serving ranks, the commit's 503 window; catalogue/elastic.py). A tie
 goes to whole replicas, which never take an instance out of routing. The message names the choice and both times.
+When demand falls, a width the autoscaler widened is narrowed back before any replica goes (`choose_narrowing`).
 """
 
 from __future__ import annotations
@@ -148,3 +149,41 @@ def _narrowest_width(
         f"no width up to maxExpert {max_width} carries {need:.1f} req/s on {replicas} replica(s) "
         f"(at most {best:.1f}){last_refusal}"
     )
+
+
+@dataclass(frozen=True)
+class Narrowing:
+    """Narrow every replica to `width` and keep the replica count: why, in the decision's reason and Event."""
+
+    width: int
+    message: str
+
+
+def choose_narrowing(
+    model: ModelSpec,
+    gpu: GPUProfile,
+    slo: SLO,
+    *,
+    replicas: int,
+    wanted: int,
+    width: int,
+    base_width: int,
+    rank_gpus: int = 1,
+) -> Narrowing | None:
+    """Where the autoscaler widened EP from `base_width` to `width` and now wants `wanted` < `replicas` replicas
+    at `width`: the narrowest width, down to `base_width`, whose `replicas` carry that capacity; None when no
+    narrower width does (the replicas go instead). Undoing the widening first gives back the GPUs the autoscaler
+    added in place, and keeps every replica's KV cache and routing."""
+    if wanted >= replicas or width <= base_width or replicas < 1:
+        return None
+    need = wanted * engine_profile(model, gpu, rank_gpus, slo, expert_parallel=width).request_rate
+    for w in range(base_width, width):
+        serves = replicas * engine_profile(model, gpu, rank_gpus, slo, expert_parallel=w).request_rate
+        if serves >= need:
+            message = (
+                f"narrow expert parallelism EP {width} -> {w} on {replicas} replica(s) (widened from EP "
+                f"{base_width}): they carry {serves:.1f} req/s at EP {w}, {wanted} replica(s) at EP {width} "
+                f"{need:.1f}; the replica count stays"
+            )
+            return Narrowing(w, message)
+    return None

@@ -30,7 +30,7 @@ from catalogue.gpus import lookup_gpu
 from catalogue.models import Architecture, resolve_model
 from controllers.planners.conditions import get_condition, parse_rfc3339, set_condition
 from controllers.planners.engines import elastic_max
-from controllers.planners.growth import GrowthChoice, choose_growth
+from controllers.planners.growth import GrowthChoice, Narrowing, choose_growth, choose_narrowing
 from controllers.planners.llmservice import model_of
 from controllers.planners.rescale import gpus_per_rank
 from controllers.planners.snapshot import PodView
@@ -450,6 +450,34 @@ def moe_growth(
         in_progress=in_progress,
         replica_start_s=measured,
         joiner_start_s=cold_start_of(joined),
+    )
+
+
+def moe_narrowing(
+    svc: LLMService, conditions: list[dict[str, Any]], pods: list[PodView], wanted: int
+) -> Narrowing | None:
+    """For an elastic MoE service the autoscaler widened and now wants smaller: narrow back instead of removing
+    replicas (controllers/planners/growth.py); None when that does not apply or no narrower width carries it."""
+    spec = svc.spec
+    raw = (svc.metadata.annotations or {}).get(L.AUTOSCALED_FROM_EXPERT)
+    # SGLang's elastic EP only grows: its replicas go instead.
+    if raw is None or not raw.isdigit() or spec.engine.type == "sglang" or wanted >= spec.replicas:
+        return None
+    if _true(conditions, ConditionType.RESCALING) is not None or _true(conditions, ConditionType.RESCALE_FAILED):
+        return None
+    running = elastic_widths(svc, pods)
+    if not running.settled or running.width != spec.parallelism.expert:
+        return None
+    gpu = next(g for g in (lookup_gpu(n) for n in [*spec.gpu.types, "H100"]) if g is not None)
+    return choose_narrowing(
+        model_of(spec.model),
+        gpu,
+        slo_of(svc),
+        replicas=spec.replicas,
+        wanted=wanted,
+        width=running.width,
+        base_width=int(raw),
+        rank_gpus=running.rank_gpus,
     )
 
 

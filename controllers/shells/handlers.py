@@ -34,6 +34,7 @@ from controllers.shells.autoscaling import (
     Autoscaler,
     decision_status,
     moe_growth,
+    moe_narrowing,
     scrape_failure_events,
     widening_to_undo,
 )
@@ -468,6 +469,13 @@ async def autoscale(namespace: str, name: str) -> None:
             )
             await r.kube.patch_object_spec("llmservices", namespace, name, {"parallelism": {"expert": growth.width}})
             _event(body, EventType.NORMAL, Reason.AUTOSCALED, growth.message)
+    narrowing = moe_narrowing(svc, status_conditions, views, decision.replicas)
+    if narrowing is not None:
+        decision = replace(decision, replicas=svc.spec.replicas, reason=f"{decision.reason}; {narrowing.message}")
+        if str(narrowing.width) == (svc.metadata.annotations or {}).get(L.AUTOSCALED_FROM_EXPERT):
+            await r.kube.patch_object_metadata("llmservices", namespace, name, {L.AUTOSCALED_FROM_EXPERT: None})
+        await r.kube.patch_object_spec("llmservices", namespace, name, {"parallelism": {"expert": narrowing.width}})
+        _event(body, EventType.NORMAL, Reason.AUTOSCALED, narrowing.message)
     held = r.power.admit(svc, decision.replicas, svc.spec.replicas) if r.power is not None else None
     power_limited = None
     if held is not None and not held.allowed:

@@ -4,6 +4,7 @@ names the choice in its Event, and after a failed widening undoes it and grows b
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -115,3 +116,45 @@ async def test_a_failed_widening_the_autoscaler_asked_for_is_undone(runtime: han
     assert ("annotate", {L.AUTOSCALED_FROM_EXPERT: None}) in calls
     assert ("scale", 2) in calls, "the capacity comes as a whole replica instead, in the same tick"
     assert calls.count(("event", "ElasticEPUnavailable")) == 2, "the undo and the replica each say why"
+
+
+@dataclass
+class WantsOne(WantsTwo):
+    async def decide(self, key: str, svc: Any, raw: Any, pods: Any, now: float) -> ScalingDecision:
+        return ScalingDecision(1, "forecast p90 within one replica's capacity")
+
+
+async def widened_tick(runtime: handlers.Runtime, engine: str = "vllm") -> list[tuple[str, Any]]:
+    """Two replicas the autoscaler widened from EP 2 to EP 4; the autoscaler now wants one."""
+    runtime.autoscaler = cast(Autoscaler, WantsOne())
+    svc = elastic_moe(4, {L.AUTOSCALED_FROM_EXPERT: "2"})
+    body = {"apiVersion": "ebbtide.dev/v1alpha1", "kind": "LLMService", **svc.model_dump(by_alias=True, mode="json")}
+    body["metadata"] |= {"resourceVersion": "1"}
+    body["spec"] |= {"replicas": 2, "engine": {"type": engine}}
+    body["spec"]["scaling"]["policy"] = "forecast"
+    runtime.cache.llmservices.apply("ADDED", body)
+    [first], _ = running_at(4, SLOW_COLD_START_S)
+    for replica in (0, 1):
+        p = copy.deepcopy(first)
+        p["metadata"] |= {"name": f"lite-r{replica}", "namespace": "ns", "resourceVersion": "1"}
+        p["metadata"]["labels"][L.REPLICA] = str(replica)
+        runtime.cache.pods.apply("ADDED", p)
+    await handlers.autoscale("ns", "lite")
+    await asyncio.sleep(0)
+    return cast(RecordingKube, runtime.kube).calls
+
+
+async def test_a_widened_service_wanting_less_narrows_back_before_removing_a_replica(
+    runtime: handlers.Runtime,
+) -> None:
+    calls = await widened_tick(runtime)
+    assert ("patch_spec", {"parallelism": {"expert": 2}}) in calls
+    assert ("annotate", {L.AUTOSCALED_FROM_EXPERT: None}) in calls, "back at the width it was widened from"
+    assert not [c for c in calls if c[0] == "scale"], "the replica count stays"
+    [(_, _, status, _)] = cast(RecordingKube, runtime.kube).statuses
+    assert "narrow expert parallelism EP 4 -> 2" in status["forecast"]["reason"]
+
+
+async def test_sglang_cannot_narrow_so_the_replica_goes(runtime: handlers.Runtime) -> None:
+    calls = await widened_tick(runtime, engine="sglang")
+    assert ("scale", 1) in calls and not [c for c in calls if c[0] == "patch_spec"]

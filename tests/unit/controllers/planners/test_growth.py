@@ -10,7 +10,7 @@ from catalogue.elastic import resize_timings
 from catalogue.gpus import lookup_gpu
 from catalogue.models import lookup_model
 from catalogue.perf import PerfModel
-from controllers.planners.growth import Growth, StartupModel, choose_growth
+from controllers.planners.growth import Growth, Narrowing, StartupModel, choose_growth, choose_narrowing
 from crds.reasons import Reason
 
 V2 = lookup_model("deepseek-v2-lite")
@@ -106,3 +106,30 @@ class TestChooseGrowth:
     def test_only_for_more_capacity(self) -> None:
         with pytest.raises(ValueError, match="more capacity"):
             grow(replicas=2, wanted=2)
+
+
+class TestChooseNarrowing:
+    def narrow(self, **kw: object) -> object:
+        assert V2 is not None and H100 is not None
+        args: dict[str, object] = {"replicas": 2, "wanted": 1, "width": 4, "base_width": 2}
+        args.update(kw)
+        return choose_narrowing(V2, H100, SLO_, **args)  # type: ignore[arg-type]
+
+    def test_a_widened_service_wanting_less_narrows_to_the_narrowest_width_that_carries_it(self) -> None:
+        n = self.narrow()
+        assert isinstance(n, Narrowing)
+        # Two replicas at EP 2 carry what one replica at EP 4 does: no need for EP 3.
+        assert 2 * rate(2) >= rate(4) and n.width == 2
+        assert "EP 4 -> 2" in n.message and "the replica count stays" in n.message
+
+    def test_it_stops_at_the_first_width_that_carries_the_capacity(self) -> None:
+        n = self.narrow(replicas=3, wanted=2, width=6)
+        assert isinstance(n, Narrowing)
+        need = 2 * rate(6)
+        assert 3 * rate(n.width) >= need > 3 * rate(n.width - 1)
+
+    def test_no_narrowing_when_no_narrower_width_carries_it_or_nothing_was_widened(self) -> None:
+        assert 10 * rate(7) < 9 * rate(8)
+        assert self.narrow(replicas=10, wanted=9, width=8, base_width=7) is None, "EP 7 carries too little"
+        assert self.narrow(width=2) is None, "not widened"
+        assert self.narrow(wanted=2) is None, "not smaller"
