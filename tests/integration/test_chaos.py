@@ -1,12 +1,13 @@
 """Chaos: the single fault stories (test_faults.py, test_peering.py) injected at random under load, for a bounded time.
 
-Three services take steady requests through the gateway while one of them is scaled up and down, and two operator
-replicas share the peering with the session operator. A seeded RNG picks, a few seconds to tens of seconds apart:
-the peering leader SIGKILLed mid-scale-up (restarted later), Redis killed and restarted, the API server restarted,
-an engine's /metrics hung, a node deleted under a serving pod. Once the system settles the run reports requests
-sent and failed (by the fault window each failure fell in), objects lost or duplicated, and whether every service
-is back at its desired replicas and Ready. Targets: nothing lost or duplicated, and no failed request except in the
-window of a node deletion, which kills the pods on that node while they serve.
+Four services (one a gang over two nodes) take steady requests through the gateway while one of them is scaled up
+and down, and two operator replicas share the peering with the session operator. A seeded RNG picks, a few seconds
+to tens of seconds apart: the peering leader SIGKILLed mid-scale-up (restarted later), Redis killed and restarted,
+the API server restarted, an engine's /metrics hung, a node deleted under a serving pod (the first time, under the
+spanning gang). Once the system settles the run reports requests sent and failed (by the fault window each failure
+fell in), objects lost or duplicated, and whether every service is back at its desired replicas and Ready. Targets:
+nothing lost or duplicated, and no failed request except in the window of a node deletion, which kills the pods on
+that node while they serve.
 
 `make chaos` runs it; EBBTIDE_CHAOS_SECONDS bounds it (default 180), EBBTIDE_CHAOS_SEED replays a run."""
 
@@ -42,7 +43,8 @@ pytestmark = pytest.mark.chaos
 
 DURATION_S = float(os.environ.get("EBBTIDE_CHAOS_SECONDS", "180"))
 LOAD_RPS = 2.0  # requests per second to each loaded service
-LOADED = ("chat-a", "chat-b", "chat-c")
+LOADED = ("chat-a", "chat-b", "chat-c", "wide")
+SPANNING = "wide"  # a gang of two H100 nodes: a node deletion under it must restart it whole
 SCALED = "chat-c"  # the service whose replicas change while the faults happen
 SCRAPED = "scrape"  # autoscaled and outside the load: its engine URL is pointed at a hung /metrics
 KILLS_SERVING_PODS = "node-delete"
@@ -59,6 +61,18 @@ spec:
   gpu: {count: 1, types: [L4, A100, H100]}
   replicas: REPLICAS
   scaling: {minReplicas: 1, maxReplicas: 6, policy: none}
+"""
+WIDE = """
+apiVersion: ebbtide.dev/v1alpha1
+kind: LLMService
+metadata: {name: wide}
+spec:
+  model: {name: tiny-1b, source: hf://example/tiny-1b, parametersB: 1}
+  engine: {type: simulated}
+  gpu: {count: 16, perNode: 8, types: [H100]}
+  parallelism: {tensor: 8, pipeline: 2}
+  replicas: 1
+  scaling: {minReplicas: 1, maxReplicas: 1, policy: none}
 """
 AUTOSCALED = """
 apiVersion: ebbtide.dev/v1alpha1
@@ -235,6 +249,10 @@ class Chaos:
         )
         gone = {n["metadata"]["name"] for n in self.deleted_nodes}
         candidates = [n for n in serving if n not in gone]
+        spanning = sorted(p["spec"]["nodeName"] for p in live_pods(self.cluster, self.ns, SPANNING)
+                          if p["spec"].get("nodeName") in candidates)  # fmt: skip
+        if spanning and not gone:  # the first deletion always hits the gang over two nodes
+            candidates = spanning
         if not candidates or len(self.deleted_nodes) >= 2:  # keep capacity for every replica the run may ask
             fault.note = "skipped: two nodes already deleted"
             return
@@ -251,7 +269,7 @@ class Chaos:
             240,
             1.0,
         )
-        fault.note = node
+        fault.note = f"{node} (under {SPANNING}'s two-node gang)" if node in spanning else node
 
     def inject(self, kind: str) -> None:
         fault = Fault(kind, self.now())
@@ -310,8 +328,9 @@ def duplicates_and_losses(cluster: Cluster, ns: str) -> tuple[list[str], list[st
         pods = [
             p for p in live_pods(cluster, ns, name) if L.DRAIN_STARTED not in (p["metadata"].get("annotations") or {})
         ]
-        by_index = Counter(p["metadata"]["labels"][L.REPLICA] for p in pods)
-        duplicated += [f"{name} replica {i}: {n} pods" for i, n in by_index.items() if n > 1]
+        by_member = Counter((p["metadata"]["labels"][L.REPLICA], p["metadata"]["labels"].get(L.RANK)) for p in pods)
+        duplicated += [f"{name} replica {i} rank {r}: {n} pods" for (i, r), n in by_member.items() if n > 1]
+        by_index = Counter(i for i, _ in by_member)
         want = int(services[name]["spec"]["replicas"])
         if len(by_index) < want:
             lost.append(f"{name}: {len(by_index)} replicas of {want}")
@@ -374,6 +393,7 @@ def test_random_faults_under_load_lose_nothing_duplicate_nothing_and_fail_no_req
     for name, replicas in (("chat-a", 2), ("chat-b", 2), (SCALED, 1)):
         cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=SERVICE.replace("NAME", name).replace(
             "REPLICAS", str(replicas)))  # fmt: skip
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=WIDE)
     cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=AUTOSCALED)
     wait_until("every service Ready", lambda: all(ready(cluster, ns, s) for s in (*LOADED, SCRAPED)), 180, 1.0)
     logs_from = {p.name: p.log.stat().st_size if p.log.exists() else 0 for p in (operator, *peers)}
