@@ -21,6 +21,7 @@ from typing import Any, Literal
 from kubernetes.watch.watch import iter_resp_lines
 
 from adapters.kube import ApiError, Kube
+from adapters.operator_metrics import API_REQUESTS
 from crds import labels as L
 from crds.base import GROUP, VERSION
 
@@ -182,6 +183,7 @@ class Informer:
                 self._stop.wait(delay)
 
     def _list(self) -> str:
+        API_REQUESTS.labels("list", self.kind).inc()
         resp = self._list_fn(*self._args, _preload_content=False, **self._kwargs)
         body = json.loads(resp.data)
         self._post(self.replace, list(body.get("items") or []))
@@ -189,6 +191,7 @@ class Informer:
 
     def _watch(self, version: str) -> str:
         """Follow one watch request to its end; the last resourceVersion seen."""
+        API_REQUESTS.labels("watch", self.kind).inc()
         resp = self._list_fn(
             *self._args,
             watch=True,

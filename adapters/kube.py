@@ -19,6 +19,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from adapters.operator_metrics import API_REQUESTS
 from crds.base import API_VERSION, GROUP, VERSION
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (JSON is YAML)
 # Calls in flight at once. asyncio's default pool has min(32, cores + 4) threads, 6 on a 2-core node: a burst of
 # reconciles then queued behind it, not behind the API server (bench/results/scale.md). One connection a thread.
 API_THREADS = 32
+RESOURCES = {"Service": "services", "PodDisruptionBudget": "poddisruptionbudgets"}
 KINDS = {"llmservices": "LLMService", "finetunejobs": "FineTuneJob", "powerbudgets": "PowerBudget"}
 
 
@@ -80,8 +82,9 @@ class Kube:
         self.scheduling = client.SchedulingV1Api(api)
         self._pool = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube-api")
 
-    async def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run one blocking client call in the facade's pool."""
+    async def _call(self, verb: str, resource: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run one blocking client call in the facade's pool, counted by verb and resource."""
+        API_REQUESTS.labels(verb, resource).inc()
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def apply_status(
@@ -103,7 +106,7 @@ class Kube:
             )
 
         try:
-            await self._call(call)
+            await self._call("apply", f"{plural}/status", call)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -113,22 +116,32 @@ class Kube:
     ) -> None:
         body = {"metadata": {"annotations": annotations}}
         await self._call(
-            self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body
+            "patch", plural, self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body
         )
 
     async def annotate_node(self, name: str, annotations: dict[str, str | None]) -> None:
         """Merge-patch a node's annotations (None removes one): the power manager's caps for the node agent."""
-        await self._call(self.core.patch_node, name, {"metadata": {"annotations": annotations}})
+        await self._call("patch", "nodes", self.core.patch_node, name, {"metadata": {"annotations": annotations}})
 
     async def patch_object_spec(self, plural: str, namespace: str, name: str, spec: dict[str, Any]) -> None:
         """Merge-patch part of an object's spec (a list given is the whole new list)."""
         await self._call(
-            self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, {"spec": spec}
+            "patch",
+            plural,
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"spec": spec},
         )
 
     async def scale(self, plural: str, namespace: str, name: str, replicas: int) -> None:
         """Write spec.replicas through the scale subresource, as HPA and KEDA do."""
         await self._call(
+            "patch",
+            f"{plural}/scale",
             self.custom.patch_namespaced_custom_object_scale,
             GROUP,
             VERSION,
@@ -142,7 +155,7 @@ class Kube:
         """Create; False when it already exists (creation is idempotent by name)."""
         try:
             create: Any = self.core.create_namespaced_pod
-            await self._call(create, manifest["metadata"]["namespace"], manifest)
+            await self._call("create", "pods", create, manifest["metadata"]["namespace"], manifest)
             return True
         except ApiException as e:
             if e.status == 409:
@@ -153,7 +166,12 @@ class Kube:
         """Delete a pod with its own grace period (SIGTERM first), or the one given (0: at once)."""
         try:
             await self._call(
-                self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace_period_seconds
+                "delete",
+                "pods",
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=grace_period_seconds,
             )
         except ApiException as e:
             if e.status != 404:
@@ -161,7 +179,7 @@ class Kube:
 
     async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         try:
-            await self._call(self.core.patch_namespaced_pod, name, namespace, patch)
+            await self._call("patch", "pods", self.core.patch_namespaced_pod, name, namespace, patch)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -183,14 +201,14 @@ class Kube:
             raise ValueError(f"ensure() does not handle {kind}")
         if current is None:
             try:
-                await self._call(create, ns, manifest)
+                await self._call("create", RESOURCES[kind], create, ns, manifest)
                 return
             except ApiException as e:
                 if e.status != 409:
                     raise
         spec = dict(manifest["spec"])
         spec.pop("clusterIP", None)  # immutable once set
-        await self._call(patch, name, ns, {"spec": spec})
+        await self._call("patch", RESOURCES[kind], patch, name, ns, {"spec": spec})
 
     async def bind(self, namespace: str, pod: str, node: str) -> bool:
         """Bind a pod to a node (Binding API); False when it is gone or already bound by another binder."""
@@ -199,7 +217,9 @@ class Kube:
             target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
         )
         try:
-            await self._call(self.core.create_namespaced_binding, namespace, body, _preload_content=False)
+            await self._call(
+                "create", "pods/binding", self.core.create_namespaced_binding, namespace, body, _preload_content=False
+            )
             return True
         except ApiException as e:
             if e.status not in (404, 409):
@@ -208,7 +228,9 @@ class Kube:
 
     async def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
-            await self._call(self.core.patch_namespaced_pod_status, name, namespace, {"status": status})
+            await self._call(
+                "patch", "pods/status", self.core.patch_namespaced_pod_status, name, namespace, {"status": status}
+            )
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -236,6 +258,6 @@ class Kube:
             count=1,
         )
         try:
-            await self._call(self.core.create_namespaced_event, ns, event)
+            await self._call("create", "events", self.core.create_namespaced_event, ns, event)
         except ApiException as e:
             log.info("event %s on %s not posted: %s", reason, meta["name"], e.reason)

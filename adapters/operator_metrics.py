@@ -16,6 +16,13 @@ BACKLOG = Gauge(
     "Objects whose current spec no reconcile has reported yet (status.observedGeneration behind generation)",
     ["kind"],
 )
+# The operator's own share of apiserver_request_total, which does not say who sent a request. kopf's own requests
+# (its watches, the peering keep-alive, handler progress annotations) are not in it.
+API_REQUESTS = Counter(
+    "ebbtide_api_requests_total",
+    "Kubernetes API requests the operator sent (lists and watches begun)",
+    ["verb", "resource"],
+)
 IN_FLIGHT = Gauge("ebbtide_reconciles_in_flight", "Reconcile passes running now", ["kind"])
 PODS_CREATED = Counter("ebbtide_pods_created_total", "Pods created", ["kind"])
 PODS_DELETED = Counter("ebbtide_pods_deleted_total", "Pods deleted", ["kind", "reason"])

@@ -228,6 +228,16 @@ class QueueSampler:
         return out
 
 
+OWN = re.compile(r'^ebbtide_api_requests_total\{resource="([^"]+)",verb="([^"]+)"\} (\S+)$', re.M)
+
+
+def operator_requests(metrics_url: str) -> Counts:
+    """The operator's own API requests by (verb, resource): its facade's writes and its caches' lists and watches
+    (ebbtide_api_requests_total; kopf's own requests are not in it)."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return {(verb, resource): float(v) for resource, verb, v in OWN.findall(text)}
+
+
 def packer_decisions(metrics_url: str) -> dict[str, float]:
     """Count, mean and the bucket bounds holding p50 and p99 of the packer's decision time."""
     text = httpx.get(metrics_url, timeout=10).text
@@ -343,7 +353,7 @@ def main() -> None:
     objects += jobs
     gangs_expected = len(objects)
     try:
-        c0, t0 = api_counts(), time.monotonic()
+        c0, t0, o0 = api_counts(), time.monotonic(), operator_requests(metrics_url)
         for b in range(0, len(objects), args.burst):
             burst = objects[b : b + args.burst]
             now = time.monotonic()
@@ -363,11 +373,11 @@ def main() -> None:
 
         wait_for("every gang bound", all_bound, args.timeout)
         wait_for("every service Ready", lambda: len(seen.ready) >= args.services, 300)
-        t1, c1 = time.monotonic(), api_counts()
+        t1, c1, o1 = time.monotonic(), api_counts(), operator_requests(metrics_url)
         time.sleep(15.0)
-        t2, c2 = time.monotonic(), api_counts()
+        t2, c2, o2 = time.monotonic(), api_counts(), operator_requests(metrics_url)
         time.sleep(args.idle_window)
-        t3, c3 = time.monotonic(), api_counts()
+        t3, c3, o3 = time.monotonic(), api_counts(), operator_requests(metrics_url)
         packer = packer_decisions(metrics_url)
         sampler.sample()
     finally:
@@ -421,6 +431,12 @@ def main() -> None:
         "cpu_cores_idle": {k: round(sampler.cpu_between(k, t2, t3), 3) for k in pids},
         "api_per_s_burst": rates_table(delta(c1, c0), burst_s),
         "api_per_s_idle": rates_table(delta(c3, c2), idle_s),
+        "operator_api_per_s_burst": rates_table(delta(o1, o0), burst_s),
+        "operator_api_per_s_idle": rates_table(delta(o3, o2), idle_s),
+        "operator_api_total_per_s": {
+            "burst": round(sum(delta(o1, o0).values()) / burst_s, 2),
+            "idle": round(sum(delta(o3, o2).values()) / idle_s, 2),
+        },
         "api_total_per_s": {
             "burst": round(sum(delta(c1, c0).values()) / burst_s, 2),
             "idle": round(sum(delta(c3, c2).values()) / idle_s, 2),
