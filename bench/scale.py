@@ -398,6 +398,7 @@ def main() -> None:
         owners = {g: seen.gang_owner[g] for g in seen.gang_bound if seen.gang_owner[g] in seen.accepted}
         accepted_to_bound = [seen.gang_bound[g] - seen.accepted[o] for g, o in owners.items()]
         accepted_to_pod = [seen.gang_created[g] - seen.accepted[o] for g, o in owners.items()]
+        accepted_to_ready = [t - seen.accepted[n] for n, t in seen.ready.items() if n in seen.accepted]
     burst_s, idle_s = t1 - t0, t3 - t2
     result = {
         "label": args.label,
@@ -424,6 +425,7 @@ def main() -> None:
             "p99": pct(accepted_to_bound, 99),
             "max": max(accepted_to_bound, default=float("nan")),
         },
+        "accepted_to_ready_s": {"p50": pct(accepted_to_ready, 50), "p99": pct(accepted_to_ready, 99)},
         "apply_to_ready_s": {"p50": pct(ready, 50), "p99": pct(ready, 99), "max": max(ready, default=float("nan"))},
         "burst_phase_s": round(burst_s, 1),
         "peak_rss_mb": {k: round(v, 1) for k, v in sampler.peak_rss.items()},
