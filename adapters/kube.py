@@ -210,10 +210,11 @@ class Kube:
         spec.pop("clusterIP", None)  # immutable once set
         await self._call("patch", RESOURCES[kind], patch, name, ns, {"spec": spec})
 
-    async def bind(self, namespace: str, pod: str, node: str) -> bool:
-        """Bind a pod to a node (Binding API); False when it is gone or already bound by another binder."""
+    async def bind(self, namespace: str, pod: str, node: str, annotations: dict[str, str] | None = None) -> bool:
+        """Bind a pod to a node (Binding API); False when it is gone or already bound by another binder. The API
+        server sets the binding's annotations on the pod in the same write (kube-scheduler's extenders use this)."""
         body = client.V1Binding(
-            metadata=client.V1ObjectMeta(name=pod, namespace=namespace),
+            metadata=client.V1ObjectMeta(name=pod, namespace=namespace, annotations=annotations),
             target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
         )
         try:

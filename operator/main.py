@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -11,6 +12,21 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+def cap_malloc_arenas(arenas: int = 2) -> None:
+    """At most `arenas` glibc malloc arenas (as MALLOC_ARENA_MAX does). glibc gives threads that allocate their
+    own arenas, up to 8 per core; the API pool and the watch threads then kept memory freed in one arena from
+    being reused by another (2,000 nodes: 16 arenas holding 61 MB). No-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_arena_max = -8  # glibc's malloc.h
+    libc.mallopt(m_arena_max, arenas)
+
+
+cap_malloc_arenas()  # before any thread starts
 
 # operator/ is not a package (it would shadow the standard library's `operator`): put the repo root and
 # this folder on the path explicitly.

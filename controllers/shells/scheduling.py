@@ -327,9 +327,9 @@ class Scheduler:
 
     async def _bind(self, namespace: str, pod: str, uid: str, node: str, gpus: tuple[int, ...], product: str) -> None:
         indices = ",".join(map(str, gpus))
+        # One write: the binding carries the GPU indices and product onto the pod, so no bound pod lacks them.
         annotations = {GPU_INDICES: indices, L.GPU_PRODUCT: product}
-        await self.kube.patch_pod(namespace, pod, {"metadata": {"annotations": annotations}})
-        if await self.kube.bind(namespace, pod, node):
+        if await self.kube.bind(namespace, pod, node, annotations):
             self._assumed[f"{namespace}/{pod}"] = Assumed(uid, node, indices, product, self.clock())
         else:
             log.info("binding %s/%s skipped: the pod is gone or already bound", namespace, pod)

@@ -155,6 +155,7 @@ class RecordingKube:
         self.core = self.policy = self.scheduling = self.custom = Unlisted()
         self.calls: list[tuple[str, Any]] = []
         self.statuses: list[tuple[str, str, dict[str, Any], str]] = []
+        self.bind_annotations: dict[str, dict[str, str]] = {}
 
     async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.calls.append(("patch_pod", name))
@@ -166,8 +167,9 @@ class RecordingKube:
     async def ensure(self, manifest: dict[str, Any], current: dict[str, Any] | None = None) -> None:
         self.calls.append(("ensure", manifest["kind"]))
 
-    async def bind(self, namespace: str, pod: str, node: str) -> bool:
+    async def bind(self, namespace: str, pod: str, node: str, annotations: dict[str, str] | None = None) -> bool:
         self.calls.append(("bind", (pod, node)))
+        self.bind_annotations[pod] = dict(annotations or {})
         return True
 
     async def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:

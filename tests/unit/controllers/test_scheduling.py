@@ -127,3 +127,14 @@ async def test_a_busy_cluster_costs_at_most_one_pass_per_interval() -> None:
         task.cancel()
     elapsed = time.monotonic() - started
     assert 2 <= scheduler.passes <= elapsed / 0.2 + 1, (scheduler.passes, elapsed)
+
+
+async def test_a_binding_carries_the_gpu_indices_and_product_in_one_write() -> None:
+    scheduler, cache, kube = setup()
+    cache.nodes.replace([gpu_node("n1", gpus=2)])
+    cache.pods.apply("ADDED", waiting("a", gpus=2))
+
+    await scheduler.pass_once()
+    assert kube.bound() == [("a", "n1")]
+    assert kube.bind_annotations["a"] == {"ebbtide.dev/gpu-indices": "0,1", L.GPU_PRODUCT: "NVIDIA-L4"}
+    assert not [c for c in kube.calls if c[0] == "patch_pod"], "no separate annotation write before the binding"
