@@ -228,6 +228,30 @@ class QueueSampler:
         return out
 
 
+DURATION = re.compile(r"^apiserver_request_duration_seconds_(sum|count)\{(?P<labels>[^}]*)\} (?P<value>\S+)$", re.M)
+VERB = re.compile(r'(?:^|,)verb="([^"]+)"')
+
+
+def api_latency(text: str) -> dict[str, tuple[float, float]]:
+    """apiserver_request_duration_seconds (sum, count) by verb: the API server's own view of its latency."""
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for m in DURATION.finditer(text):
+        verb = VERB.search(m.group("labels"))
+        if verb is not None:
+            out[verb.group(1)][0 if m.group(1) == "sum" else 1] += float(m.group("value"))
+    return {v: (sc[0], sc[1]) for v, sc in out.items()}
+
+
+def mean_latency(after: dict[str, tuple[float, float]], before: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean seconds per request by verb between two readings (long-running WATCH and CONNECT left out)."""
+    out = {}
+    for verb, (s1, n1) in after.items():
+        s0, n0 = before.get(verb, (0.0, 0.0))
+        if verb not in ("WATCH", "CONNECT") and n1 > n0:
+            out[verb] = round((s1 - s0) / (n1 - n0), 4)
+    return out
+
+
 OWN = re.compile(r'^ebbtide_api_requests_total\{resource="([^"]+)",verb="([^"]+)"\} (\S+)$', re.M)
 
 
@@ -339,8 +363,12 @@ def main() -> None:
                          daemon=True).start()  # fmt: skip
     time.sleep(2.0)
 
+    latencies: list[dict[str, tuple[float, float]]] = []
+
     def api_counts() -> Counts:
-        return parse_requests(kubectl("get", "--raw", "/metrics"))
+        text = kubectl("get", "--raw", "/metrics")
+        latencies.append(api_latency(text))
+        return parse_requests(text)
 
     # The jobs spread evenly among the services, so every burst holds both kinds.
     every = max(1, args.services // max(1, args.jobs))
@@ -439,6 +467,9 @@ def main() -> None:
             "burst": round(sum(delta(o1, o0).values()) / burst_s, 2),
             "idle": round(sum(delta(o3, o2).values()) / idle_s, 2),
         },
+        # latencies[0] and [1] are read with c0 and c1: the burst phase.
+        "api_latency_burst_s": mean_latency(latencies[1], latencies[0]),
+        "api_latency_idle_s": mean_latency(latencies[3], latencies[2]),
         "api_total_per_s": {
             "burst": round(sum(delta(c1, c0).values()) / burst_s, 2),
             "idle": round(sum(delta(c3, c2).values()) / idle_s, 2),
