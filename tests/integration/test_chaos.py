@@ -328,9 +328,10 @@ def duplicates_and_losses(cluster: Cluster, ns: str) -> tuple[list[str], list[st
         pods = [
             p for p in live_pods(cluster, ns, name) if L.DRAIN_STARTED not in (p["metadata"].get("annotations") or {})
         ]
-        by_member = Counter((p["metadata"]["labels"][L.REPLICA], p["metadata"]["labels"].get(L.RANK)) for p in pods)
-        duplicated += [f"{name} replica {i} rank {r}: {n} pods" for (i, r), n in by_member.items() if n > 1]
-        by_index = Counter(i for i, _ in by_member)
+        # A gang member is its replica, role (leader, worker) and rank within the role.
+        by_member = Counter(tuple(p["metadata"]["labels"].get(k) for k in (L.REPLICA, L.ROLE, L.RANK)) for p in pods)
+        duplicated += [f"{name} replica {i} {role} {r}: {n} pods" for (i, role, r), n in by_member.items() if n > 1]
+        by_index = Counter(i for i, _, _ in by_member)
         want = int(services[name]["spec"]["replicas"])
         if len(by_index) < want:
             lost.append(f"{name}: {len(by_index)} replicas of {want}")
