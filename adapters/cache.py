@@ -58,8 +58,10 @@ class Informer:
         *args: Any,
         label_selector: str | None = None,
         indices: dict[str, IndexFn] | None = None,
+        trim: Callable[[Obj], Obj] | None = None,
     ) -> None:
         self.kind = kind
+        self._trim_fn = trim
         self._list_fn, self._args = list_fn, args
         self._kwargs: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
         self._store: dict[str, Obj] = {}
@@ -103,7 +105,7 @@ class Informer:
             del self._store[key]
             self._emit("DELETED", old, None)
             return
-        obj = _trim(obj)
+        obj = _trim(obj) if self._trim_fn is None else self._trim_fn(_trim(obj))
         if old is not None:
             self._unindex(key, old)
         self._store[key] = obj
@@ -232,6 +234,29 @@ def _trim(obj: Obj) -> Obj:
     return obj
 
 
+def trim_pod(pod: Obj) -> Obj:
+    """A pod as the operator reads it: its containers' names and resources only (their command lines, environment
+    and mounts are most of a serving pod's size and nothing here reads them), no volumes."""
+    spec = pod.get("spec")
+    if not spec:
+        return pod
+    slim = {k: v for k, v in spec.items() if k not in ("volumes", "containers", "initContainers")}
+    for key in ("containers", "initContainers"):
+        if key in spec:
+            slim[key] = [{"name": c.get("name"), "resources": c.get("resources") or {}} for c in spec[key]]
+    return {**pod, "spec": slim}
+
+
+def trim_node(node: Obj) -> Obj:
+    """A node without what only the kubelet and humans read: its image list, system info, daemon endpoints and
+    addresses (about a quarter of a node's size)."""
+    status = node.get("status")
+    if not status:
+        return node
+    drop = ("images", "nodeInfo", "daemonEndpoints", "addresses")
+    return {**node, "status": {k: v for k, v in status.items() if k not in drop}}
+
+
 def _version(obj: Obj) -> str:
     return str(obj["metadata"].get("resourceVersion", ""))
 
@@ -271,8 +296,9 @@ class ClusterCache:
                 "finetune": _label(L.FINETUNE),
                 "unscheduled": _unscheduled,
             },
+            trim=trim_pod,
         )
-        self.nodes = Informer("nodes", kube.core.list_node)
+        self.nodes = Informer("nodes", kube.core.list_node, trim=trim_node)
         self.priority_classes = Informer("priorityclasses", kube.scheduling.list_priority_class)
         self.pdbs = Informer(
             "poddisruptionbudgets",

@@ -142,3 +142,47 @@ async def test_the_watch_resumes_from_the_last_version_and_lists_again_when_it_e
     assert deleted == ["ns/a", "ns/c"], "c, added then gone during the gap, is dropped by the relist"
     assert api.watched_from[:3] == ["10", "13", "20"], "resume from the bookmark; after 410, from the new list"
     assert inf.relists == 2
+
+
+def test_cached_pods_and_nodes_keep_what_the_operator_reads_and_drop_the_bulk() -> None:
+    from adapters.cache import trim_node, trim_pod
+    from controllers.planners.packing import pod_request
+
+    container = {
+        "name": "engine",
+        "image": "vllm/vllm-openai:v0.32.0",
+        "args": ["--model", "m"] * 50,
+        "env": [{"name": f"E{i}", "value": "x" * 100} for i in range(50)],
+        "resources": {"limits": {"nvidia.com/gpu": "2", "cpu": "4", "memory": "16Gi"}},
+    }
+    pod = {
+        "metadata": {"name": "p", "namespace": "ns", "annotations": {"a": "b"}},
+        "spec": {
+            "nodeName": "n1",
+            "schedulerName": "ebbtide-packer",
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "containers": [container],
+            "volumes": [{"name": "cache", "emptyDir": {}}],
+        },
+        "status": {"phase": "Running", "podIP": "10.0.0.1"},
+    }
+    slim = trim_pod(pod)
+    assert pod_request(slim) == pod_request(pod), "the packer reads the same request"
+    assert slim["spec"]["containers"] == [{"name": "engine", "resources": container["resources"]}]
+    assert "volumes" not in slim["spec"] and slim["spec"]["tolerations"] == pod["spec"]["tolerations"]
+    assert slim["status"] == pod["status"] and slim["metadata"] == pod["metadata"]
+    assert pod["spec"]["containers"][0]["env"], "the watched object itself is not changed"
+
+    node = {
+        "metadata": {"name": "n1", "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
+        "spec": {"taints": []},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": "8"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "images": [{"names": ["x"], "sizeBytes": 1}],
+            "nodeInfo": {"kubeletVersion": "v1.33"},
+        },
+    }
+    slim_node = trim_node(node)
+    assert set(slim_node["status"]) == {"allocatable", "conditions"}
+    assert slim_node["metadata"] == node["metadata"] and slim_node["spec"] == node["spec"]
