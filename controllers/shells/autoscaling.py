@@ -456,17 +456,22 @@ def moe_growth(
 def moe_narrowing(
     svc: LLMService, conditions: list[dict[str, Any]], pods: list[PodView], wanted: int
 ) -> Narrowing | None:
-    """For an elastic MoE service the autoscaler widened and now wants smaller: narrow back instead of removing
-    replicas (controllers/planners/growth.py); None when that does not apply or no narrower width carries it."""
+    """For an elastic MoE service the autoscaler wants smaller: while a width change is under way, hold the
+    replicas (the same width back); where the autoscaler widened it, narrow back instead of removing replicas
+    (controllers/planners/growth.py). None when neither applies or no narrower width carries the demand."""
     spec = svc.spec
-    raw = (svc.metadata.annotations or {}).get(L.AUTOSCALED_FROM_EXPERT)
-    # SGLang's elastic EP only grows: its replicas go instead.
-    if raw is None or not raw.isdigit() or spec.engine.type == "sglang" or wanted >= spec.replicas:
-        return None
-    if _true(conditions, ConditionType.RESCALING) is not None or _true(conditions, ConditionType.RESCALE_FAILED):
+    if spec.model.architecture != "moe" or not spec.parallelism.elastic_expert or wanted >= spec.replicas:
         return None
     running = elastic_widths(svc, pods)
-    if not running.settled or running.width != spec.parallelism.expert:
+    if _true(conditions, ConditionType.RESCALING) is not None or not running.settled:
+        # No replica goes while one is held out of routing for its resize: the others carry the load.
+        hold = f"holding {spec.replicas} replica(s): an expert-parallel width change is under way"
+        return Narrowing(spec.parallelism.expert, hold)
+    raw = (svc.metadata.annotations or {}).get(L.AUTOSCALED_FROM_EXPERT)
+    # SGLang's elastic EP only grows: its replicas go instead.
+    if raw is None or not raw.isdigit() or spec.engine.type == "sglang":
+        return None
+    if _true(conditions, ConditionType.RESCALE_FAILED) or running.width != spec.parallelism.expert:
         return None
     gpu = next(g for g in (lookup_gpu(n) for n in [*spec.gpu.types, "H100"]) if g is not None)
     return choose_narrowing(

@@ -472,6 +472,7 @@ async def autoscale(namespace: str, name: str) -> None:
     narrowing = moe_narrowing(svc, status_conditions, views, decision.replicas)
     if narrowing is not None:
         decision = replace(decision, replicas=svc.spec.replicas, reason=f"{decision.reason}; {narrowing.message}")
+    if narrowing is not None and narrowing.width != svc.spec.parallelism.expert:
         if str(narrowing.width) == (svc.metadata.annotations or {}).get(L.AUTOSCALED_FROM_EXPERT):
             await r.kube.patch_object_metadata("llmservices", namespace, name, {L.AUTOSCALED_FROM_EXPERT: None})
         await r.kube.patch_object_spec("llmservices", namespace, name, {"parallelism": {"expert": narrowing.width}})

@@ -158,3 +158,20 @@ async def test_a_widened_service_wanting_less_narrows_back_before_removing_a_rep
 async def test_sglang_cannot_narrow_so_the_replica_goes(runtime: handlers.Runtime) -> None:
     calls = await widened_tick(runtime, engine="sglang")
     assert ("scale", 1) in calls and not [c for c in calls if c[0] == "patch_spec"]
+
+
+async def test_no_replica_goes_while_a_width_change_is_under_way(runtime: handlers.Runtime) -> None:
+    runtime.autoscaler = cast(Autoscaler, WantsOne())
+    rescaling = [condition_("Rescaling", "Rescaling", "replica 0: EP 2 -> 4")]
+    svc = elastic_moe(4)
+    body = {"apiVersion": "ebbtide.dev/v1alpha1", "kind": "LLMService", **svc.model_dump(by_alias=True, mode="json")}
+    body["metadata"] |= {"resourceVersion": "1"}
+    body["spec"] |= {"replicas": 2}
+    body["spec"]["scaling"]["policy"] = "forecast"
+    body["status"] = {"conditions": rescaling}
+    runtime.cache.llmservices.apply("ADDED", body)
+    await handlers.autoscale("ns", "lite")
+    calls = cast(RecordingKube, runtime.kube).calls
+    assert not [c for c in calls if c[0] in ("scale", "patch_spec")]
+    [(_, _, status, _)] = cast(RecordingKube, runtime.kube).statuses
+    assert "width change is under way" in status["forecast"]["reason"]
