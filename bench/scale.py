@@ -292,6 +292,7 @@ def main() -> None:
     p.add_argument("--gap", type=float, default=5.0, help="seconds between bursts")
     p.add_argument("--idle-window", type=float, default=60.0, help="seconds of the idle API window")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds to wait for every gang bound")
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for every service Ready")
     p.add_argument("--resync-seconds", type=float, default=10.0, help="the operator's periodic reconcile (its default)")
     p.add_argument("--label", default="small")
     p.add_argument("--keep-cluster", action="store_true")
@@ -400,7 +401,12 @@ def main() -> None:
             return n >= gangs_expected
 
         wait_for("every gang bound", all_bound, args.timeout)
-        wait_for("every service Ready", lambda: len(seen.ready) >= args.services, 300)
+        # Ready is the simulated fleet's pace (it runs every engine in one process): a run whose fleet falls
+        # behind still reports its placement figures, and says how many services were Ready.
+        try:
+            wait_for("every service Ready", lambda: len(seen.ready) >= args.services, args.ready_timeout)
+        except SystemExit as e:
+            log(f"{e}; {len(seen.ready)}/{args.services} Ready: going on")
         t1, c1, o1 = time.monotonic(), api_counts(), operator_requests(metrics_url)
         time.sleep(15.0)
         t2, c2, o2 = time.monotonic(), api_counts(), operator_requests(metrics_url)
@@ -443,6 +449,7 @@ def main() -> None:
         "cluster_up_s": round(cluster_up_s, 1),
         "taints_lifted_after_ready_s": round(schedulable_after_s, 1),
         "gangs": len(bound),
+        "services_ready": len(ready),
         "apply_to_bound_s": {"p50": pct(bound, 50), "p99": pct(bound, 99), "max": max(bound, default=float("nan"))},
         "created_to_bound_s": {"p50": pct(created_to_bound, 50), "p99": pct(created_to_bound, 99)},
         # From the API server accepting the object, not from kubectl starting its burst (which sends the objects

@@ -143,3 +143,36 @@ def test_moe_service_asked_for_more_capacity_weighs_widening_against_a_replica_a
     both = r"widening EP 2 -> \d+ on 1 replica\(s\) ~\d+ s \(\d+ s 503 window each\) vs\. 1 whole replica\(s\) ~\d+ s"
     assert re.search(rf"1 whole replica\(s\) at EP 2: {both}; whole replicas sooner", grew), grew
     assert set(widths(cluster, ns).values()) == {"2"} and not rank_pods(cluster, ns), "nothing widened"
+
+
+def test_a_widened_moe_service_whose_demand_falls_narrows_in_place_before_a_replica_goes(
+    cluster: Cluster, ns: str
+) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=ELASTIC_MOE)
+    wait_until("2 replicas Ready", lambda: ready_service(cluster, ns, "lite", 2), 60)
+    servers = set(widths(cluster, ns))
+    # Widened earlier as the autoscaler widens: it notes the width it came from, then asks for the new one.
+    cluster.kubectl("annotate", "-n", ns, "llms/lite", "ebbtide.dev/autoscaled-from-expert=2")
+    cluster.kubectl("patch", "-n", ns, "llms/lite", "--type=merge", "-p", '{"spec": {"parallelism": {"expert": 4}}}')
+    wait_until("both replicas at EP 4", lambda: settled(cluster, ns, 4, 4), 40, 0.5)
+
+    # No demand now: the autoscaler takes over with a floor of one replica and no stabilization window.
+    idle = '{"spec": {"scaling": {"policy": "forecast", "minReplicas": 1, "scaleDownStabilizationSeconds": 0}}}'
+    cluster.kubectl("patch", "-n", ns, "llms/lite", "--type=merge", "-p", idle)
+
+    def one_narrow_replica() -> dict[str, Any] | None:
+        obj = ready_service(cluster, ns, "lite", 1)
+        if obj is None or set(widths(cluster, ns).values()) != {"2"} or rank_pods(cluster, ns):
+            return None
+        return obj if len(widths(cluster, ns)) == 1 else None
+
+    final = wait_until("one replica left, at EP 2", one_narrow_replica, 120, 0.5)
+    events = cluster.get("events", "-n", ns, "--field-selector", "involvedObject.name=lite")["items"]
+    messages = [e["message"] for e in events if e["reason"] == "Autoscaled"]
+    print("\n" + "\n".join(messages))
+    assert any("narrow expert parallelism EP 4 -> 2 on 2 replica(s)" in m for m in messages), messages
+    assert any("2 -> 1 replicas" in m for m in messages), messages
+    rescaled = [e for e in events if e["reason"] == "Rescaled"]
+    assert len(rescaled) == 4, "both replicas widened, then both narrowed in place before either went"
+    assert set(widths(cluster, ns)) <= servers, "the replica left is one that resized in place"
+    assert "ebbtide.dev/autoscaled-from-expert" not in (final["metadata"].get("annotations") or {})
