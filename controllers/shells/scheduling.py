@@ -213,7 +213,8 @@ class Scheduler:
         now: float,
         binds: list[asyncio.Future[None]],
     ) -> None:
-        """The plan in order: bound gangs start binding (into `binds`), the rest are marked; then evictions."""
+        """The plan in order: bound gangs start binding and the rest start being marked (both into `binds`, so no
+        binding waits behind the writes of a gang that stays pending); then evictions."""
         by_name = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in pods}
         products = {n.name: n.gpu_product for n in snapshot.nodes}
         slots = asyncio.Semaphore(BIND_CONCURRENCY)
@@ -230,7 +231,7 @@ class Scheduler:
             reason = Reason.PREEMPTING if d.verdict == Verdict.NOMINATED else Reason.UNSCHEDULABLE
             message = d.reason if d.verdict != Verdict.NOMINATED else f"{d.reason}: {', '.join(d.victims)}"
             for m in members:
-                await self._mark_unschedulable(m, reason, f"ebbtide-packer: {message}")
+                binds.append(asyncio.ensure_future(self._mark_unschedulable(m, reason, f"ebbtide-packer: {message}")))
         running = {g.uid: g for g in snapshot.running}
         job_by_key = {f"{j['metadata']['namespace']}/{j['metadata']['name']}": j for j in jobs}
         for e in plan.evictions:

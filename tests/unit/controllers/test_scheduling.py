@@ -138,3 +138,32 @@ async def test_a_binding_carries_the_gpu_indices_and_product_in_one_write() -> N
     assert kube.bound() == [("a", "n1")]
     assert kube.bind_annotations["a"] == {"ebbtide.dev/gpu-indices": "0,1", L.GPU_PRODUCT: "NVIDIA-L4"}
     assert not [c for c in kube.calls if c[0] == "patch_pod"], "no separate annotation write before the binding"
+
+
+async def test_no_binding_waits_behind_the_writes_for_a_gang_that_stays_pending() -> None:
+    gate = asyncio.Event()
+
+    class SlowStatus(RecordingKube):
+        async def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+            await gate.wait()  # an API server slow to take the Unschedulable condition
+            await super().patch_pod_status(namespace, name, status)
+
+    kube = SlowStatus()
+    cache = ClusterCache(cast(Kube, kube))
+    for informer in cache.informers():
+        informer.replace([])
+    scheduler = Scheduler(cast(Kube, kube), cache, resync_s=3600.0, debounce_s=0.01, min_interval_s=0.0)
+    cache.nodes.replace([gpu_node("n1", gpus=1)])
+    for name in ("big-a", "big-b"):
+        cache.pods.apply("ADDED", waiting(name, gpus=2))  # never fits on one GPU
+    cache.pods.apply("ADDED", waiting("small"))
+
+    passing = asyncio.create_task(scheduler.pass_once())
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if kube.bound():
+            break
+    assert kube.bound() == [("small", "n1")], "bound while the pending gangs' writes still wait"
+    gate.set()
+    await passing
+    assert ("unschedulable", "big-a") in kube.calls and ("unschedulable", "big-b") in kube.calls
