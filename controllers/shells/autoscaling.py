@@ -26,7 +26,7 @@ from autoscaler.loop import STATE_EVERY_TICKS, PolicyFactory, ScalingKnobs, Scal
 from autoscaler.policies import lead_time, observed_rates
 from autoscaler.profile import engine_profile
 from autoscaler.types import SLO, History, ScalingBounds, ScalingDecision, ScrapeFailure, ServiceObservation
-from catalogue.gpus import lookup_gpu
+from catalogue.gpus import GPUProfile, lookup_gpu
 from catalogue.models import Architecture, resolve_model
 from controllers.planners.conditions import get_condition, parse_rfc3339, set_condition
 from controllers.planners.engines import elastic_max
@@ -412,6 +412,11 @@ def _true(conditions: list[dict[str, Any]], type_: ConditionType) -> dict[str, A
     return found if found is not None and found.get("status") == "True" else None
 
 
+def first_gpu(svc: LLMService) -> GPUProfile:
+    """The profile of the service's first GPU type the catalogue knows (an H100's when none is)."""
+    return next(g for g in (lookup_gpu(n) for n in [*svc.spec.gpu.types, "H100"]) if g is not None)
+
+
 def moe_growth(
     svc: LLMService,
     conditions: list[dict[str, Any]],
@@ -431,7 +436,7 @@ def moe_growth(
         unavailable = f"the last width change failed ({failed.get('reason')}): {failed.get('message', '')}"
     in_progress = _true(conditions, ConditionType.RESCALING) is not None or (failed is None and not running.settled)
     model = model_of(spec.model)
-    gpu = next(g for g in (lookup_gpu(n) for n in [*spec.gpu.types, "H100"]) if g is not None)
+    gpu = first_gpu(svc)
     # Pod starts as measured on this service: whole replicas' entry pods, and rank pods that joined (which only
     # start an engine core; their weights come from the serving ranks, in the modelled resize).
     alive = [p for p in raw_pods if not p["metadata"].get("deletionTimestamp")]
@@ -473,7 +478,7 @@ def moe_narrowing(
         return None
     if _true(conditions, ConditionType.RESCALE_FAILED) or running.width != spec.parallelism.expert:
         return None
-    gpu = next(g for g in (lookup_gpu(n) for n in [*spec.gpu.types, "H100"]) if g is not None)
+    gpu = first_gpu(svc)
     return choose_narrowing(
         model_of(spec.model),
         gpu,

@@ -249,8 +249,10 @@ async def reconcile_service(namespace: str, name: str, full: bool) -> None:
             owner = Owner("LLMService", name, namespace, body["metadata"]["uid"])
             manifests = [*service_manifests(owner, svc.spec), pdb_manifest(owner, svc.spec)]
             await asyncio.gather(
-                *(r.kube.ensure(m, r.cache.owned(m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]))
-                  for m in manifests)
+                *(
+                    r.kube.ensure(m, r.cache.owned(m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]))
+                    for m in manifests
+                )
             )
         by_replica: dict[int, list[PodView]] = {}
         for p in pods:

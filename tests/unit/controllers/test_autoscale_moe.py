@@ -65,15 +65,27 @@ def runtime() -> Iterator[handlers.Runtime]:
     handlers.RUNTIME = before
 
 
-async def tick(
-    runtime: handlers.Runtime, expert: int, cold_start_s: float, conditions: list[dict[str, Any]], **ann: str
-) -> list[tuple[str, Any]]:
+def cached_service(
+    runtime: handlers.Runtime,
+    expert: int,
+    replicas: int = 1,
+    conditions: list[dict[str, Any]] | None = None,
+    **ann: str,
+) -> None:
+    """The elastic MoE service, autoscaled, in the runtime's cache."""
     svc = elastic_moe(expert, ann)
     body = {"apiVersion": "ebbtide.dev/v1alpha1", "kind": "LLMService", **svc.model_dump(by_alias=True, mode="json")}
     body["metadata"] |= {"resourceVersion": "1"}
-    body["status"] = {"conditions": conditions}
+    body["spec"]["replicas"] = replicas
     body["spec"]["scaling"]["policy"] = "forecast"
+    body["status"] = {"conditions": conditions or []}
     runtime.cache.llmservices.apply("ADDED", body)
+
+
+async def tick(
+    runtime: handlers.Runtime, expert: int, cold_start_s: float, conditions: list[dict[str, Any]], **ann: str
+) -> list[tuple[str, Any]]:
+    cached_service(runtime, expert, 1, conditions, **ann)
     raw, _ = running_at(2, cold_start_s)
     for p in raw:
         p["metadata"] |= {"namespace": "ns", "resourceVersion": "1"}
@@ -127,12 +139,10 @@ class WantsOne(WantsTwo):
 async def widened_tick(runtime: handlers.Runtime, engine: str = "vllm") -> list[tuple[str, Any]]:
     """Two replicas the autoscaler widened from EP 2 to EP 4; the autoscaler now wants one."""
     runtime.autoscaler = cast(Autoscaler, WantsOne())
-    svc = elastic_moe(4, {L.AUTOSCALED_FROM_EXPERT: "2"})
-    body = {"apiVersion": "ebbtide.dev/v1alpha1", "kind": "LLMService", **svc.model_dump(by_alias=True, mode="json")}
-    body["metadata"] |= {"resourceVersion": "1"}
-    body["spec"] |= {"replicas": 2, "engine": {"type": engine}}
-    body["spec"]["scaling"]["policy"] = "forecast"
-    runtime.cache.llmservices.apply("ADDED", body)
+    cached_service(runtime, 4, 2, **{L.AUTOSCALED_FROM_EXPERT: "2"})
+    if engine != "vllm":
+        body = runtime.cache.llmservices.items()[0]
+        runtime.cache.llmservices.apply("MODIFIED", {**body, "spec": {**body["spec"], "engine": {"type": engine}}})
     [first], _ = running_at(4, SLOW_COLD_START_S)
     for replica in (0, 1):
         p = copy.deepcopy(first)
@@ -162,14 +172,7 @@ async def test_sglang_cannot_narrow_so_the_replica_goes(runtime: handlers.Runtim
 
 async def test_no_replica_goes_while_a_width_change_is_under_way(runtime: handlers.Runtime) -> None:
     runtime.autoscaler = cast(Autoscaler, WantsOne())
-    rescaling = [condition_("Rescaling", "Rescaling", "replica 0: EP 2 -> 4")]
-    svc = elastic_moe(4)
-    body = {"apiVersion": "ebbtide.dev/v1alpha1", "kind": "LLMService", **svc.model_dump(by_alias=True, mode="json")}
-    body["metadata"] |= {"resourceVersion": "1"}
-    body["spec"] |= {"replicas": 2}
-    body["spec"]["scaling"]["policy"] = "forecast"
-    body["status"] = {"conditions": rescaling}
-    runtime.cache.llmservices.apply("ADDED", body)
+    cached_service(runtime, 4, 2, [condition_("Rescaling", "Rescaling", "replica 0: EP 2 -> 4")])
     await handlers.autoscale("ns", "lite")
     calls = cast(RecordingKube, runtime.kube).calls
     assert not [c for c in calls if c[0] in ("scale", "patch_spec")]
